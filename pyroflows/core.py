@@ -1,0 +1,143 @@
+r"""The flow abstraction: :class:`Flow` (a module) builds :class:`FlowDistribution` (a Pyro
+distribution) for a given context.
+
+A normalizing flow is :math:`x = T(z; c)` with :math:`z \sim p_Z`, whose density is
+
+.. math:: \log p(x \mid c) = \log p_Z(T^{-1}(x; c)) + \log\left|\det \frac{\partial T^{-1}}{\partial x}\right|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from .transforms.base import Bijection, Compose, check_context, check_features
+
+__all__ = ["Flow", "FlowDistribution", "StandardNormal"]
+
+
+class StandardNormal(nn.Module):
+    """Lazy standard normal base :math:`\\mathcal{N}(0, I_d)` that follows the module's device
+    and dtype (its ``loc`` and ``scale`` are buffers)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.register_buffer("loc", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+
+    def forward(self, batch_shape: torch.Size = torch.Size()) -> dist.TorchDistribution:
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        return base.expand(batch_shape) if batch_shape else base
+
+
+class FlowDistribution(dist.TransformedDistribution):
+    r"""A Pyro distribution :math:`p(x \mid c)` defined by a base and a (conditioned) bijection.
+
+    Unlike a plain ``TransformedDistribution``, density evaluation makes one call to
+    ``inverse_and_ladj`` and sampling one call to ``call_and_ladj``, so a MAF's ``log_prob``
+    or an IAF's ``rsample_and_log_prob`` is a single network pass and nothing depends on a
+    cache. The batch shape is the context's batch shape (``()`` without context).
+
+    Args:
+        base: base distribution with event shape ``(features,)``.
+        transform: a :class:`~pyroflows.transforms.Bijection` or its conditioned view.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, base: dist.TorchDistribution, transform, validate_args=None) -> None:  # noqa: ANN001
+        self.transform = transform
+        self.features = transform.features
+        super().__init__(base, [transform], validate_args=validate_args)
+
+    def _check(self, x: Tensor) -> None:
+        check_features(x, self.features, "value")
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """:math:`\\log p(x)`; shape ``value.shape[:-1]`` broadcast with the batch shape."""
+        self._check(value)
+        z, ladj = self.transform.inverse_and_ladj(value)
+        return self.base_dist.log_prob(z) + ladj
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self.rsample_and_log_prob(sample_shape)[0]
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[Tensor, Tensor]:
+        """Reparametrised samples and their log-density from one forward pass.
+
+        Returns ``(x, log_prob)`` with shapes ``sample_shape + batch_shape + (features,)``
+        and ``sample_shape + batch_shape``.
+        """
+        z = self.base_dist.rsample(sample_shape)
+        x, ladj = self.transform.call_and_ladj(z)
+        return x, self.base_dist.log_prob(z) - ladj
+
+    def expand(self, batch_shape, _instance=None) -> FlowDistribution:  # noqa: ANN001
+        # The transform broadcasts over batch dims, so only the base needs expanding; this is
+        # what pyro.plate calls on a flow used as a prior inside a plate.
+        return FlowDistribution(self.base_dist.expand(torch.Size(batch_shape)), self.transform)
+
+
+class Flow(nn.Module):
+    r"""A normalizing flow: a base distribution and a stack of bijections, as a module.
+
+    ``flow(context)`` returns a :class:`FlowDistribution` (a Pyro distribution) and
+    ``flow.transform(context)`` the composed transform; the flow itself holds the parameters,
+    so it trains like any ``nn.Module`` and moves with ``.to(device, dtype)``.
+
+    Args:
+        transforms: bijections listed from the base side to the data side
+            (:math:`x = T_n \circ \dots \circ T_1(z)`).
+        base: a module returning the base distribution given a batch shape; default
+            :class:`StandardNormal`.
+
+    Shapes: without context, ``flow().log_prob(x)`` maps (..., d) to (...). With a context of
+    shape (B, c), ``flow(c)`` has batch shape (B,), ``log_prob`` takes (..., B, d) and
+    ``sample((n,))`` returns (n, B, d).
+
+    Example:
+        >>> import pyroflows
+        >>> flow = pyroflows.flows.build("maf", features=2, context=1)
+        >>> d = flow(torch.zeros(5, 1))
+        >>> d.sample((3,)).shape, d.log_prob(torch.zeros(5, 2)).shape
+        (torch.Size([3, 5, 2]), torch.Size([5]))
+    """
+
+    def __init__(self, transforms: Sequence[Bijection], base: nn.Module | None = None) -> None:
+        super().__init__()
+        self.bijection = Compose(transforms)
+        self.features = self.bijection.features
+        self.context_features = self.bijection.context_features
+        self.base = StandardNormal(self.features) if base is None else base
+        self.config: dict | None = None
+
+    @property
+    def transforms(self) -> nn.ModuleList:
+        """The bijections, base side first."""
+        return self.bijection.parts
+
+    def transform(self, context: Tensor | None = None):  # noqa: ANN201
+        """The composed transform, conditioned on ``context`` when the flow is conditional."""
+        return self.bijection.condition(context)
+
+    def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        check_context(context, self.context_features)
+        batch_shape = torch.Size() if context is None else context.shape[:-1]
+        return FlowDistribution(self.base(batch_shape), self.transform(context))
+
+    def extra_repr(self) -> str:
+        text = f"features={self.features}"
+        if self.context_features:
+            text += f", context={self.context_features}"
+        return text
