@@ -7,7 +7,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..core import Flow
-from ..transforms import AffineMap, Bijection, ElementwiseMap, Inverse, MaskedAutoregressive, SplineMap
+from ..transforms import (
+    AffineMap,
+    Bijection,
+    ElementwiseMap,
+    Inverse,
+    MaskedAutoregressive,
+    SplineMap,
+)
 from .registry import register
 
 __all__ = ["iaf", "maf", "nsf"]

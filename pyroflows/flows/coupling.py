@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..core import Flow
 from ..transforms import (
     AdditiveMap,
+    Bijection,
     AffineMap,
     Coupling,
     ElementwiseAffine,
@@ -24,12 +25,12 @@ def _couplings(
     features: int,
     context: int,
     transforms: int,
-    make_map: type[ElementwiseMap] | object,
+    make_map: Callable[[], ElementwiseMap],
     hidden: Sequence[int],
     conditioner: str,
     activation: str,
     lu: bool = False,
-) -> list:
+) -> list[Bijection]:
     if features < 2:
         raise ValueError("coupling flows need at least 2 features; for 1-D data use 'maf' or 'nsf'")
     if not isinstance(transforms, int) or transforms < 1:

@@ -29,12 +29,14 @@ class FitResult:
         best_epoch: the epoch whose parameters the flow holds at the end.
         best_val_loglik: its validation log-likelihood (``nan`` without validation).
         stopped_early: whether patience ran out before ``epochs``.
+        val_index: indices of the points held out for validation (empty without).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_loglik: float = math.nan
     stopped_early: bool = False
+    val_index: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -188,7 +190,7 @@ def fit(
             weight += float(w[chunk].sum())
         return total / weight if weight > 0 else math.nan
 
-    result = FitResult()
+    result = FitResult(val_index=val_index)
     # Restored if training blows up before any epoch finishes.
     best_state = copy.deepcopy(flow.state_dict())
     best = -math.inf
@@ -204,7 +206,7 @@ def fit(
             if not torch.isfinite(loglik):
                 flow.load_state_dict(best_state)
                 raise FloatingPointError(
-                    f"the log-likelihood became {float(loglik)} at epoch {epoch}, step {step}; "
+                    f"the log-likelihood became {float(loglik.detach())} at epoch {epoch}, step {step}; "
                     "the flow holds the best (or initial) parameters. Try a smaller lr, or "
                     "standardize the data (build(..., standardize=data))."
                 )
@@ -214,7 +216,7 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
             optimizer.step()
             batch_weight = float(w[batch].sum())
-            total += float(loglik) * batch_weight
+            total += float(loglik.detach()) * batch_weight
             weight += batch_weight
         flow.eval()
         train_loglik = total / weight if weight > 0 else math.nan

@@ -93,7 +93,7 @@ class SplineMap(ElementwiseMap):
         xs = self._knots(params[..., :K])
         ys = self._knots(params[..., K : 2 * K])
         inner = self.min_derivative + F.softplus(params[..., 2 * K :] + self._derivative_offset)
-        ones = torch.ones_like(inner[..., :1])
+        ones = torch.ones_like(params[..., :1])
         return xs, ys, torch.cat([ones, inner, ones], dim=-1)
 
     @staticmethod
