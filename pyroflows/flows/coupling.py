@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from ..core import Flow
 from ..transforms import (
     AdditiveMap,
-    Bijection,
     AffineMap,
+    Bijection,
     Coupling,
     ElementwiseAffine,
     ElementwiseMap,
