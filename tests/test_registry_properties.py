@@ -176,3 +176,24 @@ def test_options_are_honoured(name):
     assert count(small) < count(large)
     assert small.config == {"name": name, "features": FEATURES, "context": 0,
                             "standardize": False, "options": {"transforms": 1, "hidden": (8, 8)}}
+
+
+@pytest.mark.slow
+def test_compiles_without_graph_breaks(name, context_size, device, dtype):
+    """Static shapes, no .item() or data-dependent Python branches: dynamo traces density and
+    sampling as one graph each (``fullgraph=True`` fails on any graph break)."""
+    torch._dynamo.reset()
+    flow = make(name, context_size, device, dtype)
+    c = make_context(4, context_size, device, dtype)
+    x = torch.randn(4, FEATURES, device=device, dtype=dtype)
+
+    def log_prob(x, c):  # noqa: ANN001, ANN202
+        return flow(c).log_prob(x)
+
+    def sample(c):  # noqa: ANN001, ANN202
+        return flow(c).rsample_and_log_prob((5,))
+
+    compiled = torch.compile(log_prob, backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(x, c), log_prob(x, c))
+    xs, lp = torch.compile(sample, backend="eager", fullgraph=True)(c)
+    assert xs.shape[-1] == FEATURES and torch.isfinite(lp).all()
