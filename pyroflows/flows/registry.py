@@ -110,7 +110,12 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
-        raise ValueError(f"cannot read a pyroflows model from {os.fspath(path)!r}: {error}") from None
+        # torch's first line says what failed; its further advice is about pickles, not us.
+        reason = str(error).split(": Weights only")[0].splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"cannot read a pyroflows model from {os.fspath(path)!r}: not a file written by "
+            f"pyroflows.flows.save ({reason})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a pyroflows model file")
     config = payload["config"]
