@@ -31,7 +31,9 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(features))
 
     def forward(self, batch_shape: torch.Size = torch.Size()) -> dist.TorchDistribution:
-        base = dist.Normal(self.loc, self.scale).to_event(1)
+        # The buffers are valid by construction: skip argument validation on this hot path.
+        base = dist.Independent(dist.Normal(self.loc, self.scale, validate_args=False), 1,
+                                validate_args=False)
         return base.expand(batch_shape) if batch_shape else base
 
 
@@ -55,7 +57,19 @@ class FlowDistribution(dist.TransformedDistribution):
     def __init__(self, base: dist.TorchDistribution, transform, validate_args=None) -> None:  # noqa: ANN001
         self.transform = transform
         self.features = transform.features
-        super().__init__(base, [transform], validate_args=validate_args)
+        if base.event_shape != (self.features,):
+            raise ValueError(
+                f"the base has event shape {tuple(base.event_shape)}; the transform needs "
+                f"({self.features},)"
+            )
+        # TransformedDistribution.__init__ re-derives shapes through ComposeTransform on every
+        # call (a third of the cost of flow() for a small model); ours are known, so set the
+        # same attributes directly.
+        self.base_dist = base
+        self.transforms = [transform]
+        torch.distributions.Distribution.__init__(
+            self, base.batch_shape, base.event_shape, validate_args=validate_args
+        )
 
     def _check(self, x: Tensor) -> None:
         check_features(x, self.features, "value")
@@ -132,6 +146,11 @@ class Flow(nn.Module):
         return self.bijection.condition(context)
 
     def forward(self, context: Tensor | None = None) -> FlowDistribution:
+        """The distribution :math:`p(x \\mid c)`; call the flow, ``flow(context)``, rather than this.
+
+        Raises ValueError when a conditional flow gets no context, or an unconditional one gets
+        one.
+        """
         check_context(context, self.context_features)
         batch_shape = torch.Size() if context is None else context.shape[:-1]
         return FlowDistribution(self.base(batch_shape), self.transform(context))
