@@ -101,6 +101,8 @@ def circles(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.08)
     return (points + noise * torch.randn(n, 2, generator=g)).to(torch.get_default_dtype())
 
 
+#: The toy generators by name: ``moons``, ``8gaussians``, ``checkerboard``, ``pinwheel``,
+#: ``spirals``, ``circles``.
 TOY_DATASETS: dict[str, Callable[..., Tensor]] = {
     "moons": moons,
     "8gaussians": eight_gaussians,

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 __all__ = ["ACTIVATIONS", "join_context", "make_activation"]
 
+#: Activation modules by name, for the ``activation`` option of conditioners and presets.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "elu": nn.ELU,
