@@ -175,9 +175,13 @@ def fit(
     val_index, train_index = order[:n_val], order[n_val:]
     optimizer = optimizer or torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
 
+    # The distribution reads the flow's parameters when evaluated, so an unconditional one is
+    # built once rather than per step.
+    unconditional = flow() if c is None else None
+
     def weighted_mean_loglik(index: Tensor) -> Tensor:
-        ctx = None if c is None else c[index]
-        log_prob = flow(ctx).log_prob(x[index])
+        distribution = unconditional if c is None else flow(c[index])
+        log_prob = distribution.log_prob(x[index])
         wi = w[index]
         return (wi * log_prob).sum() / wi.sum().clamp_min(torch.finfo(dtype).tiny)
 

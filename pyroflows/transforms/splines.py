@@ -82,7 +82,10 @@ class SplineMap(ElementwiseMap):
     def _knots(self, raw: Tensor) -> Tensor:
         """Knot positions (..., K+1) on [-B, B] from raw bin sizes (..., K)."""
         K, B = self.bins, self.bound
-        sizes = self.min_bin_size + (1 - self.min_bin_size * K) * torch.softmax(raw, dim=-1)
+        # softmax written out: torch's CPU softmax takes a slow path over a last dimension this
+        # short (measured 4-20x slower than exp/sum at 8 bins), a quarter of nsf's time.
+        e = torch.exp(raw - raw.detach().amax(-1, keepdim=True))
+        sizes = self.min_bin_size + (1 - self.min_bin_size * K) * (e / e.sum(-1, keepdim=True))
         knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
         # Pin the ends exactly so that the tails join the spline without a gap.
         ends = torch.ones_like(knots[..., :1])
