@@ -36,6 +36,8 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/density_toy.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/destructors_toy.py
+	$(BIN)/python benchmarks/mnist.py
 
 clean:
 	rm -rf $(VENV) docs/_build benchmarks/results .pytest_cache

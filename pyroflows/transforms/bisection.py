@@ -77,7 +77,8 @@ def newton_bisect(f: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], 
         lo = torch.where(below, x, lo)
         hi = torch.where(below, hi, x)
         step = x - value / derivative(x).clamp_min(tiny)
-        inside = (step > lo) & (step < hi)
+        # Inclusive: a converged point's step lands on the bracket end it just became.
+        inside = (step >= lo) & (step <= hi)
         x = torch.where(inside, step, 0.5 * (lo + hi))
     return x
 
