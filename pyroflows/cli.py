@@ -433,9 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     training diverges.
 
     Example:
-        >>> main(["list"])  # doctest: +ELLIPSIS
-        iaf ...
-        0
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     status = main(["list"])
+        >>> status, "nsf-coupling" in out.getvalue()
+        (0, True)
     """
     parser = _parser()
     try:

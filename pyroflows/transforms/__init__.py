@@ -5,15 +5,23 @@ from .base import Bijection, Compose, ConditionedBijection, Inverse
 from .coupling import Coupling, alternating_mask
 from .elementwise import AdditiveMap, AffineMap, Elementwise, ElementwiseAffine, ElementwiseMap
 from .linear import LULinear
+from .neural_autoregressive import BlockNeuralAutoregressive, SigmoidalMap
 from .normalization import ActNorm
 from .permutation import Permutation, Reverse, random_permutation
+from .planar import AmortizedParameters, Planar
+from .quadrature import clenshaw_curtis, gauss_legendre
+from .radial import Radial
 from .splines import SplineMap
+from .sylvester import Sylvester
+from .umnn import InverseMap, UMNNMap
 
 __all__ = [
     "ActNorm",
     "AdditiveMap",
     "AffineMap",
+    "AmortizedParameters",
     "Bijection",
+    "BlockNeuralAutoregressive",
     "Compose",
     "ConditionedBijection",
     "Coupling",
@@ -21,11 +29,19 @@ __all__ = [
     "ElementwiseAffine",
     "ElementwiseMap",
     "Inverse",
+    "InverseMap",
     "LULinear",
     "MaskedAutoregressive",
     "Permutation",
+    "Planar",
+    "Radial",
     "Reverse",
+    "SigmoidalMap",
     "SplineMap",
+    "Sylvester",
+    "UMNNMap",
     "alternating_mask",
+    "clenshaw_curtis",
+    "gauss_legendre",
     "random_permutation",
 ]
