@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..transforms.bisection import monotone_inverse
+from ..transforms.splines import rq_bin_forward, rq_bin_inverse
 from .base import REAL, UNIT, Destructor, check_no_constant_columns
 from .special import beta_log_pdf, betainc, normal_cdf, normal_icdf, normal_log_pdf
 
@@ -113,11 +114,8 @@ class HistogramDestructor(Destructor):
         if not self.smooth:
             u = y0 + xi * lp.exp()
             return u.clamp(0, 1), (lp + math.log(K)).sum(-1)
-        h, s = lp.exp(), lp.exp() * K
-        xi1 = xi * (1 - xi)
-        denom = s + (d1 + d0 - 2 * s) * xi1
-        u = y0 + h * (s * xi * xi + d0 * xi1) / denom
-        log_deriv = torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) + 2 * torch.log(s) - 2 * torch.log(denom)
+        h = lp.exp()
+        u, log_deriv = rq_bin_forward(xi, y0, h, h * K, d0, d1)
         return u.clamp(0, 1), log_deriv.sum(-1)
 
     def inverse_and_ladj(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -131,19 +129,9 @@ class HistogramDestructor(Destructor):
         if not self.smooth:
             x = ((k + (uc - y0) * torch.exp(-lp)) / K).clamp(0, 1)
             return x, -(lp + math.log(K)).sum(-1)
-        h, s = lp.exp(), lp.exp() * K
-        dy = uc - y0
-        c2 = d1 + d0 - 2 * s
-        a = h * (s - d0) + dy * c2
-        b = h * d0 - dy * c2
-        c = -s * dy
-        disc = (b * b - 4 * a * c).clamp_min(0)
-        # The root in [0, 1], in the form that does not cancel when a is near 0.
-        xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
+        h = lp.exp()
+        xi, log_deriv = rq_bin_inverse(uc - y0, h, h * K, d0, d1)
         x = ((k + xi) / K).clamp(0, 1)
-        xi1 = xi * (1 - xi)
-        denom = s + c2 * xi1
-        log_deriv = torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) + 2 * torch.log(s) - 2 * torch.log(denom)
         return x, -log_deriv.sum(-1)
 
 

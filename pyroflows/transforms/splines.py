@@ -18,11 +18,51 @@ from torch import Tensor
 
 from .elementwise import ElementwiseMap, broadcast_params
 
-__all__ = ["SplineMap"]
+__all__ = ["SplineMap", "rq_bin_forward", "rq_bin_inverse"]
 
 
 def _softplus_inverse(y: float) -> float:
     return y + math.log(-math.expm1(-y))
+
+
+def rq_bin_forward(xi: Tensor, y0: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+    r"""The rational-quadratic segment of one bin, evaluated at relative position ``xi``.
+
+    A bin of width :math:`w` and height :math:`h` (slope :math:`s = h / w`) starting at
+    height ``y0``, with knot derivatives ``d0`` and ``d1``:
+
+    .. math::
+        v = y_0 + \frac{h\,[s\xi^2 + d_0 \xi(1-\xi)]}{s + (d_1 + d_0 - 2s)\,\xi(1-\xi)},\qquad
+        \log\frac{dv}{du} = \log \frac{s^2 [d_1\xi^2 + 2s\xi(1-\xi) + d_0(1-\xi)^2]}
+                                     {[s + (d_1 + d_0 - 2s)\xi(1-\xi)]^2}
+
+    with :math:`u = u_0 + \xi w`. Shared by :class:`SplineMap` and the smooth histogram
+    destructor. Returns ``(v, log dv/du)``.
+    """
+    xi1 = xi * (1 - xi)
+    denom = s + (d1 + d0 - 2 * s) * xi1
+    v = y0 + h * (s * xi * xi + d0 * xi1) / denom
+    log_deriv = 2 * torch.log(s) + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) \
+        - 2 * torch.log(denom)
+    return v, log_deriv
+
+
+def rq_bin_inverse(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor]:
+    """Invert :func:`rq_bin_forward` in closed form: the relative position ``xi`` at which the
+    segment rises by ``dy = v - y0``, and ``log dv/du`` there (to be negated for the inverse).
+    """
+    c2 = d1 + d0 - 2 * s
+    a = h * (s - d0) + dy * c2
+    b = h * d0 - dy * c2
+    c = -s * dy
+    disc = (b * b - 4 * a * c).clamp_min(0)
+    # The root in [0, 1], written in the form that does not cancel when a is near 0.
+    xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
+    xi1 = xi * (1 - xi)
+    log_deriv = 2 * torch.log(s) + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) \
+        - 2 * torch.log(s + c2 * xi1)
+    return xi, log_deriv
 
 
 class SplineMap(ElementwiseMap):
@@ -121,13 +161,8 @@ class SplineMap(ElementwiseMap):
         k = self._bin(xs, uc)
         x0, x1, y0, y1, d0, d1 = self._gather(k, xs, ys, ds)
         w, h = x1 - x0, y1 - y0
-        s = h / w
         xi = ((uc - x0) / w).clamp(0, 1)
-        xi1 = xi * (1 - xi)
-        denom = s + (d1 + d0 - 2 * s) * xi1
-        v = y0 + h * (s * xi * xi + d0 * xi1) / denom
-        deriv = s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2)
-        ladj = torch.log(deriv) - 2 * torch.log(denom)
+        v, ladj = rq_bin_forward(xi, y0, h, h / w, d0, d1)
         return torch.where(inside, v, u), torch.where(inside, ladj, torch.zeros_like(ladj))
 
     def inverse(self, v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,18 +173,6 @@ class SplineMap(ElementwiseMap):
         k = self._bin(ys, vc)
         x0, x1, y0, y1, d0, d1 = self._gather(k, xs, ys, ds)
         w, h = x1 - x0, y1 - y0
-        s = h / w
-        dy = vc - y0
-        c2 = d1 + d0 - 2 * s
-        a = h * (s - d0) + dy * c2
-        b = h * d0 - dy * c2
-        c = -s * dy
-        disc = (b * b - 4 * a * c).clamp_min(0)
-        # The root in [0, 1], written in the form that does not cancel when a is near 0.
-        xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
-        u = x0 + xi * w
-        xi1 = xi * (1 - xi)
-        denom = s + c2 * xi1
-        deriv = s * s * (d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2)
-        ladj = 2 * torch.log(denom) - torch.log(deriv)
+        xi, log_deriv = rq_bin_inverse(vc - y0, h, h / w, d0, d1)
+        u, ladj = x0 + xi * w, -log_deriv
         return torch.where(inside, u, v), torch.where(inside, ladj, torch.zeros_like(ladj))
