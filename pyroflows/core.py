@@ -8,6 +8,7 @@ A normalizing flow is :math:`x = T(z; c)` with :math:`z \sim p_Z`, whose density
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -17,24 +18,65 @@ from torch.distributions import constraints
 
 from .transforms.base import Bijection, Compose, check_context, check_features
 
-__all__ = ["Flow", "FlowDistribution", "StandardNormal"]
+__all__ = ["Flow", "FlowDistribution", "StandardNormal", "StandardNormalDistribution"]
+
+
+class StandardNormalDistribution(dist.TorchDistribution):
+    r""":math:`\mathcal{N}(0, I_d)` with a batch shape, and a lean ``log_prob``
+    :math:`-\tfrac12\lVert z \rVert^2 - \tfrac d2 \log 2\pi` (a third of the cost of
+    ``Normal(0, 1).to_event(1)``, which matters on a flow's hot path).
+
+    Args:
+        zeros: a ``(d,)`` tensor of zeros that carries the device and dtype.
+        batch_shape: the batch shape.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, zeros: Tensor, batch_shape: torch.Size = torch.Size()) -> None:
+        self.zeros = zeros
+        self._log_normalizer = 0.5 * zeros.shape[-1] * math.log(2 * math.pi)
+        super().__init__(torch.Size(batch_shape), zeros.shape[-1:], validate_args=False)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        return torch.randn(shape, dtype=self.zeros.dtype, device=self.zeros.device)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        log_prob = -0.5 * value.square().sum(-1) - self._log_normalizer
+        if len(self.batch_shape):
+            log_prob = log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
+        return log_prob
+
+    def expand(self, batch_shape, _instance=None) -> StandardNormalDistribution:  # noqa: ANN001
+        return StandardNormalDistribution(self.zeros, torch.Size(batch_shape))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.zeros.expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> Tensor:
+        return torch.ones_like(self.zeros).expand(self.batch_shape + self.event_shape)
+
+    def entropy(self) -> Tensor:
+        value = self._log_normalizer + 0.5 * self.zeros.shape[-1]
+        return self.zeros.new_full(self.batch_shape, value)
 
 
 class StandardNormal(nn.Module):
-    """Lazy standard normal base :math:`\\mathcal{N}(0, I_d)` that follows the module's device
-    and dtype (its ``loc`` and ``scale`` are buffers)."""
+    r"""Lazy standard normal base :math:`\mathcal{N}(0, I_d)` that follows the module's device
+    and dtype (through a ``zeros`` buffer)."""
 
     def __init__(self, features: int) -> None:
         super().__init__()
         self.features = features
-        self.register_buffer("loc", torch.zeros(features))
-        self.register_buffer("scale", torch.ones(features))
+        self.register_buffer("zeros", torch.zeros(features))
 
-    def forward(self, batch_shape: torch.Size = torch.Size()) -> dist.TorchDistribution:
-        # The buffers are valid by construction: skip argument validation on this hot path.
-        base = dist.Independent(dist.Normal(self.loc, self.scale, validate_args=False), 1,
-                                validate_args=False)
-        return base.expand(batch_shape) if batch_shape else base
+    def forward(self, batch_shape: torch.Size = torch.Size()) -> StandardNormalDistribution:
+        return StandardNormalDistribution(self.zeros, batch_shape)
 
 
 class FlowDistribution(dist.TransformedDistribution):
