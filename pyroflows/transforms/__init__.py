@@ -13,6 +13,7 @@ from .quadrature import clenshaw_curtis, gauss_legendre
 from .radial import Radial
 from .splines import SplineMap
 from .sylvester import Sylvester
+from .triangular import LowerTriangularAffine
 from .umnn import InverseMap, UMNNMap
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Inverse",
     "InverseMap",
     "LULinear",
+    "LowerTriangularAffine",
     "MaskedAutoregressive",
     "Permutation",
     "Planar",

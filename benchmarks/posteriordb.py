@@ -1,0 +1,144 @@
+"""Accuracy of AutoFlow (defaults) against posteriordb reference posteriors, next to Pyro's
+AutoMultivariateNormal.
+
+For every posterior in ``../shared/data/posteriordb`` (or ``--root``) with reference draws and a
+model in ``posteriordb_models.py``: fit each guide with ``SVI(model, guide,
+ClippedAdam(lr=5e-3, lrd=0.9995), Trace_ELBO())`` for 4000 steps (float64 models), draw 4000
+samples, and report per parameter the error of the mean in reference standard deviations,
+the ratio of standard deviations (guide / reference), and the PSIS k-hat of the importance
+weights p/q. Target for AutoFlow: every |mean error| < 0.1 and every sd ratio in
+[0.85, 1.15] on eight_schools_noncentered, kidiq, arK and sblrc.
+
+Usage::
+
+    python benchmarks/posteriordb.py                      # -> results/posteriordb.json
+    python benchmarks/posteriordb.py --posteriors kidiq-kidscore_momiq --steps 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoMultivariateNormal
+from pyro.optim import ClippedAdam
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, machine_info, print_table, save_json, set_threads  # noqa: E402
+from posteriordb_models import MODELS  # noqa: E402
+
+from pyroflows.data.posteriordb import list_posteriors, load_posterior  # noqa: E402
+from pyroflows.infer.autoguide import AutoFlow, safe_init  # noqa: E402
+from pyroflows.infer.weights import guide_log_weights  # noqa: E402
+
+TARGETED = ["eight_schools-eight_schools_noncentered", "kidiq-kidscore_momiq", "arK-arK", "sblrc-blr"]
+GUIDES = {
+    "AutoFlow": lambda model: AutoFlow(model),
+    # Pyro's init_to_median cannot sample an ImproperUniform: fall back as AutoFlow does.
+    "AutoMultivariateNormal": lambda model: AutoMultivariateNormal(
+        model, init_loc_fn=safe_init(pyro.infer.autoguide.init_to_median)),
+}
+
+
+def psis_khat(log_weights: torch.Tensor) -> float:
+    import arviz as az
+
+    _, khat = az.psislw(log_weights.double().cpu().numpy())
+    return float(khat)
+
+
+def run_one(name: str, post, guide_name: str, steps: int, samples: int, seed: int) -> dict:  # noqa: ANN001
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model, columns = MODELS[name](post.data, torch.float64)
+    start = time.perf_counter()
+    guide = GUIDES[guide_name](model)
+    guide()  # build (Pyro's guides build lazily)
+    setup = time.perf_counter() - start
+    svi = SVI(model, guide, ClippedAdam({"lr": 5e-3, "lrd": 0.9995}), Trace_ELBO())
+    start = time.perf_counter()
+    failed = None
+    for step in range(steps):
+        loss = svi.step()
+        if not np.isfinite(loss):
+            failed = f"non-finite loss at step {step}"
+            break
+    seconds = time.perf_counter() - start
+    ref_mean, ref_sd = post.reference_mean_sd()
+    if failed is None:
+        draws, logw = guide_log_weights(model, guide, samples)
+        x = columns(draws)
+        mean_err = (x.mean(0) - ref_mean) / ref_sd
+        sd_ratio = x.std(0, ddof=1) / ref_sd
+        khat = psis_khat(logw)
+    else:
+        mean_err = sd_ratio = np.full(len(ref_mean), np.nan)
+        khat = float("nan")
+    return {"posterior": name, "guide": guide_name, "seed": seed, "params": post.param_names,
+            "mean_error_sd": mean_err.tolist(), "sd_ratio": sd_ratio.tolist(), "khat": khat,
+            "max_abs_mean_error": float(np.max(np.abs(mean_err))),
+            "sd_ratio_range": [float(np.min(sd_ratio)), float(np.max(sd_ratio))],
+            "seconds": seconds, "setup_s": setup, "ms_per_step": 1000 * seconds / max(steps, 1),
+            "failed": failed, "init_choice": getattr(guide, "init_choice", None)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="posteriordb folder (default ../shared/data/posteriordb)")
+    parser.add_argument("--posteriors", nargs="+", default=None)
+    parser.add_argument("--guides", nargs="+", default=list(GUIDES), choices=list(GUIDES))
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "posteriordb.json"))
+    args = parser.parse_args()
+    set_threads(args.threads)
+    try:
+        available = list_posteriors(args.root)
+    except FileNotFoundError as error:
+        print(f"skipped: {error}")
+        return
+    names = args.posteriors or [n for n in available if n in MODELS]
+    info = machine_info()
+    runs, rows, detail = [], [], []
+    for name in names:
+        post = load_posterior(name, args.root)
+        reference = post.info.get("posterior", {}).get("reference_posterior_name")
+        if post.draws is None and reference and reference != name:
+            # e.g. the centred eight schools: same posterior as the non-centred one.
+            ref = load_posterior(reference, args.root)
+            post.draws, post.param_names = ref.draws, ref.param_names
+        if post.draws is None:
+            print(f"{name}: no reference draws, skipped")
+            continue
+        for guide in args.guides:
+            r = run_one(name, post, guide, args.steps, args.samples, args.seed)
+            runs.append(r)
+            ok = (r["max_abs_mean_error"] < 0.1 and 0.85 <= r["sd_ratio_range"][0]
+                  and r["sd_ratio_range"][1] <= 1.15)
+            target = "yes" if name in TARGETED else "-"
+            rows.append([name, guide, r["max_abs_mean_error"], r["sd_ratio_range"][0], r["sd_ratio_range"][1],
+                         r["khat"], r["ms_per_step"], "PASS" if ok else "fail", target])
+            print(f"{name} {guide}: max|mean err| {r['max_abs_mean_error']:.3f} sd ratio "
+                  f"[{r['sd_ratio_range'][0]:.3f}, {r['sd_ratio_range'][1]:.3f}] k-hat {r['khat']:.2f} "
+                  f"({r['seconds']:.0f} s, init {r['init_choice']})", flush=True)
+            for p, e, q in zip(r["params"], r["mean_error_sd"], r["sd_ratio"]):
+                detail.append([name.split("-")[0], guide, p, e, q])
+    print()
+    table = print_table(["posterior", "guide", "max |mean err| (sd)", "min sd ratio", "max sd ratio",
+                         "k-hat", "ms/step", "within target", "targeted"], rows)
+    print()
+    detail_table = print_table(["posterior", "guide", "parameter", "mean err (sd)", "sd ratio"], detail)
+    save_json(args.out, {"benchmark": "posteriordb", "machine": info, "config": vars(args), "runs": runs,
+                         "table": table, "detail": detail_table})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+r"""Shared importance-weight diagnostics: PSIS, k-hat threshold, ESS, evidence and MCSE.
+
+All functions take log-weights :math:`\log w_s = \log p(x_s) - \log q(x_s)` of ``S`` draws
+:math:`x_s \sim q` (any leading batch shape, samples on the last dimension unless noted) and
+work in float64 internally.
+
+* Pareto-smoothed importance sampling (PSIS; Vehtari, Simpson, Gelman, Yao & Gabry,
+  "Pareto smoothed importance sampling", JMLR 2024) via :func:`arviz.psislw`: the largest
+  weights are replaced by quantiles of a generalized Pareto fit whose shape :math:`\hat k` is
+  the reliability diagnostic.
+* The sample-size-dependent threshold :math:`\min(1 - 1/\log_{10} S,\ 0.7)`: above it the
+  estimate is unreliable (the paper's section 3).
+* Kish's effective sample size :math:`1 / \sum_s \bar w_s^2` of normalised weights.
+* :math:`\log \hat Z = \log \frac1S \sum_s w_s` with the delta-method standard error
+  :math:`\operatorname{se}(\log\hat Z) \approx \operatorname{sd}(w) / (\sqrt S\,\bar w)`.
+* Self-normalised expectations :math:`\hat\mu = \sum_s \bar w_s f(x_s)` with the delta-method
+  MCSE :math:`\sqrt{\sum_s \bar w_s^2 (f(x_s) - \hat\mu)^2}`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "clean_log_weights",
+    "ess",
+    "khat_threshold",
+    "log_evidence",
+    "psis",
+    "weighted_mean_and_mcse",
+]
+
+
+def khat_threshold(num_samples: int) -> float:
+    r"""The PSIS reliability threshold :math:`\min(1 - 1/\log_{10} S,\ 0.7)` for ``S`` draws.
+
+    Example:
+        >>> round(khat_threshold(1000), 3), khat_threshold(10**6)
+        (0.667, 0.7)
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples <= 10:
+        return -math.inf
+    return min(1.0 - 1.0 / math.log10(num_samples), 0.7)
+
+
+def clean_log_weights(log_weights: Tensor) -> tuple[Tensor, int]:
+    """Replace NaN (and ``+inf``, which would swamp every other weight) log-weights by
+    ``-inf`` (weight zero); returns the cleaned tensor and how many were replaced."""
+    bad = torch.isnan(log_weights) | (log_weights == math.inf)
+    count = int(bad.sum())
+    if count:
+        log_weights = torch.where(bad, torch.full_like(log_weights, -math.inf), log_weights)
+    return log_weights, count
+
+
+def psis(log_weights: Tensor) -> tuple[Tensor, float]:
+    r"""Pareto-smoothed, self-normalised log-weights and :math:`\hat k` (ArviZ's ``psislw``).
+
+    Args:
+        log_weights: shape (S,), ``-inf`` allowed (zero weight).
+
+    Returns:
+        ``(smoothed, khat)``: smoothed normalised log-weights, shape (S,), same device and
+        dtype as the input (``logsumexp(smoothed) == 0``); :math:`\hat k` as a float (``inf``
+        when too few finite weights exist to fit the tail).
+    """
+    import arviz as az
+
+    if log_weights.dim() != 1:
+        raise ValueError(f"psis() takes log-weights of shape (S,), got {tuple(log_weights.shape)}")
+    finite = torch.isfinite(log_weights)
+    if not bool(finite.any()):
+        raise ValueError("every importance weight is zero (all log-weights are -inf or NaN)")
+    lw = log_weights.detach().double().cpu().numpy()
+    keep = finite.cpu().numpy()
+    with warnings.catch_warnings():
+        # ArviZ warns itself about large k-hat; callers warn with the threshold that applies.
+        warnings.simplefilter("ignore")
+        # Smooth the positive weights only: ArviZ's tail fit turns -inf entries into NaN.
+        smoothed_finite, khat = az.psislw(lw[keep].copy(), reff=1.0)
+    smoothed_finite = np.asarray(smoothed_finite)
+    if not np.isfinite(smoothed_finite).all():
+        # ArviZ's tail fit degenerates (NaN) on (near-)constant weights, i.e. a proposal equal
+        # to the target: there is no tail to smooth, so the normalised raw weights are exact.
+        raw = lw[keep]
+        smoothed_finite = raw - (raw.max() + np.log(np.exp(raw - raw.max()).sum()))
+    smoothed = np.full_like(lw, -np.inf)
+    smoothed[keep] = smoothed_finite
+    smoothed = torch.as_tensor(smoothed, device=log_weights.device).to(log_weights.dtype)
+    return smoothed, float(khat)
+
+
+def _normalize(log_weights: Tensor) -> Tensor:
+    lw = log_weights.double()
+    return torch.exp(lw - torch.logsumexp(lw, -1, keepdim=True))
+
+
+def ess(log_weights: Tensor) -> Tensor:
+    r"""Kish's effective sample size :math:`(\sum_s w_s)^2 / \sum_s w_s^2`, over the last dim."""
+    w = _normalize(log_weights)
+    return 1.0 / (w * w).sum(-1)
+
+
+def log_evidence(log_weights: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`\log\hat Z = \log\frac1S\sum_s w_s` and its delta-method standard error.
+
+    :math:`\operatorname{Var}(\hat Z) = \operatorname{Var}_q(w)/S`, so
+    :math:`\operatorname{se}(\log\hat Z) \approx \operatorname{sd}(w)/(\sqrt S\,\bar w)`
+    (sample standard deviation, ``S - 1`` in the denominator). Computed from weights scaled by
+    their maximum, so it never overflows. Batched over leading dims; float64.
+    """
+    lw = log_weights.double()
+    S = lw.shape[-1]
+    top = lw.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w = torch.exp(lw - top)
+    mean = w.mean(-1)
+    log_z = mean.log() + top.squeeze(-1)
+    sd = w.std(-1) if S > 1 else torch.full_like(mean, math.inf)
+    return log_z, sd / (math.sqrt(S) * mean)
+
+
+def weighted_mean_and_mcse(values: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor]:
+    r"""Self-normalised estimate :math:`\sum_s \bar w_s f_s` and its Monte Carlo standard error.
+
+    The MCSE is the delta-method standard error of the ratio estimator,
+    :math:`\sqrt{\sum_s \bar w_s^2 (f_s - \hat\mu)^2}` (Owen, "Monte Carlo theory, methods and
+    examples", 2013, eq. 9.9), which reduces to :math:`\operatorname{sd}(f)/\sqrt S` for equal
+    weights.
+
+    Args:
+        values: :math:`f(x_s)`, shape (S, ...) (samples first).
+        log_weights: shape (S,), normalised or not.
+
+    Returns:
+        ``(estimate, mcse)``, each of shape ``values.shape[1:]``, in ``values``' dtype.
+    """
+    if values.shape[0] != log_weights.shape[0]:
+        raise ValueError(
+            f"f returned {values.shape[0]} values along its first dimension for "
+            f"{log_weights.shape[0]} samples; it must return one value (or row) per sample"
+        )
+    w = _normalize(log_weights).reshape((-1,) + (1,) * (values.dim() - 1))
+    f = values.double()
+    # Zero-weight samples (NaN targets) may have NaN values: they must not contaminate sums.
+    f = torch.where(w > 0, f, torch.zeros_like(f))
+    estimate = (w * f).sum(0)
+    mcse = ((w * (f - estimate)) ** 2).sum(0).sqrt()
+    dtype = values.dtype if values.is_floating_point() else torch.float64
+    return estimate.to(dtype), mcse.to(dtype)
