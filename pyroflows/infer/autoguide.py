@@ -129,7 +129,9 @@ def _store_tensor(key: str, tensor: Tensor) -> None:
     with the store, never optimised."""
     store = pyro.get_param_store()
     stored = store._params.get(key)
-    if stored is not None and stored is not tensor:
+    # A stored tensor of another shape belongs to an earlier guide of the same name (a new
+    # model in the same session), not to a saved state of this one: replace it.
+    if stored is not None and stored is not tensor and stored.shape == tensor.shape:
         with torch.no_grad():
             tensor.copy_(stored)
     store._params[key] = tensor
