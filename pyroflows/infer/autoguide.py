@@ -34,6 +34,7 @@ from ..transforms import ElementwiseAffine
 from ..transforms.triangular import LowerTriangularAffine
 from .guide_flows import resolve_flow
 from .laplace import find_map, laplace_approximation
+from .weights import trace_plate_nesting
 
 __all__ = ["AutoFlow", "GuideFlowDistribution", "continuous_latent_hide_fn", "safe_init"]
 
@@ -444,17 +445,11 @@ class AutoFlow(AutoContinuous):
     def _plate_nesting(self, *args: Any, **kwargs: Any) -> int:
         with poutine.block():
             trace = poutine.trace(self.model).get_trace(*args, **kwargs)
-        nesting = 0
         for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.dim is not None:
-                    nesting = max(nesting, -frame.dim)
-            nesting = max(nesting, len(getattr(site["fn"], "batch_shape", ())))
-            if not site["is_observed"] and continuous_latent_hide_fn(site) and not site_is_subsample(site):
+            if (site["type"] == "sample" and not site["is_observed"]
+                    and continuous_latent_hide_fn(site) and not site_is_subsample(site)):
                 self._has_discrete = True
-        return nesting
+        return trace_plate_nesting(trace)
 
     def _initial_gaussian(self, loc: Tensor, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
         D = self.latent_dim

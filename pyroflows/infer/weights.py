@@ -17,7 +17,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-__all__ = ["guide_log_weights", "init_trace", "plate_nesting"]
+__all__ = ["guide_log_weights", "init_trace", "plate_nesting", "trace_plate_nesting"]
 
 
 def init_trace(model: Callable, args: tuple, kwargs: dict) -> Any:
@@ -33,7 +33,11 @@ def init_trace(model: Callable, args: tuple, kwargs: dict) -> Any:
 
 def plate_nesting(model: Callable, *args: Any, **kwargs: Any) -> int:
     """Number of batch dims the model uses (its plates and its sites' batch shapes)."""
-    trace = init_trace(model, args, kwargs)
+    return trace_plate_nesting(init_trace(model, args, kwargs))
+
+
+def trace_plate_nesting(trace: poutine.Trace) -> int:
+    """Number of batch dims used by the sample sites of a model ``trace``."""
     nesting = 0
     for site in trace.nodes.values():
         if site["type"] != "sample":
