@@ -20,7 +20,7 @@ from pyro.optim import Adam, ClippedAdam
 
 import pyroflows
 from pyroflows.infer import AutoFlow, AutoMeanFieldFlow
-from pyroflows.infer.guide_flows import AffineSplineMap, InverseAutoregressive, variational_nsf
+from pyroflows.infer.guide_flows import AffineSplineMap, inverse_autoregressive, variational_nsf
 
 SMALL = {"transforms": 1, "hidden": (16, 16)}
 
@@ -288,7 +288,8 @@ def test_variational_nsf_layers_round_trip():
     x, ladj = T.call_and_ladj(z)
     z2, inv_ladj = T.inverse_and_ladj(x)
     assert torch.allclose(z, z2, atol=1e-8) and torch.allclose(ladj, -inv_ladj, atol=1e-8)
-    layer = InverseAutoregressive(3, AffineSplineMap(bins=4), hidden=(8, 8)).double()
+    layer = inverse_autoregressive(3, AffineSplineMap(bins=4), hidden=(8, 8)).double()
+    assert layer.fast_direction == "forward"
     for p in layer.parameters():
         p.data.add_(0.1 * torch.randn_like(p))
     J = torch.autograd.functional.jacobian(lambda v: layer.call_and_ladj(v)[0], z[0])

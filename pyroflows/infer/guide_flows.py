@@ -21,16 +21,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core import Flow
 from ..flows import available, build
-from ..nn import MADE
-from ..nn.made import MaskedLinear
-from ..transforms import Bijection, ElementwiseMap, Inverse, SplineMap
+from ..transforms import ElementwiseMap, Inverse, InverseMap, MaskedAutoregressive, SplineMap
 from ..transforms.elementwise import broadcast_params
 
-__all__ = ["AffineSplineMap", "InverseAutoregressive", "resolve_flow", "variational_nsf"]
+__all__ = ["AffineSplineMap", "inverse_autoregressive", "resolve_flow", "variational_nsf"]
 
 
 class AffineSplineMap(ElementwiseMap):
@@ -68,66 +66,22 @@ class AffineSplineMap(ElementwiseMap):
         return u, ladj - log_scale
 
 
-class InverseAutoregressive(Bijection):
-    r"""Inverse autoregressive layer: :math:`x_i = \tau(z_i;\ \theta_i(z_{<i}, c))`.
+def inverse_autoregressive(
+    features: int,
+    map: ElementwiseMap,
+    context: int = 0,
+    hidden: Sequence[int] = (64, 64),
+    order: Sequence[int] | Tensor | None = None,
+    activation: str = "relu",
+) -> Inverse:
+    r"""Inverse autoregressive layer :math:`x_i = \tau(z_i;\ \theta_i(z_{<i}, c))`.
 
     The parameters come from the *base-side* values, so sampling with its log-density is one
     MADE pass (``fast_direction = "forward"``); the inverse (density of external points) takes
-    ``features`` passes. This is the orientation variational posteriors need.
-
-    Args:
-        features: event size.
-        map: the elementwise transformer.
-        context: context size.
-        hidden: MADE widths.
-        order: autoregressive ordering (a permutation of ``range(features)``).
-        activation: non-linearity name.
-        linear_skip: add a masked linear map of ``z`` to the MADE's output (zero at start),
-            so the parameters can extrapolate linearly (off by default: in our funnel and
-            banana runs it made single-sample training noisier).
+    ``features`` passes. This is the orientation variational posteriors need. Built from the
+    shared pieces: ``Inverse(MaskedAutoregressive(features, InverseMap(map), ...))``.
     """
-
-    fast_direction = "forward"
-
-    def __init__(
-        self,
-        features: int,
-        map: ElementwiseMap,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        order: Sequence[int] | Tensor | None = None,
-        activation: str = "relu",
-        linear_skip: bool = False,
-    ) -> None:
-        super().__init__(features, context)
-        self.map = map
-        self.made = MADE(features, map.num_params, hidden, context, order, activation)
-        self.linear_skip = linear_skip
-        if linear_skip:
-            # theta_i(z) = MADE_i(z) + sum_{j < i} W_ij z_j: a masked linear term (zero at
-            # start) that extrapolates linearly, e.g. a log-scale linear in an earlier
-            # coordinate, as hierarchical posteriors (funnels) need.
-            degrees = self.made.order + 1
-            mask = (degrees.repeat_interleave(map.num_params)[:, None] > degrees[None, :]).to(torch.get_default_dtype())
-            self.skip = MaskedLinear(mask, bias=False)
-            nn.init.zeros_(self.skip.weight)
-
-    def _params(self, z: Tensor, context: Tensor | None) -> Tensor:
-        params = self.made(z, context)
-        if self.linear_skip:
-            params = params + self.skip(z).unflatten(-1, (self.features, self.map.num_params))
-        return params
-
-    def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x, ladj = self.map(z, self._params(z, context))
-        return x, ladj.sum(-1)
-
-    def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # Pass k recovers the k-th feature of the ordering (fixed iteration count).
-        z = x
-        for _ in range(self.features):
-            z, ladj = self.map.inverse(x, self._params(z, context))
-        return z, ladj.sum(-1)
+    return Inverse(MaskedAutoregressive(features, InverseMap(map), context, tuple(hidden), order, activation))
 
 
 def variational_nsf(
@@ -143,15 +97,15 @@ def variational_nsf(
     """Inverse autoregressive neural spline flow with affine stages (the guides' ``"nsf"``).
 
     ``transforms`` layers alternating the natural and the reversed order, each
-    :class:`InverseAutoregressive` with an :class:`AffineSplineMap` transformer. Starts as the
+    :func:`inverse_autoregressive` with an :class:`AffineSplineMap` transformer. Starts as the
     identity map.
     """
     if not isinstance(transforms, int) or transforms < 1:
         raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
     natural = torch.arange(features)
     layers = [
-        InverseAutoregressive(features, AffineSplineMap(bins, bound, log_scale_bound), context,
-                              tuple(hidden), natural if i % 2 == 0 else natural.flip(0), activation)
+        inverse_autoregressive(features, AffineSplineMap(bins, bound, log_scale_bound), context,
+                               tuple(hidden), natural if i % 2 == 0 else natural.flip(0), activation)
         for i in range(transforms)
     ]
     return Flow(layers)

@@ -3,7 +3,14 @@
 from .autoregressive import MaskedAutoregressive
 from .base import Bijection, Compose, ConditionedBijection, Inverse
 from .coupling import Coupling, alternating_mask
-from .elementwise import AdditiveMap, AffineMap, Elementwise, ElementwiseAffine, ElementwiseMap
+from .elementwise import (
+    AdditiveMap,
+    AffineMap,
+    Elementwise,
+    ElementwiseAffine,
+    ElementwiseMap,
+    InverseMap,
+)
 from .linear import LULinear
 from .neural_autoregressive import BlockNeuralAutoregressive, SigmoidalMap
 from .normalization import ActNorm
@@ -14,7 +21,7 @@ from .radial import Radial
 from .splines import SplineMap
 from .sylvester import Sylvester
 from .triangular import LowerTriangularAffine
-from .umnn import InverseMap, UMNNMap
+from .umnn import UMNNMap
 
 __all__ = [
     "ActNorm",

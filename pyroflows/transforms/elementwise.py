@@ -21,6 +21,7 @@ __all__ = [
     "Elementwise",
     "ElementwiseAffine",
     "ElementwiseMap",
+    "InverseMap",
     "broadcast_params",
 ]
 
@@ -99,6 +100,30 @@ class AffineMap(ElementwiseMap):
 
     def extra_repr(self) -> str:
         return f"log_scale_bound={self.log_scale_bound}"
+
+
+class InverseMap(ElementwiseMap):
+    r"""The inverse :math:`\tau^{-1}` of an :class:`ElementwiseMap` :math:`\tau`, as a map.
+
+    Autoregressive layers evaluate :math:`\tau^{-1}` in their density direction, in one pass;
+    wrapping a transformer whose explicit direction is the data-to-noise map of its paper
+    (UMNN's integral, NAF's sigmoidal flow) makes that direction the fast one:
+    ``MaskedAutoregressive(d, InverseMap(UMNNMap()))`` computes densities with the exact
+    integral in one MADE pass and samples with the numerical inverse; and
+    ``Inverse(MaskedAutoregressive(d, InverseMap(m)))`` is the inverse-autoregressive layer
+    :math:`x_i = \tau(z_i; \theta_i(z_{<i}))` with ``m``'s explicit direction for sampling.
+    """
+
+    def __init__(self, map: ElementwiseMap) -> None:
+        super().__init__()
+        self.map = map
+        self.num_params = map.num_params
+
+    def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self.map.inverse(u, params)
+
+    def inverse(self, v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self.map.forward(v, params)
 
 
 class Elementwise(Bijection):

@@ -1,5 +1,5 @@
 r"""Unconstrained monotonic neural networks (Wehenkel & Louppe, "Unconstrained Monotonic Neural
-Networks", NeurIPS 2019) as an elementwise transformer, and :class:`InverseMap`.
+Networks", NeurIPS 2019) as an elementwise transformer.
 
 The transformer is the integral of a positive network:
 
@@ -33,29 +33,7 @@ from .elementwise import ElementwiseMap, broadcast_params
 from .planar import check_hidden
 from .quadrature import quadrature_rule
 
-__all__ = ["InverseMap", "UMNNMap"]
-
-
-class InverseMap(ElementwiseMap):
-    r"""The inverse :math:`\tau^{-1}` of an :class:`ElementwiseMap` :math:`\tau`, as a map.
-
-    Autoregressive layers evaluate :math:`\tau^{-1}` in their density direction, in one pass;
-    wrapping a transformer whose explicit direction is the data-to-noise map of its paper
-    (UMNN's integral, NAF's sigmoidal flow) makes that direction the fast one:
-    ``MaskedAutoregressive(d, InverseMap(UMNNMap()))`` computes densities with the exact
-    integral in one MADE pass and samples with the numerical inverse.
-    """
-
-    def __init__(self, map: ElementwiseMap) -> None:
-        super().__init__()
-        self.map = map
-        self.num_params = map.num_params
-
-    def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self.map.inverse(u, params)
-
-    def inverse(self, v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        return self.map.forward(v, params)
+__all__ = ["UMNNMap"]
 
 
 class UMNNMap(ElementwiseMap):
