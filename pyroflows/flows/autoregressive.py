@@ -15,12 +15,14 @@ from ..transforms import (
     MaskedAutoregressive,
     SplineMap,
 )
-from .registry import register
+from .registry import check_transforms, register
 
 __all__ = ["iaf", "maf", "nsf"]
 
 
-def _orders(features: int, transforms: int, order: str) -> list[torch.Tensor]:
+def orderings(features: int, transforms: int, order: str) -> list[torch.Tensor]:
+    """Per-layer autoregressive orderings: ``"reverse"`` alternates natural and reversed,
+    ``"random"`` draws seeded permutations."""
     if order == "reverse":
         natural = torch.arange(features)
         return [natural if i % 2 == 0 else natural.flip(0) for i in range(transforms)]
@@ -40,11 +42,10 @@ def _autoregressive(
     activation: str,
     residual: bool,
 ) -> list[MaskedAutoregressive]:
-    if not isinstance(transforms, int) or transforms < 1:
-        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
+    check_transforms(transforms)
     return [
         MaskedAutoregressive(features, make_map(), context, tuple(hidden), o, activation, residual)
-        for o in _orders(features, transforms, order)
+        for o in orderings(features, transforms, order)
     ]
 
 

@@ -16,7 +16,7 @@ from ..transforms import (
     SplineMap,
     alternating_mask,
 )
-from .registry import register
+from .registry import check_transforms, register
 
 __all__ = ["nice", "nsf_coupling", "realnvp"]
 
@@ -33,8 +33,7 @@ def _couplings(
 ) -> list[Bijection]:
     if features < 2:
         raise ValueError("coupling flows need at least 2 features; for 1-D data use 'maf' or 'nsf'")
-    if not isinstance(transforms, int) or transforms < 1:
-        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
+    check_transforms(transforms)
     layers = []
     for i in range(transforms):
         if lu and i > 0:

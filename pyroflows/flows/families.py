@@ -11,7 +11,6 @@ from ..transforms import (
     Bijection,
     BlockNeuralAutoregressive,
     InverseMap,
-    MaskedAutoregressive,
     Planar,
     Radial,
     Reverse,
@@ -19,15 +18,10 @@ from ..transforms import (
     Sylvester,
     UMNNMap,
 )
-from .autoregressive import _orders
-from .registry import register
+from .autoregressive import _autoregressive
+from .registry import check_transforms, register
 
 __all__ = ["bnaf", "naf", "planar", "radial", "sylvester", "umnn"]
-
-
-def _check_transforms(transforms: int) -> None:
-    if not isinstance(transforms, int) or isinstance(transforms, bool) or transforms < 1:
-        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
 
 
 @register("planar")
@@ -50,7 +44,7 @@ def planar(
     Options: ``transforms``; ``hidden`` and ``activation`` of the context networks (used only
     with ``context > 0``).
     """
-    _check_transforms(transforms)
+    check_transforms(transforms)
     return Flow([Planar(features, context, tuple(hidden), activation) for _ in range(transforms)])
 
 
@@ -72,7 +66,7 @@ def radial(
     Options: ``transforms``; ``hidden`` and ``activation`` of the context networks (used only
     with ``context > 0``).
     """
-    _check_transforms(transforms)
+    check_transforms(transforms)
     return Flow([Radial(features, context, tuple(hidden), activation) for _ in range(transforms)])
 
 
@@ -100,16 +94,16 @@ def sylvester(
     Options: ``transforms``, ``reflections``; ``hidden`` and ``activation`` of the context
     networks (used only with ``context > 0``).
     """
-    _check_transforms(transforms)
+    check_transforms(transforms)
     return Flow([Sylvester(features, context, tuple(hidden), reflections, flip=i % 2 == 1,
                            activation=activation) for i in range(transforms)])
 
 
 def _autoregressive_layers(features: int, context: int, transforms: int, make_map, hidden,  # noqa: ANN001
                            order: str, activation: str) -> list[Bijection]:
-    _check_transforms(transforms)
-    return [MaskedAutoregressive(features, InverseMap(make_map()), context, tuple(hidden), o,
-                                 activation) for o in _orders(features, transforms, order)]
+    # The papers' explicit map is data-to-noise: InverseMap makes it the one-pass direction.
+    return _autoregressive(features, context, transforms, lambda: InverseMap(make_map()), hidden,
+                           order, activation, residual=False)
 
 
 @register("umnn")
@@ -193,7 +187,7 @@ def bnaf(
     Options: ``transforms``, ``hidden`` (units per dimension in each hidden layer; layer width
     ``features * h``), ``context_hidden`` (the context MLP that shifts the first layer).
     """
-    _check_transforms(transforms)
+    check_transforms(transforms)
     layers: list[Bijection] = []
     for i in range(transforms):
         if i > 0:

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..core import Flow
 from ..transforms import ElementwiseAffine
 
-__all__ = ["available", "build", "load", "register", "save"]
+__all__ = ["available", "build", "check_transforms", "load", "register", "save"]
 
 _PRESETS: dict[str, Callable[..., Flow]] = {}
 FORMAT = "pyroflows-flow/1"
@@ -30,6 +30,12 @@ def register(name: str) -> Callable[[Callable[..., Flow]], Callable[..., Flow]]:
         return preset
 
     return decorator
+
+
+def check_transforms(transforms: int) -> None:
+    """The presets' shared check of their ``transforms`` option (number of layers)."""
+    if not isinstance(transforms, int) or isinstance(transforms, bool) or transforms < 1:
+        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
 
 
 def available() -> list[str]:

@@ -25,6 +25,8 @@ from torch import Tensor
 
 from ..core import Flow
 from ..flows import available, build
+from ..flows.autoregressive import orderings
+from ..flows.registry import check_transforms
 from ..transforms import ElementwiseMap, Inverse, InverseMap, MaskedAutoregressive, SplineMap
 from ..transforms.elementwise import broadcast_params
 
@@ -100,13 +102,11 @@ def variational_nsf(
     :func:`inverse_autoregressive` with an :class:`AffineSplineMap` transformer. Starts as the
     identity map.
     """
-    if not isinstance(transforms, int) or transforms < 1:
-        raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
-    natural = torch.arange(features)
+    check_transforms(transforms)
     layers = [
         inverse_autoregressive(features, AffineSplineMap(bins, bound, log_scale_bound), context,
-                               tuple(hidden), natural if i % 2 == 0 else natural.flip(0), activation)
-        for i in range(transforms)
+                               tuple(hidden), order, activation)
+        for order in orderings(features, transforms, "reverse")
     ]
     return Flow(layers)
 
