@@ -26,7 +26,7 @@ from pyroflows.data import TOY_DATASETS, toy
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--flow", default="nsf", choices=pyroflows.flows.available(),
+    parser.add_argument("--flow", default="nsf", choices=pyroflows.flows.available("vector"),
                         help="flow preset (default: %(default)s)")
     parser.add_argument("--dataset", default="moons", choices=sorted(TOY_DATASETS),
                         help="toy data set (default: %(default)s)")

@@ -30,7 +30,7 @@ from pyroflows.rl.sac import SAC, SACConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium id (default: %(default)s)")
-    parser.add_argument("--flow", default="nsf", choices=[*pyroflows.flows.available(), "none"],
+    parser.add_argument("--flow", default="nsf", choices=[*pyroflows.flows.available("vector"), "none"],
                         help="registry flow of the policy, or none (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20_000, help="environment steps")
     parser.add_argument("--hidden", type=int, default=128, help="hidden width of all networks")

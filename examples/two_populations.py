@@ -61,7 +61,7 @@ def effect(x: torch.Tensor) -> torch.Tensor:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="points per population (default: %(default)s)")
-    parser.add_argument("--flow", default="maf", choices=pyroflows.flows.available(),
+    parser.add_argument("--flow", default="maf", choices=pyroflows.flows.available("vector"),
                         help="flow preset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

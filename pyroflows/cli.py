@@ -132,8 +132,11 @@ def _threads(count: int | None) -> Iterator[None]:
 
 
 def _check_flow_name(name: str) -> None:
-    if name not in flows.available():
-        raise CommandError(f"unknown flow {name!r}; available: {', '.join(flows.available())}")
+    if name in flows.available("image"):
+        raise CommandError(f"{name!r} is an image flow (features=(C, H, W)); the CLI fits tabular "
+                           f"data: use one of {', '.join(flows.available('vector'))}")
+    if name not in flows.available("vector"):
+        raise CommandError(f"unknown flow {name!r}; available: {', '.join(flows.available('vector'))}")
 
 
 def _check_output(path: str, extensions: Sequence[str] | None = None) -> None:
@@ -228,6 +231,8 @@ def _list(args: argparse.Namespace) -> int:
     for name in names:
         doc = flows.preset(name).__doc__ or ""
         summary = " ".join(doc.strip().split("\n\n")[0].split())
+        if flows.kind(name) == "image":
+            summary = f"[images, features=(C, H, W); not for the CLI's tabular commands] {summary}"
         print(f"{name:<{width}}  {summary}")
     return 0
 

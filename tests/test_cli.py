@@ -149,6 +149,8 @@ def test_unknown_flow(capsys, tmp_path):
     line = fails(capsys, "fit", str(tmp_path / "x.csv"), "--flow", "glowworm", "--out", str(tmp_path / "m.pt"))
     assert "unknown flow 'glowworm'" in line and "nsf" in line
     assert "unknown flow" in fails(capsys, "demo", "--flow", "glowworm")
+    # Image presets exist but take (C, H, W) events: named as such, not "unknown".
+    assert "is an image flow" in fails(capsys, "demo", "--flow", "glow")
 
 
 def test_bad_data_files(capsys, tmp_path):

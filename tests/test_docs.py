@@ -137,13 +137,15 @@ def test_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         pyro.clear_param_store()
 
 
-def test_readme_preset_table_names_registered_presets() -> None:
+def test_readme_preset_table_is_the_registry() -> None:
     if not README.exists():
         pytest.skip("no README.md")
     names = re.findall(r"^\| `([a-z0-9-]+)` \|", README.read_text(), flags=re.M)
     assert names, "README.md has no preset table"
     unknown = sorted(set(names) - set(pyroflows.flows.available()))
     assert not unknown, f"README.md lists presets that are not registered: {unknown}"
+    missing = sorted(set(pyroflows.flows.available()) - set(names))
+    assert not missing, f"registered presets missing from README.md's table: {missing}"
 
 
 # -- the Sphinx build -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..core import Flow
+from ..nn.inputs import module_device_dtype
 from ..transforms.base import Bijection, Inverse, check_features
 from .special import normal_cdf, normal_icdf, normal_log_pdf
 
@@ -100,13 +101,6 @@ class DomainConstraint(constraints.Constraint):
 
 REAL = DomainConstraint("real")
 UNIT = DomainConstraint("unit")
-
-
-def _module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
 
 
 def check_no_constant_columns(x: Tensor, weights: Tensor | None = None, what: str = "data",
@@ -169,7 +163,7 @@ class Destructor(Bijection):
         return self.domain.kind
 
     def _as_input(self, x: Any, what: str) -> Tensor:
-        device, dtype = _module_device_dtype(self)
+        device, dtype = module_device_dtype(self)
         if isinstance(x, Tensor):
             tensor = x
         else:
@@ -275,7 +269,7 @@ class Destructor(Bijection):
         self._check_fitted()
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        device, dtype = _module_device_dtype(self)
+        device, dtype = module_device_dtype(self)
         u = torch.rand(n, self.features, generator=generator, dtype=dtype)
         with torch.no_grad():
             return self.inverse_and_ladj(u.to(device))[0]
@@ -295,7 +289,7 @@ class Destructor(Bijection):
                 for code that assumes one).
         """
         self._check_fitted()
-        device, dtype = _module_device_dtype(self)
+        device, dtype = module_device_dtype(self)
         if base == "uniform":
             flow = Flow([Inverse(self)], base=UnitCube(self.features))
         elif base == "normal":

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..nn.inputs import module_device_dtype
 from ..transforms.base import Bijection
 from .base import (
     REAL,
@@ -32,7 +33,6 @@ from .base import (
     InverseNormalCdf,
     StandardNormalCdf,
 )
-from .base import _module_device_dtype as module_device_dtype
 from .registry import build
 from .rotation import PCARotation, RandomRotation
 

@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
+from ..registry import Registry
 from .base import Destructor
 
 __all__ = ["available", "build", "register"]
 
-_DESTRUCTORS: dict[str, Callable[..., Destructor]] = {}
+_DESTRUCTORS: Registry[Callable[..., Destructor]] = Registry("destructor", conditional=False)
 
 
 def register(name: str) -> Callable[[Callable[..., Destructor]], Callable[..., Destructor]]:
     """Decorator adding ``factory(features, **options) -> Destructor`` under ``name``."""
-
-    def decorator(factory: Callable[..., Destructor]) -> Callable[..., Destructor]:
-        if name in _DESTRUCTORS:
-            raise ValueError(f"a destructor named {name!r} is already registered")
-        _DESTRUCTORS[name] = factory
-        return factory
-
-    return decorator
+    return _DESTRUCTORS.register(name)
 
 
 def available() -> list[str]:
     """Names of the registered destructors, sorted."""
-    return sorted(_DESTRUCTORS)
+    return _DESTRUCTORS.available()
 
 
 def build(name: str, features: int, **options: Any) -> Destructor:
@@ -44,14 +37,4 @@ def build(name: str, features: int, **options: Any) -> Destructor:
         >>> d.sample(3).shape
         torch.Size([3, 2])
     """
-    try:
-        factory = _DESTRUCTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown destructor {name!r}; available: {', '.join(available())}") from None
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(f"features must be a positive integer, got {features!r}")
-    accepted = list(inspect.signature(factory).parameters)[1:]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TypeError(f"destructor {name!r} got unknown options {unknown}; its options are {accepted}")
-    return factory(features, **options)
+    return _DESTRUCTORS.checked(name, features, 0, options)(features, **options)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -12,24 +12,41 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
+from ..registry import Registry
 from ..transforms import ElementwiseAffine
 
-__all__ = ["available", "build", "check_transforms", "load", "register", "save"]
+__all__ = ["available", "build", "check_transforms", "kind", "load", "register", "save"]
 
-_PRESETS: dict[str, Callable[..., Flow]] = {}
+_PRESETS: Registry[Callable[..., Flow]] = Registry("flow")
+#: The names of the image presets (event shape (C, H, W)); every other preset is a vector one.
+_IMAGE_PRESETS: set[str] = set()
+KINDS = ("vector", "image")
 FORMAT = "pyroflows-flow/1"
 
 
-def register(name: str) -> Callable[[Callable[..., Flow]], Callable[..., Flow]]:
-    """Decorator adding a preset ``preset(features, context=0, **options) -> Flow`` under ``name``."""
+def register(name: str, kind: str = "vector") -> Callable[[Callable[..., Flow]], Callable[..., Flow]]:
+    """Decorator adding a preset ``preset(features, context=0, **options) -> Flow`` under ``name``.
+
+    ``kind="vector"`` (default): ``features`` is an int, the event shape ``(features,)``.
+    ``kind="image"``: ``features`` is a ``(C, H, W)`` tuple, the event shape of the flow.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    add = _PRESETS.register(name)
 
     def decorator(preset: Callable[..., Flow]) -> Callable[..., Flow]:
-        if name in _PRESETS:
-            raise ValueError(f"a flow named {name!r} is already registered")
-        _PRESETS[name] = preset
+        add(preset)
+        if kind == "image":
+            _IMAGE_PRESETS.add(name)
         return preset
 
     return decorator
+
+
+def kind(name: str) -> str:
+    """``"image"`` for a preset whose ``features`` is a ``(C, H, W)`` shape, else ``"vector"``."""
+    _PRESETS.get(name)  # ValueError for an unknown name
+    return "image" if name in _IMAGE_PRESETS else "vector"
 
 
 def check_transforms(transforms: int) -> None:
@@ -38,22 +55,24 @@ def check_transforms(transforms: int) -> None:
         raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
 
 
-def available() -> list[str]:
-    """Names of the registered flow presets, sorted."""
-    return sorted(_PRESETS)
+def available(kind: str | None = None) -> list[str]:
+    """Names of the registered flow presets, sorted; only those of one ``kind`` (``"vector"``
+    or ``"image"``) when given."""
+    if kind is None:
+        return _PRESETS.available()
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
+    return [n for n in _PRESETS.available() if (n in _IMAGE_PRESETS) == (kind == "image")]
 
 
 def preset(name: str) -> Callable[..., Flow]:
     """The preset function registered under ``name`` (its docstring documents the options)."""
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown flow {name!r}; available: {', '.join(available())}") from None
+    return _PRESETS.get(name)
 
 
 def build(
     name: str,
-    features: int,
+    features: int | tuple[int, int, int],
     context: int = 0,
     standardize: Tensor | np.ndarray | None = None,
     **options: Any,
@@ -62,7 +81,8 @@ def build(
 
     Args:
         name: a registry name (see :func:`available`), e.g. ``"nsf"``, ``"maf"``.
-        features: data dimension :math:`d`.
+        features: data dimension :math:`d`; for an image preset (``available("image")``:
+            ``"glow"``, ``"realnvp-image"``) the event shape ``(C, H, W)``.
         context: size of the conditioning vector; ``0`` for an unconditional flow.
         standardize: optional data (n, d); appends a fixed standardisation layer at the data
             end, so a flow fitted to raw, badly scaled data sees zero mean and unit variance.
@@ -77,14 +97,9 @@ def build(
         >>> flow().sample((4,)).shape
         torch.Size([4, 2])
     """
-    make = preset(name)
-    for what, value, low in (("features", features, 1), ("context", context, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-    accepted = list(inspect.signature(make).parameters)[2:]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TypeError(f"flow {name!r} got unknown options {unknown}; its options are {accepted}")
+    if name in _IMAGE_PRESETS:
+        return _build_image(name, features, context, standardize, options)
+    make = _PRESETS.checked(name, features, context, options)
     layers = None
     if standardize is not None:
         data = torch.as_tensor(np.asarray(standardize) if not isinstance(standardize, Tensor) else standardize)
@@ -101,6 +116,23 @@ def build(
         "standardize": layers is not None,
         "options": dict(options),
     }
+    return flow
+
+
+def _build_image(name: str, features: Any, context: int, standardize: Any, options: dict[str, Any]) -> Flow:
+    valid = (isinstance(features, (tuple, list)) and len(features) == 3
+             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in features))
+    if not valid:
+        raise ValueError(f"{name!r} is an image flow: features must be its event shape (C, H, W), a tuple "
+                         f"of 3 positive integers, got {features!r}")
+    if standardize is not None:
+        raise ValueError(f"standardize is for vector presets; {name!r} is an image flow (use ActNorm, "
+                         "which its preset already has, or preprocess the images)")
+    shape = tuple(features)
+    make = _PRESETS.checked(name, math.prod(shape), context, options)
+    flow = make(shape, context, **options)
+    flow.config = {"name": name, "features": shape, "context": context, "standardize": False,
+                   "options": dict(options)}
     return flow
 
 

@@ -89,8 +89,8 @@ class AutoAmortizedFlow(AutoGuide):
         if isinstance(flow, str):
             from ..flows import available
 
-            if flow != "nsf" and flow not in available():
-                raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available())}")
+            if flow != "nsf" and flow not in available("vector"):
+                raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available('vector'))}")
         super().__init__(model)
         self.encoder = encoder
         self._flow_spec_box = (flow,)

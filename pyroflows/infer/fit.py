@@ -14,6 +14,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core import Flow
+from ..density.base import AutoregressiveModel
+from ..nn.inputs import module_device_dtype
 
 __all__ = ["FitResult", "as_data", "fit"]
 
@@ -48,13 +50,6 @@ class FitResult:
         )
 
 
-def _device_dtype(flow: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in [*flow.parameters(), *flow.buffers()]:
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
-
-
 def as_data(
     value: Any, name: str, columns: int | None, rows: int | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
@@ -83,7 +78,7 @@ def as_data(
 
 
 def fit(
-    flow: Flow,
+    flow: Flow | AutoregressiveModel,
     data: Tensor | np.ndarray,
     context: Tensor | np.ndarray | None = None,
     weights: Tensor | np.ndarray | None = None,
@@ -110,7 +105,9 @@ def fit(
     raise ``ValueError``. Data are moved to the flow's device and dtype.
 
     Args:
-        flow: the :class:`~pyroflows.Flow` to train (in place).
+        flow: the :class:`~pyroflows.Flow` to train (in place), or an autoregressive density
+            model of :mod:`pyroflows.density` (``made``, ``nade``, ...), which has the same
+            ``model(context).log_prob`` interface.
         data: samples, shape (n, features).
         context: conditioning values, shape (n, context), for a conditional flow.
         weights: non-negative per-sample weights, shape (n,) (importance weights, say).
@@ -137,15 +134,15 @@ def fit(
         >>> len(result.history)
         5
     """
-    if not isinstance(flow, Flow):
-        raise TypeError(f"fit() takes a pyroflows.Flow, got {type(flow).__name__}")
+    if not isinstance(flow, Flow | AutoregressiveModel):
+        raise TypeError(f"fit() takes a pyroflows.Flow or a pyroflows.density model, got {type(flow).__name__}")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not 0 <= validation < 1:
         raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
-    device, dtype = _device_dtype(flow)
+    device, dtype = module_device_dtype(flow)
     x = as_data(data, "data", flow.features, None, device, dtype)
     n = x.shape[0]
     if flow.context_features:

@@ -1,11 +1,12 @@
-"""Helpers shared by every conditioner: activations by name and context concatenation."""
+"""Helpers shared by every conditioner and model: activations by name, context concatenation,
+and the device and dtype a module computes in."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "join_context", "make_activation"]
+__all__ = ["ACTIVATIONS", "join_context", "make_activation", "module_device_dtype"]
 
 #: Activation modules by name, for the ``activation`` option of conditioners and presets.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -40,3 +41,12 @@ def join_context(x: Tensor, context: Tensor | None) -> Tensor:
     return torch.cat(
         [x.expand(*batch, x.shape[-1]), context.expand(*batch, context.shape[-1])], dim=-1
     )
+
+
+def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of a module's first floating-point parameter or buffer (CPU and torch's
+    default dtype for a module without any), where data given to it should go."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
