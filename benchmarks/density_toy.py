@@ -2,7 +2,7 @@
 
 For each toy set (``moons``, ``8gaussians``, ``checkerboard``, ``pinwheel``) the script draws a
 training sample and an independent test sample (different seeds), fits every preset of
-``pyroflows.flows.available()`` (its default options) with ``pyroflows.infer.fit``, and reports
+``pyroflows.flows.available("vector")`` (its default options) with ``pyroflows.infer.fit``, and reports
 the mean test log-likelihood in nats per point, next to a full-covariance Gaussian fitted by
 maximum likelihood in closed form. Fit time and parameter counts are recorded too.
 
@@ -50,7 +50,7 @@ PLOT_LIMIT = 4.5  # half-width of the square shown by --plot
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flows", nargs="+", default=None,
-                        help="presets to fit (default: all of pyroflows.flows.available())")
+                        help="presets to fit (default: all of pyroflows.flows.available('vector'))")
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=sorted(TOY_DATASETS),
                         help="toy sets (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    known = pyroflows.flows.available()
+    known = pyroflows.flows.available("vector")
     args.flows = known if args.flows is None else args.flows
     unknown = [f for f in args.flows if f not in known]
     if unknown:

@@ -1,4 +1,6 @@
-"""The registry-wide property test: every name in ``pyroflows.flows.available()``.
+"""The registry-wide property test: every vector preset, ``pyroflows.flows.available("vector")``
+(the image presets, ``available("image")``, have the same checks on (C, H, W) events in
+``test_image_flows.py``).
 
 Each preset is built small, perturbed away from its identity initialisation and checked for
 the properties every flow must have: exact inverses, log-determinants equal to autograd's,
@@ -24,7 +26,7 @@ CONTEXT = 2
 SMALL = {"transforms": 2, "hidden": (16, 16)}
 
 
-@pytest.fixture(params=available())
+@pytest.fixture(params=available("vector"))
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -76,7 +78,7 @@ def test_logdet_matches_autograd(name, context_size, device, dtype, tol):
     assert (T.log_abs_det_jacobian(z, x) - ladj).abs().max() < tol["logdet"]
 
 
-def test_shapes_without_context(name, device, dtype):
+def test_shapes_without_context(name, device, dtype, tol):
     flow = make(name, 0, device, dtype)
     d = flow()
     assert d.batch_shape == () and d.event_shape == (FEATURES,)
@@ -85,10 +87,10 @@ def test_shapes_without_context(name, device, dtype):
     assert d.log_prob(x).shape == (2, 3)
     xs, lp = d.rsample_and_log_prob((5,))
     assert xs.shape == (5, FEATURES) and lp.shape == (5,)
-    assert torch.allclose(lp, d.log_prob(xs), atol=1e-6, rtol=1e-6)
+    assert torch.allclose(lp, d.log_prob(xs), atol=tol["logdet"], rtol=tol["logdet"])
 
 
-def test_shapes_with_context(name, device, dtype):
+def test_shapes_with_context(name, device, dtype, tol):
     flow = make(name, CONTEXT, device, dtype)
     c = make_context(4, CONTEXT, device, dtype)
     d = flow(c)
@@ -99,7 +101,7 @@ def test_shapes_with_context(name, device, dtype):
     assert d.log_prob(x[0]).shape == (4,)
     xs, lp = d.rsample_and_log_prob((3,))
     assert xs.shape == (3, 4, FEATURES) and lp.shape == (3, 4)
-    assert torch.allclose(lp, d.log_prob(xs), atol=1e-6, rtol=1e-6)
+    assert torch.allclose(lp, d.log_prob(xs), atol=tol["logdet"], rtol=tol["logdet"])
     # Two batch dims of contexts, and the context really changes the density.
     c2 = torch.randn(2, 4, CONTEXT, device=device, dtype=dtype)
     assert flow(c2).log_prob(x[0]).shape == (2, 4)
@@ -153,9 +155,11 @@ def test_state_dict_file_and_pickle_round_trips(name, context_size, device, dtyp
     assert torch.equal(restored(c).log_prob(x), expected)
 
 
-def test_works_inside_plain_pyro(name, context_size, device, dtype):
+def test_works_inside_plain_pyro(name, context_size, device, dtype, tol):
     flow = make(name, context_size, device, dtype)
     base = dist.Normal(torch.zeros(FEATURES, device=device, dtype=dtype), 1.0).to_event(1)
+    if not isinstance(flow.base, pyroflows.StandardNormal):
+        base = flow.base()  # a preset's own base distribution (maf-mog's MADE MoG)
     x = torch.randn(5, FEATURES, device=device, dtype=dtype)
     if context_size:
         c = make_context(5, context_size, device, dtype)
@@ -164,7 +168,7 @@ def test_works_inside_plain_pyro(name, context_size, device, dtype):
     else:
         pyro_dist = dist.TransformedDistribution(base, list(flow.transforms))
         expected = flow().log_prob(x)
-    assert torch.allclose(pyro_dist.log_prob(x), expected, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(pyro_dist.log_prob(x), expected, atol=tol["logdet"], rtol=tol["logdet"])
     # Pyro's base has batch shape (), so the sample shape must carry the contexts' batch (5,).
     assert pyro_dist.sample((3, 5)).shape == (3, 5, FEATURES)
 
@@ -178,10 +182,21 @@ def test_options_are_honoured(name):
                             "standardize": False, "options": {"transforms": 1, "hidden": (8, 8)}}
 
 
+# Presets that cannot be traced as one graph, and why (each is documented on its page).
+COMPILE_EXEMPT = {
+    # torchdiffeq branches on tensor values when it checks the time grid, its adaptive solver
+    # accepts or rejects steps on data-dependent errors, and the exact trace calls
+    # torch.autograd.grad inside the forward pass: all graph breaks by design of an ODE solve.
+    "ffjord": "adaptive ODE solver (torchdiffeq): data-dependent step control",
+}
+
+
 @pytest.mark.slow
 def test_compiles_without_graph_breaks(name, context_size, device, dtype):
     """Static shapes, no .item() or data-dependent Python branches: dynamo traces density and
     sampling as one graph each (``fullgraph=True`` fails on any graph break)."""
+    if name in COMPILE_EXEMPT:
+        pytest.skip(COMPILE_EXEMPT[name])
     torch._dynamo.reset()
     flow = make(name, context_size, device, dtype)
     c = make_context(4, context_size, device, dtype)

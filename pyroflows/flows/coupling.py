@@ -16,6 +16,7 @@ from ..transforms import (
     SplineMap,
     alternating_mask,
 )
+from ..transforms.reversible import ReversibleCompose
 from .registry import check_transforms, register
 
 __all__ = ["nice", "nsf_coupling", "realnvp"]
@@ -45,6 +46,13 @@ def _couplings(
     return layers
 
 
+def _stack(layers: list[Bijection], reversible: bool) -> Flow:
+    """The flow of ``layers``; ``reversible=True`` wraps them in one :class:`ReversibleCompose`."""
+    if not isinstance(reversible, bool):
+        raise TypeError(f"reversible must be True or False, got {reversible!r}")
+    return Flow([ReversibleCompose(layers)] if reversible else layers)
+
+
 @register("nice")
 def nice(
     features: int,
@@ -53,6 +61,7 @@ def nice(
     hidden: Sequence[int] = (64, 64),
     conditioner: str = "mlp",
     activation: str = "relu",
+    reversible: bool = False,
 ) -> Flow:
     """NICE (Dinh, Krueger & Bengio, "NICE: Non-linear Independent Components Estimation", 2014).
 
@@ -61,10 +70,16 @@ def nice(
     changes volume). Fast in both directions.
 
     Options: ``transforms`` couplings, conditioner ``hidden`` widths, ``conditioner``
-    (``"mlp"``/``"resnet"``), ``activation``.
+    (``"mlp"``/``"resnet"``), ``activation``, ``reversible``.
+
+    ``reversible=True`` wraps the stack in a
+    :class:`~pyroflows.transforms.ReversibleCompose`: the backward pass rebuilds each layer's
+    input from its output (RevNet, Gomez et al. 2017), so activation memory stays flat as
+    ``transforms`` grows, for more time per step; outputs are identical and gradients agree
+    to rounding.
     """
     layers = _couplings(features, context, transforms, AdditiveMap, hidden, conditioner, activation)
-    return Flow([ElementwiseAffine(features), *layers])
+    return _stack([ElementwiseAffine(features), *layers], reversible)
 
 
 @register("realnvp")
@@ -76,6 +91,7 @@ def realnvp(
     conditioner: str = "mlp",
     activation: str = "relu",
     log_scale_bound: float = 3.0,
+    reversible: bool = False,
 ) -> Flow:
     """RealNVP (Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017).
 
@@ -83,11 +99,17 @@ def realnvp(
     Fast in both directions.
 
     Options: ``transforms``, ``hidden``, ``conditioner``, ``activation``,
-    ``log_scale_bound`` (soft bound on each layer's log-scale).
+    ``log_scale_bound`` (soft bound on each layer's log-scale), ``reversible``.
+
+    ``reversible=True`` wraps the stack in a
+    :class:`~pyroflows.transforms.ReversibleCompose`: the backward pass rebuilds each layer's
+    input from its output (RevNet, Gomez et al. 2017), so activation memory stays flat as
+    ``transforms`` grows, for more time per step; outputs are identical and gradients agree
+    to rounding.
     """
     layers = _couplings(features, context, transforms, lambda: AffineMap(log_scale_bound),
                         hidden, conditioner, activation)
-    return Flow(layers)
+    return _stack(layers, reversible)
 
 
 @register("nsf-coupling")
@@ -101,6 +123,7 @@ def nsf_coupling(
     conditioner: str = "mlp",
     activation: str = "relu",
     lu: bool = True,
+    reversible: bool = False,
 ) -> Flow:
     """Neural spline flow, coupling form (Durkan, Bekasov, Murray & Papamakarios, "Neural Spline
     Flows", NeurIPS 2019: RQ-NSF (C)).
@@ -110,8 +133,15 @@ def nsf_coupling(
     in the paper. Fast in both directions.
 
     Options: ``transforms``, ``hidden``, ``bins``, ``bound``, ``conditioner``, ``activation``,
-    ``lu``.
+    ``lu``, ``reversible``.
+
+    ``reversible=True`` wraps the stack in a
+    :class:`~pyroflows.transforms.ReversibleCompose`: the backward pass rebuilds each layer's
+    input from its output (RevNet, Gomez et al. 2017), so activation memory stays flat as
+    ``transforms`` grows, for more time per step; outputs are identical and gradients agree
+    to rounding.
     """
     layers = _couplings(features, context, transforms, lambda: SplineMap(bins, bound),
                         hidden, conditioner, activation, lu=lu)
-    return Flow(layers)
+    return _stack(layers, reversible)
+

@@ -1,16 +1,38 @@
-"""Activation normalisation (Glow's ActNorm)."""
+"""Activation normalisation (Glow's ActNorm): per feature for vectors, per channel for images."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .base import Bijection
+from .image import ImageBijection
 
-__all__ = ["ActNorm"]
+__all__ = ["ActNorm", "ChannelActNorm"]
 
 
-class ActNorm(Bijection):
+class _DataDependentInit(nn.Module):
+    """The ``initialized`` buffer and its Python mirror, restored by ``load_state_dict``."""
+
+    def _init_flag(self) -> None:
+        self.register_buffer("initialized", torch.tensor(False))
+        # A Python mirror of the buffer, so the forward path never reads a tensor value.
+        self._is_initialized = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + "initialized"
+        if key in state_dict:
+            self._is_initialized = bool(state_dict[key])
+
+    def _mark_initialized(self) -> None:
+        self.initialized.fill_(True)
+        self._is_initialized = True
+
+
+class ActNorm(_DataDependentInit, Bijection):
     r"""Per-feature affine map :math:`x = \mu + e^{s} \odot z` with data-dependent initialisation
     (Kingma & Dhariwal, "Glow", NeurIPS 2018).
 
@@ -31,15 +53,7 @@ class ActNorm(Bijection):
         super().__init__(features)
         self.loc = nn.Parameter(torch.zeros(features))
         self.log_scale = nn.Parameter(torch.zeros(features))
-        self.register_buffer("initialized", torch.tensor(False))
-        # A Python mirror of the buffer, so the forward path never reads a tensor value.
-        self._is_initialized = False
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        key = prefix + "initialized"
-        if key in state_dict:
-            self._is_initialized = bool(state_dict[key])
+        self._init_flag()
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -49,8 +63,7 @@ class ActNorm(Bijection):
             raise ValueError("ActNorm's data-dependent initialisation needs at least 2 points")
         self.loc.copy_(flat.mean(0))
         self.log_scale.copy_(flat.std(0).clamp_min(1e-6).log())
-        self.initialized.fill_(True)
-        self._is_initialized = True
+        self._mark_initialized()
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = self.loc + self.log_scale.exp() * z
@@ -61,3 +74,53 @@ class ActNorm(Bijection):
             self.initialize(x)
         z = (x - self.loc) * torch.exp(-self.log_scale)
         return z, (-self.log_scale.sum()).expand(z.shape[:-1])
+
+
+class ChannelActNorm(_DataDependentInit, ImageBijection):
+    r"""Glow's ActNorm for images: one scale and shift per channel,
+    :math:`x_{c,i,j} = \mu_c + e^{s_c} z_{c,i,j}`, so :math:`\log|\det| = HW\sum_c s_c`.
+
+    The first batch passed in the data-to-noise direction sets :math:`\mu_c` and :math:`e^{s_c}`
+    to the mean and standard deviation of channel :math:`c` over the batch and all pixels
+    (Kingma & Dhariwal 2018, section 3.1); the flag is saved in ``state_dict``.
+
+    Args:
+        shape: event shape :math:`(C, H, W)`.
+
+    Example:
+        >>> t = ChannelActNorm((2, 3, 3))
+        >>> z = t.inv(torch.randn(64, 2, 3, 3) * 4 + 1)  # initialises from this batch
+        >>> bool(z.mean((0, 2, 3)).abs().max() < 1e-5), z.shape
+        (True, torch.Size([64, 2, 3, 3]))
+    """
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__(shape)
+        channels = self.shape[0]
+        self.loc = nn.Parameter(torch.zeros(channels, 1, 1))
+        self.log_scale = nn.Parameter(torch.zeros(channels, 1, 1))
+        self._init_flag()
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set the parameters from images ``x`` (..., C, H, W): per-channel mean and std."""
+        flat = x.detach().movedim(-3, 0).reshape(self.shape[0], -1)
+        if flat.shape[1] < 2:
+            raise ValueError("ChannelActNorm's data-dependent initialisation needs at least 2 values per channel")
+        self.loc.copy_(flat.mean(1).reshape(-1, 1, 1))
+        self.log_scale.copy_(flat.std(1).clamp_min(1e-6).log().reshape(-1, 1, 1))
+        self._mark_initialized()
+
+    def _ladj(self, x: Tensor, sign: float) -> Tensor:
+        pixels = self.shape[1] * self.shape[2]
+        return (sign * pixels * self.log_scale.sum()).expand(x.shape[:-3])
+
+    def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self.loc + self.log_scale.exp() * z
+        return x, self._ladj(x, 1.0)
+
+    def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if not self._is_initialized:
+            self.initialize(x)
+        z = (x - self.loc) * torch.exp(-self.log_scale)
+        return z, self._ladj(z, -1.0)

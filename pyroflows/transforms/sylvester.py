@@ -38,6 +38,7 @@ from torch import Tensor
 
 from .base import Bijection
 from .bisection import monotone_inverse
+from .orthogonal import householder_product
 from .planar import AmortizedParameters, check_hidden, tanh_derivative
 
 __all__ = ["Sylvester"]
@@ -136,14 +137,9 @@ class Sylvester(Bijection):
 
     def _reflect(self, y: Tensor, v: Tensor, transpose: bool) -> Tensor:
         """Apply :math:`Q` (or :math:`Q^\\top`), ``Q = H_1 ... H_K P``, to vectors ``y``."""
-        tiny = torch.finfo(y.dtype).tiny
-        steps = range(self.reflections) if transpose else reversed(range(self.reflections))
         if not transpose and self.flip:
             y = y.flip(-1)
-        for k in steps:
-            vk = v[..., k, :]
-            scale = 2 * (vk * y).sum(-1, keepdim=True) / (vk * vk).sum(-1, keepdim=True).clamp_min(tiny)
-            y = y - scale * vk
+        y = householder_product(y, v, transpose)
         if transpose and self.flip:
             y = y.flip(-1)
         return y

@@ -1,0 +1,117 @@
+r"""Convolutional conditioners of image couplings: Glow's conv-ReLU-conv-ReLU-zero-conv network
+and RealNVP's small ResNet.
+
+Both map an image ``x`` of shape ``(N, C_in, H, W)`` and optional context maps ``(N, C_ctx, H, W)``
+(concatenated as extra input channels) to ``(N, C_out, H, W)``, with zero padding so the spatial
+size is kept. The output convolution starts at zero (``zero_output=True``), so a coupling built on
+either starts as the identity map, as in Glow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .inputs import make_activation
+
+__all__ = ["ConvNet", "ResidualConvNet"]
+
+
+def _check_widths(hidden: Sequence[int]) -> tuple[int, ...]:
+    hidden = tuple(hidden)
+    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty tuple of positive channel counts, got {hidden!r}")
+    return hidden
+
+
+def _join(x: Tensor, context: Tensor | None) -> Tensor:
+    return x if context is None else torch.cat([x, context], dim=1)
+
+
+def _zero_conv(channels: int, out_channels: int, zero: bool) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+    if zero:
+        nn.init.zeros_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ConvNet(nn.Module):
+    r"""Glow's coupling network (Kingma & Dhariwal 2018): a 3x3 convolution, 1x1 convolutions,
+    then a zero-initialised 3x3 convolution,
+
+    .. math:: y = \text{conv}_{3\times3}\big(\sigma(\text{conv}_{1\times1}(\dots
+              \sigma(\text{conv}_{3\times3}([x, c]))))\big).
+
+    Args:
+        in_channels: channels of ``x``.
+        out_channels: channels of ``y``.
+        hidden: widths; the first is the 3x3 convolution's, each further entry one 1x1
+            convolution (Glow: ``(512, 512)``).
+        context: channels of the context maps.
+        activation: non-linearity name.
+        zero_output: initialise the last convolution to zero.
+
+    Example:
+        >>> net = ConvNet(2, 4, hidden=(16, 16), context=3)
+        >>> net(torch.randn(5, 2, 8, 8), torch.randn(5, 3, 8, 8)).shape
+        torch.Size([5, 4, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int] = (512, 512),
+                 context: int = 0, activation: str = "relu", zero_output: bool = True) -> None:
+        super().__init__()
+        hidden = _check_widths(hidden)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels + context, hidden[0], 3, padding=1),
+                                   make_activation(activation)]
+        for a, b in zip(hidden[:-1], hidden[1:]):
+            layers += [nn.Conv2d(a, b, 1), make_activation(activation)]
+        self.hidden = nn.Sequential(*layers)
+        self.output = _zero_conv(hidden[-1], out_channels, zero_output)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.output(self.hidden(_join(x, context)))
+
+
+class _Block(nn.Module):
+    def __init__(self, channels: int, activation: str) -> None:
+        super().__init__()
+        self.net = nn.Sequential(make_activation(activation), nn.Conv2d(channels, channels, 3, padding=1),
+                                 make_activation(activation), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.net(h)
+
+
+class ResidualConvNet(nn.Module):
+    r"""RealNVP's coupling network (Dinh et al. 2017): a 3x3 input convolution, residual blocks
+    :math:`h \leftarrow h + \text{conv}(\sigma(\text{conv}(\sigma(h))))` (He et al. 2016), and a
+    zero-initialised 3x3 output convolution. Batch normalisation is left out: its train-time
+    statistics would make the layer's inverse depend on the batch.
+
+    Args:
+        in_channels, out_channels, context, activation, zero_output: as :class:`ConvNet`.
+        hidden: widths, all equal; each entry adds one residual block.
+
+    Example:
+        >>> net = ResidualConvNet(1, 2, hidden=(8, 8))
+        >>> net(torch.randn(3, 1, 4, 4)).shape
+        torch.Size([3, 2, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int] = (64, 64),
+                 context: int = 0, activation: str = "relu", zero_output: bool = True) -> None:
+        super().__init__()
+        hidden = _check_widths(hidden)
+        if len(set(hidden)) != 1:
+            raise ValueError(f"a residual network needs equal widths, got {hidden}")
+        width = hidden[0]
+        self.input = nn.Conv2d(in_channels + context, width, 3, padding=1)
+        self.blocks = nn.Sequential(*(_Block(width, activation) for _ in hidden))
+        self.activation = make_activation(activation)
+        self.output = _zero_conv(width, out_channels, zero_output)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.output(self.activation(self.blocks(self.input(_join(x, context)))))
