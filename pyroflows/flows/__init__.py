@@ -1,14 +1,42 @@
-"""Flow presets by paper name and the registry: ``build(name, features, context=0, **options)``."""
+"""Flow presets by paper name and the registry: ``build(name, features, context=0, **options)``.
 
-from . import autoregressive, coupling, families  # noqa: F401  (registers the presets)
+Importing the preset modules registers them; ``available("vector")`` lists the presets over
+flat vectors, ``available("image")`` those over ``(C, H, W)`` images (``glow``,
+``realnvp-image``).
+"""
+
+from . import (  # noqa: F401  (the imports register the presets)
+    autoregressive,
+    continuous,
+    coupling,
+    families,
+    gaussianization,
+    mog,
+    multiscale,
+    recurrent,
+    residual,
+)
 from .autoregressive import iaf, maf, nsf
+from .continuous import ffjord, regularized_log_prob
 from .coupling import nice, nsf_coupling, realnvp
-from .registry import available, build, load, preset, register, save
+from .gaussianization import fit_logistic_mixture, gf, init_gf
+from .imageflow import ImageFlow, ImageFlowDistribution
+from .multiscale import glow, realnvp_image
+from .registry import available, build, kind, load, preset, register, save
+from .residual import resflow
 
 __all__ = [
+    "ImageFlow",
+    "ImageFlowDistribution",
     "available",
     "build",
+    "ffjord",
+    "fit_logistic_mixture",
+    "gf",
+    "glow",
     "iaf",
+    "init_gf",
+    "kind",
     "load",
     "maf",
     "nice",
@@ -16,6 +44,9 @@ __all__ = [
     "nsf_coupling",
     "preset",
     "realnvp",
+    "realnvp_image",
+    "regularized_log_prob",
     "register",
+    "resflow",
     "save",
 ]

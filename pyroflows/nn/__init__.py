@@ -1,16 +1,32 @@
 """Conditioner networks: MLP, residual MLP and MADE."""
 
+from .conv import ConvNet, ResidualConvNet
 from .inputs import ACTIVATIONS, join_context, make_activation
+from .lipschitz import LipschitzLinear, LipschitzMLP, LipSwish
 from .made import MADE, MaskedLinear, check_order
+from .masked_conv import MaskedConv2d, PixelCNNConditioner, channel_groups, pixelcnn_mask
 from .mlp import MLP, ResidualMLP
+from .recurrent import CELLS, RecurrentConditioner, RecurrentLayer
 
 __all__ = [
     "ACTIVATIONS",
+    "CELLS",
+    "ConvNet",
+    "LipSwish",
+    "LipschitzLinear",
+    "LipschitzMLP",
     "MADE",
     "MLP",
+    "MaskedConv2d",
     "MaskedLinear",
+    "PixelCNNConditioner",
+    "RecurrentConditioner",
+    "RecurrentLayer",
+    "ResidualConvNet",
     "ResidualMLP",
+    "channel_groups",
     "check_order",
     "join_context",
     "make_activation",
+    "pixelcnn_mask",
 ]

@@ -2,6 +2,8 @@
 
 from .autoregressive import MaskedAutoregressive
 from .base import Bijection, Compose, ConditionedBijection, Inverse
+from .continuous import ContinuousFlow, ODENet
+from .conv1x1 import InvertibleConv1x1
 from .coupling import Coupling, alternating_mask
 from .elementwise import (
     AdditiveMap,
@@ -11,13 +13,21 @@ from .elementwise import (
     ElementwiseMap,
     InverseMap,
 )
+from .gaussianization import GaussianizationMap, MarginalGaussianization
+from .image import ImageBijection, ImageCompose, checkerboard_mask
+from .image_coupling import ImageCoupling
 from .linear import LULinear
+from .multiscale import MultiScale, Squeeze
 from .neural_autoregressive import BlockNeuralAutoregressive, SigmoidalMap
-from .normalization import ActNorm
+from .normalization import ActNorm, ChannelActNorm
+from .orthogonal import HouseholderRotation
 from .permutation import Permutation, Reverse, random_permutation
 from .planar import AmortizedParameters, Planar
 from .quadrature import clenshaw_curtis, gauss_legendre
 from .radial import Radial
+from .recurrent import RecurrentAutoregressive
+from .residual import ResidualBlock
+from .reversible import ReversibleCompose, SavedTensorMeter, is_exactly_invertible
 from .splines import SplineMap
 from .sylvester import Sylvester
 from .triangular import LowerTriangularAffine
@@ -25,6 +35,14 @@ from .umnn import UMNNMap
 
 __all__ = [
     "ActNorm",
+    "ChannelActNorm",
+    "ImageBijection",
+    "ImageCompose",
+    "ImageCoupling",
+    "InvertibleConv1x1",
+    "MultiScale",
+    "Squeeze",
+    "checkerboard_mask",
     "AdditiveMap",
     "AffineMap",
     "AmortizedParameters",
@@ -36,15 +54,24 @@ __all__ = [
     "Elementwise",
     "ElementwiseAffine",
     "ElementwiseMap",
+    "ContinuousFlow",
+    "GaussianizationMap",
+    "HouseholderRotation",
     "Inverse",
     "InverseMap",
     "LULinear",
     "LowerTriangularAffine",
+    "MarginalGaussianization",
+    "ODENet",
     "MaskedAutoregressive",
     "Permutation",
     "Planar",
     "Radial",
+    "RecurrentAutoregressive",
+    "ResidualBlock",
     "Reverse",
+    "ReversibleCompose",
+    "SavedTensorMeter",
     "SigmoidalMap",
     "SplineMap",
     "Sylvester",
@@ -52,5 +79,6 @@ __all__ = [
     "alternating_mask",
     "clenshaw_curtis",
     "gauss_legendre",
+    "is_exactly_invertible",
     "random_permutation",
 ]

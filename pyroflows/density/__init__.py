@@ -1,0 +1,42 @@
+"""Autoregressive density models as Pyro distributions: ``build(name, features, context=0,
+**options)`` and ``available()``.
+
+A model is an ``nn.Module``; ``model(context)`` returns a Pyro ``TorchDistribution`` with an
+exact ``log_prob`` and sequential sampling, usable in ``pyro.sample`` and as a flow's base
+(:class:`DensityBase`).
+"""
+
+from . import made, nade  # noqa: F401  (registers the models)
+from .base import (
+    AutoregressiveDistribution,
+    AutoregressiveModel,
+    Bernoulli,
+    Conditional,
+    DensityBase,
+    Gaussian,
+    MixtureOfGaussians,
+    make_orders,
+)
+from .made import MADEDensity
+from .nade import NADE
+from .pixelcnn import PixelCNN, PixelCNNDistribution  # image model, not in the vector registry
+from .registry import available, build, preset, register
+
+__all__ = [
+    "NADE",
+    "AutoregressiveDistribution",
+    "AutoregressiveModel",
+    "Bernoulli",
+    "Conditional",
+    "DensityBase",
+    "Gaussian",
+    "MADEDensity",
+    "MixtureOfGaussians",
+    "PixelCNN",
+    "PixelCNNDistribution",
+    "available",
+    "build",
+    "make_orders",
+    "preset",
+    "register",
+]
