@@ -296,6 +296,21 @@ def test_variational_nsf_layers_round_trip():
     assert torch.allclose(layer.call_and_ladj(z[:1])[1], torch.linalg.slogdet(J)[1], atol=1e-8)
 
 
+def test_variational_nsf_layer_types_and_affine_first_option():
+    """The guides' default: an affine layer at the base side, spline layers after it; one
+    layer (or ``affine_first=False``) is spline layers only."""
+    from pyroflows.transforms import AffineMap
+
+    def maps(flow):  # noqa: ANN001, ANN202
+        return [type(layer.bijection.map.map) for layer in flow.transforms]
+
+    assert maps(variational_nsf(3, transforms=3)) == [AffineMap, AffineSplineMap, AffineSplineMap]
+    assert maps(variational_nsf(3, transforms=2, affine_first=False)) == [AffineSplineMap] * 2
+    assert maps(variational_nsf(3, transforms=1)) == [AffineSplineMap]
+    with pytest.raises(TypeError, match="affine_first"):
+        variational_nsf(3, affine_first="yes")
+
+
 def test_stl_auto_and_parameter_average():
     guide = AutoFlow(two_site_model, **SMALL)
     assert guide._stl  # 3 dims: the inverse of the autoregressive layers is cheap

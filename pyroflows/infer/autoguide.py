@@ -224,8 +224,10 @@ class AutoFlow(AutoContinuous):
 
     Args:
         model: a Pyro model.
-        flow: a registry name (default ``"nsf"``: inverse autoregressive spline layers with an
-            affine stage, see :mod:`pyroflows.infer.guide_flows`; density-fast presets such
+        flow: a registry name (default ``"nsf"``: :func:`~pyroflows.infer.guide_flows.variational_nsf`,
+            two inverse autoregressive layers of MADE width ``(32, 32)``, an affine one at the
+            base side then a 4-bin spline with an affine stage, chosen on Neal's funnel and
+            the banana of ``benchmarks/vi_targets.py``; density-fast presets such
             as ``"maf"`` are used in their sampling-fast orientation), a
             :class:`~pyroflows.Flow` over ``D`` features (e.g. ``DeepDestructor.as_flow()``),
             or a factory ``D -> Flow``.
@@ -296,8 +298,8 @@ class AutoFlow(AutoContinuous):
         if isinstance(flow, str):
             from ..flows import available
 
-            if flow != "nsf" and flow not in available():
-                raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available())}")
+            if flow != "nsf" and flow not in available("vector"):
+                raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available('vector'))}")
         self._flow_spec_box = (flow,)
         self._flow_options = dict(flow_options)
         self._init_scale = float(init_scale)
