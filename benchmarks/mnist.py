@@ -82,9 +82,9 @@ from pyroflows.destructors import (  # noqa: E402
 from pyroflows.infer.dequantization import (  # noqa: E402
     UniformDequantizer,
     VariationalDequantizer,
+    discrete_bits_per_dim,  # noqa: E402
     discrete_log_likelihood,
 )
-from pyroflows.infer.dequantization import bits_per_dim as discrete_bits_per_dim  # noqa: E402
 from pyroflows.transforms import ElementwiseAffine  # noqa: E402
 
 IMAGE_MODELS = ["glow", "realnvp-image"]

@@ -205,3 +205,32 @@ def test_bad_rotation_and_mixture_raise():
         m.set_mixture(torch.ones(3, 3), torch.zeros(3, 2), torch.ones(3, 2))
     with pytest.raises(ValueError, match="features"):
         m.inv(torch.zeros(4, 2))
+
+
+def test_set_mixture_rejects_bad_values_and_changes_nothing():
+    layer = MarginalGaussianization(2, components=3)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    good = (torch.full((2, 3), 1 / 3), torch.zeros(2, 3), torch.ones(2, 3))
+    for index, bad, match in [(0, torch.tensor([[0.5, -0.1, 0.6], [1.0, 0.0, 0.0]]), "non-negative"),
+                              (0, torch.zeros(2, 3), "positive sum"),
+                              (1, torch.full((2, 3), math.nan), "NaN"),
+                              (2, torch.zeros(2, 3), "positive")]:
+        args = list(good)
+        args[index] = bad
+        with pytest.raises(ValueError, match=match):
+            layer.set_mixture(*args)
+        assert all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
+    # A zero weight is allowed (a component switched off) and keeps the map finite.
+    layer.set_mixture(torch.tensor([[1.0, 0.0, 0.0]] * 2), torch.zeros(2, 3), torch.ones(2, 3))
+    z, ladj = layer.inverse_and_ladj(torch.randn(5, 2))
+    assert torch.isfinite(z).all() and torch.isfinite(ladj).all()
+
+
+def test_greedy_init_in_float32_with_many_features():
+    """eigh in float32 is orthogonal to only ~1e-6: the PCA rotation must still be accepted."""
+    for seed in range(5):
+        torch.manual_seed(seed)
+        flow = build("gf", 16, transforms=2)
+        x = torch.randn(1000, 16, dtype=torch.float32)
+        init_gf(flow, x)
+        assert torch.isfinite(flow().log_prob(x[:10])).all()

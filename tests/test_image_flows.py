@@ -24,7 +24,7 @@ from pyroflows.flows import available, build
 from pyroflows.infer.dequantization import (
     UniformDequantizer,
     VariationalDequantizer,
-    bits_per_dim,
+    discrete_bits_per_dim,
     discrete_log_likelihood,
 )
 from pyroflows.transforms import (
@@ -318,7 +318,11 @@ def test_uniform_bound_matches_closed_form_and_bits_per_dim():
     se = bound.std() / math.sqrt(n)
     assert abs(bound.mean() - expected) < 4 * se
     assert expected < _exact_log_mass(k, bins, 1.0)
-    assert bits_per_dim(bound.mean(), 4) == pytest.approx(-bound.mean().item() / (4 * math.log(2)))
+    assert discrete_bits_per_dim(bound.mean(), 4) == pytest.approx(-bound.mean().item() / (4 * math.log(2)))
+    # Raw levels only: images already scaled to [0, 1] (or out of range) are refused.
+    for bad in (k / (bins - 1), k + bins):
+        with pytest.raises(ValueError, match="integers 0..3"):
+            discrete_log_likelihood(_gaussian(1.0), bad, UniformDequantizer(bins))
 
 
 def test_variational_log_q_matches_autograd():

@@ -160,3 +160,16 @@ def test_mnist_sized_log_prob_and_gradients():
     assert log_p.max() < 0
     (-log_p.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_logistic_likelihood_gradients_stay_finite_for_wide_components():
+    """log(1 - e^-x) under torch.where: the unused branch must not send NaN into gradients
+    (a very wide logistic makes x = (upper - lower) tiny)."""
+    from pyroflows.density.pixelcnn import _log1mexp
+
+    x = torch.tensor([1e-9, 1e-3, 0.69, 0.7, 5.0, 50.0], dtype=torch.float32, requires_grad=True)
+    value = _log1mexp(x)
+    value.sum().backward()
+    expected = torch.log(-torch.expm1(-x.detach().double()))
+    assert torch.allclose(value.double(), expected, rtol=1e-5)
+    assert torch.isfinite(x.grad).all()

@@ -32,7 +32,12 @@ LIKELIHOODS = ("bernoulli", "categorical", "logistic")
 
 def _log1mexp(x: Tensor) -> Tensor:
     """:math:`\\log(1 - e^{-x})` for :math:`x > 0`, accurate for small and large ``x``."""
-    return torch.where(x < math.log(2), torch.log(-torch.expm1(-x)), torch.log1p(-torch.exp(-x)))
+    # Both branches are evaluated by torch.where, so each gets an argument that is safe for it
+    # (an unsafe unused branch would still send inf * 0 = NaN into the gradient).
+    small = x < math.log(2)
+    x_small = torch.where(small, x, torch.ones_like(x))
+    x_large = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, torch.log(-torch.expm1(-x_small)), torch.log1p(-torch.exp(-x_large)))
 
 
 class PixelCNN(nn.Module):

@@ -174,16 +174,24 @@ def init_gf(flow: Flow, data: Tensor | np.ndarray, context: Tensor | np.ndarray 
         if context is None:
             raise ValueError("this flow is conditional: pass the data's context")
         c = as_data(context, "context", flow.context_features, u.shape[0], device, dtype)
-    for index, layer in enumerate(reversed(flow.transforms)):
-        if isinstance(layer, MarginalGaussianization):
-            layer.set_mixture(*fit_logistic_mixture(u, layer.map.components, em_steps))
-            u = layer.inverse_and_ladj(u, c if layer.context_features else None)[0]
-        else:
-            if rotation == "pca":
-                _, vectors = torch.linalg.eigh(u.T @ u / u.shape[0])
-                matrix = vectors.flip(-1)
+    # Layers are set one by one from the data pushed through the previous ones; a failure
+    # part-way restores the flow as it was (nothing half-updated).
+    saved = {k: v.clone() for k, v in flow.state_dict().items()}
+    try:
+        for index, layer in enumerate(reversed(flow.transforms)):
+            if isinstance(layer, MarginalGaussianization):
+                layer.set_mixture(*fit_logistic_mixture(u, layer.map.components, em_steps))
+                u = layer.inverse_and_ladj(u, c if layer.context_features else None)[0]
             else:
-                matrix = random_orthogonal(flow.features, seed + index, dtype).to(device)
-            layer.set_matrix(matrix)
-            u = layer.inverse_and_ladj(u)[0]
+                if rotation == "pca":
+                    # In float64: eigh in float32 is orthogonal to only ~1e-6.
+                    _, vectors = torch.linalg.eigh((u.T @ u / u.shape[0]).double())
+                    matrix = vectors.flip(-1).to(dtype)
+                else:
+                    matrix = random_orthogonal(flow.features, seed + index, dtype).to(device)
+                layer.set_matrix(matrix)
+                u = layer.inverse_and_ladj(u)[0]
+    except BaseException:
+        flow.load_state_dict(saved)
+        raise
     return flow

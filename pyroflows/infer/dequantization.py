@@ -40,7 +40,7 @@ from ..transforms.elementwise import AffineMap
 from ..transforms.image import ImageCompose, check_image, check_shape
 from ..transforms.image_coupling import ImageCoupling
 
-__all__ = ["UniformDequantizer", "VariationalDequantizer", "bits_per_dim", "discrete_log_likelihood",
+__all__ = ["UniformDequantizer", "VariationalDequantizer", "discrete_bits_per_dim", "discrete_log_likelihood",
            "logit"]
 
 
@@ -131,8 +131,9 @@ class VariationalDequantizer(nn.Module):
 def logit(x: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
     r""":math:`y = \operatorname{logit}(\alpha + (1 - 2\alpha)x)` elementwise and
     :math:`\log|\det \partial y/\partial x|` summed over the image dims ``(-3, -2, -1)``."""
-    if not 0 <= alpha < 0.5:
-        raise ValueError(f"alpha must lie in [0, 0.5), got {alpha!r}")
+    if not 0 < alpha < 0.5:
+        # alpha = 0 maps a pixel at exactly 0 (k = 0 with noise 0) to logit(0) = -inf.
+        raise ValueError(f"alpha must lie in (0, 0.5), got {alpha!r}")
     s = alpha + (1 - 2 * alpha) * x
     y = torch.log(s) - torch.log1p(-s)
     ladj = (math.log(1 - 2 * alpha) - torch.log(s) - torch.log1p(-s)).sum((-3, -2, -1))
@@ -158,14 +159,14 @@ def discrete_log_likelihood(
 
     Returns:
         ``(...)`` tensor; its mean over images (and noise draws) is :math:`\le` the mean
-        :math:`\log P(k)`. :func:`bits_per_dim` converts it.
+        :math:`\log P(k)`. :func:`discrete_bits_per_dim` converts it.
 
     Example:
         >>> import pyroflows
         >>> flow = pyroflows.flows.build("glow", (1, 4, 4), levels=1, transforms=1, hidden=(8, 8))
         >>> k = torch.randint(0, 256, (6, 1, 4, 4))
         >>> ll = discrete_log_likelihood(flow().log_prob, k, UniformDequantizer(), logit_alpha=0.05)
-        >>> ll.shape, bool(bits_per_dim(ll.mean(), 16) > 0)
+        >>> ll.shape, bool(discrete_bits_per_dim(ll.mean(), 16) > 0)
         (torch.Size([6]), True)
     """
     if not hasattr(dequantizer, "bins"):
@@ -173,6 +174,9 @@ def discrete_log_likelihood(
     if k.dim() < 3:
         raise ValueError(f"k must be images (..., C, H, W), got shape {tuple(k.shape)}")
     bins = dequantizer.bins
+    if ((k < 0) | (k > bins - 1) | (k != k.round())).any():
+        raise ValueError(f"k must hold integers 0..{bins - 1} (the raw levels, not images scaled "
+                         "to [0, 1])")
     u, log_q = dequantizer(k)
     x = (k.to(u.dtype) + u) / bins
     dims = x.shape[-3] * x.shape[-2] * x.shape[-1]
@@ -184,11 +188,11 @@ def discrete_log_likelihood(
     return log_px - dims * math.log(bins) - log_q
 
 
-def bits_per_dim(log_likelihood: Tensor | float, dims: int) -> float:
+def discrete_bits_per_dim(log_likelihood: Tensor | float, dims: int) -> float:
     r"""Bits per dimension :math:`-\log_2 P(k) / D` from a log-likelihood (nats) of discrete data.
 
     Example:
-        >>> round(bits_per_dim(-784 * math.log(256), 784), 6)  # a uniform model of 8-bit pixels
+        >>> round(discrete_bits_per_dim(-784 * math.log(256), 784), 6)  # a uniform model of 8-bit pixels
         8.0
     """
     if not isinstance(dims, int) or dims < 1:

@@ -14,16 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .inputs import make_activation
+from .inputs import check_hidden, make_activation
 
 __all__ = ["ConvNet", "ResidualConvNet"]
-
-
-def _check_widths(hidden: Sequence[int]) -> tuple[int, ...]:
-    hidden = tuple(hidden)
-    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty tuple of positive channel counts, got {hidden!r}")
-    return hidden
 
 
 def _join(x: Tensor, context: Tensor | None) -> Tensor:
@@ -63,7 +56,7 @@ class ConvNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int] = (512, 512),
                  context: int = 0, activation: str = "relu", zero_output: bool = True) -> None:
         super().__init__()
-        hidden = _check_widths(hidden)
+        hidden = check_hidden(hidden, "channel counts")
         layers: list[nn.Module] = [nn.Conv2d(in_channels + context, hidden[0], 3, padding=1),
                                    make_activation(activation)]
         for a, b in zip(hidden[:-1], hidden[1:]):
@@ -104,7 +97,7 @@ class ResidualConvNet(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int] = (64, 64),
                  context: int = 0, activation: str = "relu", zero_output: bool = True) -> None:
         super().__init__()
-        hidden = _check_widths(hidden)
+        hidden = check_hidden(hidden, "channel counts")
         if len(set(hidden)) != 1:
             raise ValueError(f"a residual network needs equal widths, got {hidden}")
         width = hidden[0]

@@ -3,10 +3,12 @@ and the device and dtype a module computes in."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "join_context", "make_activation", "module_device_dtype"]
+__all__ = ["ACTIVATIONS", "check_hidden", "join_context", "make_activation", "module_device_dtype"]
 
 #: Activation modules by name, for the ``activation`` option of conditioners and presets.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -50,3 +52,12 @@ def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return torch.device("cpu"), torch.get_default_dtype()
+
+
+def check_hidden(hidden: Sequence[int], what: str = "widths") -> tuple[int, ...]:
+    """Validate a non-empty sequence of positive hidden sizes (``what`` names them in the
+    message: widths, channel counts); ValueError otherwise."""
+    hidden = tuple(hidden)
+    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty tuple of positive {what}, got {hidden!r}")
+    return hidden

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .inputs import check_hidden
+
 __all__ = ["LipSwish", "LipschitzLinear", "LipschitzMLP", "check_coefficient"]
 
 
@@ -144,9 +146,7 @@ class LipschitzMLP(nn.Module):
     def __init__(self, features: int, hidden: Sequence[int] = (64, 64), context: int = 0,
                  coefficient: float = 0.97) -> None:
         super().__init__()
-        hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
+        hidden = check_hidden(hidden)
         self.features = features
         self.hidden_widths = hidden
         self.context_features = context

@@ -6,16 +6,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .inputs import join_context, make_activation
+from .inputs import check_hidden, join_context, make_activation
 
 __all__ = ["MLP", "ResidualMLP"]
-
-
-def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
-    hidden = tuple(hidden)
-    if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
-    return hidden
 
 
 class MLP(nn.Module):
@@ -48,7 +41,7 @@ class MLP(nn.Module):
         zero_output: bool = True,
     ) -> None:
         super().__init__()
-        hidden = _check_hidden(hidden)
+        hidden = check_hidden(hidden)
         widths = (in_features + context, *hidden)
         layers: list[nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
@@ -88,7 +81,7 @@ class ResidualMLP(nn.Module):
         zero_output: bool = True,
     ) -> None:
         super().__init__()
-        hidden = _check_hidden(hidden)
+        hidden = check_hidden(hidden)
         if len(set(hidden)) != 1:
             raise ValueError(f"ResidualMLP needs equal hidden widths, got {hidden}")
         width = hidden[0]

@@ -154,7 +154,9 @@ class _Dynamics:
                 frobenius = vjp.square().sum(-1) if self.penalties else None
         out = [self.time * g, self.time * trace]
         if self.penalties:
-            out += [self.time * g.square().sum(-1), self.time * frobenius]
+            # |T|: a trainable T may cross zero (the flow then runs backwards in time), and
+            # the penalties are integrals over |dt|, non-negative either way.
+            out += [self.time.abs() * g.square().sum(-1), self.time.abs() * frobenius]
         if not create_graph:
             out = [o.detach() for o in out]
         return tuple(out)

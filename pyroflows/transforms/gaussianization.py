@@ -142,7 +142,9 @@ class GaussianizationMap(ElementwiseMap):
         are clipped into the bound."""
         B = self.log_scale_bound
         log_s = scale.log().clamp(-0.999 * B, 0.999 * B)
-        raw = torch.cat([weights.log(), loc, B * torch.atanh(log_s / B)], -1)
+        # A zero weight becomes a very negative (finite) logit, not -inf.
+        log_w = weights.clamp_min(torch.finfo(weights.dtype).tiny).log()
+        raw = torch.cat([log_w, loc, B * torch.atanh(log_s / B)], -1)
         return raw - self.offsets.to(raw)
 
     def _log_cdf_sf(self, u: Tensor, params: Tensor, density: bool = True) -> tuple[Tensor, ...]:
@@ -253,11 +255,24 @@ class MarginalGaussianization(Bijection):
     @torch.no_grad()
     def set_mixture(self, weights: Tensor, loc: Tensor, scale: Tensor) -> None:
         """Set the free parameters to per-feature mixtures, each argument of shape ``(d, K)``
-        (the context network's offsets, if any, are left as they are)."""
+        (the context network's offsets, if any, are left as they are). The weights of each
+        feature are renormalised to sum to one.
+
+        Raises:
+            ValueError: a wrong shape, non-finite values, negative weights or weights summing
+                to zero for a feature, or non-positive scales (nothing is changed).
+        """
         shape = (self.features, self.map.components)
         for name, value in (("weights", weights), ("loc", loc), ("scale", scale)):
             if value.shape != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name} has NaN or infinite values")
+        if (weights < 0).any() or (weights.sum(-1) <= 0).any():
+            raise ValueError("weights must be non-negative with a positive sum for every feature")
+        if (scale <= 0).any():
+            raise ValueError("scale must be positive")
+        weights = weights / weights.sum(-1, keepdim=True)
         free = self.params.free
         raw = self.map.raw_params(weights.to(free), loc.to(free), scale.to(free))
         free.copy_(raw.flatten())

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import MLP
+from ..nn.inputs import check_hidden
 from .base import Bijection
 from .bisection import monotone_inverse
 
@@ -64,14 +65,6 @@ class AmortizedParameters(nn.Module):
         if self.net is None:
             return self.free
         return self.free + self.net(context)
-
-
-def check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
-    """Validate a tuple of hidden widths (also for unconditional layers, which ignore it)."""
-    hidden = tuple(hidden)
-    if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
-    return hidden
 
 
 def tanh_derivative(a: Tensor) -> Tensor:

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from ..nn.lipschitz import LipschitzMLP, check_coefficient
+from ..registry import check_count
 from .base import Bijection
 
 __all__ = ["LOGDETS", "ResidualBlock", "roulette_weights"]
@@ -62,12 +63,6 @@ ROULETTES = ("geometric", "poisson")
 EXACT_MAX_FEATURES = 16
 #: The inverse uses dense Newton steps and an exact implicit solve up to this many features.
 DENSE_MAX_FEATURES = 64
-
-
-def _check_count(value: int, name: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _tail(distribution: str, mean: float, j: int) -> float:
@@ -136,11 +131,12 @@ class ResidualBlock(Bijection):
         if isinstance(extra_terms, bool) or not isinstance(extra_terms, (int, float)) or not extra_terms > 0:
             raise ValueError(f"extra_terms (mean number of roulette terms) must be > 0, got {extra_terms!r}")
         dense = features <= DENSE_MAX_FEATURES
-        self.n_terms = _check_count((10 if logdet == "series" else 2) if n_terms is None else n_terms,
-                                    "n_terms", 1)
-        self.iterations = _check_count((20 if dense else 200) if iterations is None else iterations,
-                                       "iterations", 0)
-        self.newton = _check_count((6 if dense else 0) if newton is None else newton, "newton", 0)
+        self.n_terms = (10 if logdet == "series" else 2) if n_terms is None else n_terms
+        self.iterations = (20 if dense else 200) if iterations is None else iterations
+        self.newton = (6 if dense else 0) if newton is None else newton
+        check_count("n_terms", self.n_terms, 1)
+        check_count("iterations", self.iterations, 0)
+        check_count("newton", self.newton, 0)
         if self.newton and not dense:
             raise ValueError(f"newton steps need a dense Jacobian: only for features <= "
                              f"{DENSE_MAX_FEATURES}, got features={features}")

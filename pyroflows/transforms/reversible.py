@@ -53,6 +53,7 @@ from .elementwise import (
 )
 from .linear import LULinear
 from .normalization import ActNorm
+from .orthogonal import HouseholderRotation
 from .permutation import Permutation
 from .splines import SplineMap
 from .triangular import LowerTriangularAffine
@@ -63,6 +64,7 @@ __all__ = ["ReversibleCompose", "SavedTensorMeter", "is_exactly_invertible"]
 EXACT_LAYERS: tuple[type[Bijection], ...] = (
     ActNorm,
     ElementwiseAffine,
+    HouseholderRotation,
     LowerTriangularAffine,
     LULinear,
     Permutation,
