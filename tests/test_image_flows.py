@@ -380,3 +380,19 @@ def test_compiles_without_graph_breaks(name, context_size, device, dtype):
     assert torch.allclose(compiled(x, c), log_prob(x, c))
     xs, lp = torch.compile(sample, backend="eager", fullgraph=True)(c)
     assert xs.shape[-3:] == SHAPE and torch.isfinite(lp).all()
+
+
+def test_coupling_names_a_missing_or_misshaped_context():
+    from pyroflows.transforms import AffineMap, ImageCoupling
+
+    x = torch.zeros(2, 1, 4, 4)
+    vector = ImageCoupling((1, 4, 4), AffineMap(), "checkerboard", hidden=(8, 8), context=3)
+    with pytest.raises(ValueError, match="conditional on a context of 3"):
+        vector.call_and_ladj(x)
+    with pytest.raises(ValueError, match="context has shape"):
+        vector.inverse_and_ladj(x, torch.zeros(2, 5))
+    maps = ImageCoupling((1, 4, 4), AffineMap(), "checkerboard", hidden=(8, 8), context=2,
+                         spatial_context=True)
+    with pytest.raises(ValueError, match=r"context maps of shape \(\.\.\., 2, 4, 4\)"):
+        maps.call_and_ladj(x, torch.zeros(2, 2, 3, 3))
+    assert maps.call_and_ladj(x, torch.zeros(2, 2, 4, 4))[0].shape == x.shape

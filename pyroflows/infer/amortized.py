@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torch.distributions import biject_to
 
 from ..core import Flow
-from .autoguide import GuideFlowDistribution, _bindable, continuous_latent_hide_fn
 from .guide_flows import resolve_flow
+from .guide_support import GuideFlowDistribution, _bindable, continuous_latent_hide_fn
 
 __all__ = ["AutoAmortizedFlow"]
 

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Flow
-from .autoguide import AutoFlow, GuideFlowDistribution
+from .autoguide import AutoFlow
+from .guide_support import GuideFlowDistribution
 
 __all__ = ["AutoMeanFieldFlow"]
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..nn.conv import ConvNet, ResidualConvNet
+from .base import check_context
 from .elementwise import ElementwiseMap
 from .image import ImageBijection, checkerboard_mask
 
@@ -111,6 +112,14 @@ class ImageCoupling(ImageBijection):
         """Conditioner output for the conditioning input ``a`` (..., C_a, H, W), as
         ``(..., C_b, H, W, num_params)``, broadcast with the context's batch."""
         h, w = self.shape[1:]
+        if self.spatial_context:
+            expected = (self.context_features, h, w)
+            if context is None or context.dim() < 3 or tuple(context.shape[-3:]) != expected:
+                got = None if context is None else tuple(context.shape)
+                raise ValueError(f"this coupling takes context maps of shape (..., {expected[0]}, {h}, "
+                                 f"{w}), got {got}")
+        else:
+            check_context(context, self.context_features)
         if context is None:
             batch = a.shape[:-3]
             maps = None
