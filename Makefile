@@ -34,7 +34,7 @@ docs: $(STAMP)
 	@echo "docs written to docs/_build/html/index.html"
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/density_toy.py
+	$(BIN)/python benchmarks/density_toy.py --flows iaf maf nice nsf nsf-coupling realnvp
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/destructors_toy.py
 	$(BIN)/python benchmarks/mnist.py
