@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "check_count"]
+__all__ = ["Registry", "check_count", "check_options"]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -22,6 +22,16 @@ def check_count(what: str, value: object, low: int) -> None:
     """Raise ValueError unless ``value`` is an ``int`` (not a bool) of at least ``low``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+
+
+def check_options(kind: str, name: str, factory: Callable[..., Any], options: dict[str, Any],
+                  sizes: int = 2) -> None:
+    """Raise TypeError naming the options that are not keywords of ``factory`` beyond its
+    first ``sizes`` (positional size) arguments, and listing the ones it takes."""
+    accepted = list(inspect.signature(factory).parameters)[sizes:]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"{kind} {name!r} got unknown options {unknown}; its options are {accepted}")
 
 
 class Registry(Generic[T]):
@@ -76,11 +86,5 @@ class Registry(Generic[T]):
         factory = self.get(name)
         check_count("features", features, 1)
         check_count("context", context, 0)
-        sizes = 2 if self.conditional else 1
-        accepted = list(inspect.signature(factory).parameters)[sizes:]
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise TypeError(
-                f"{self.kind} {name!r} got unknown options {unknown}; its options are {accepted}"
-            )
+        check_options(self.kind, name, factory, options, 2 if self.conditional else 1)
         return factory

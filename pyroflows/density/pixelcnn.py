@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..nn.masked_conv import PixelCNNConditioner
+from ..registry import check_count
+from ..transforms.image import check_shape
 
 __all__ = ["LIKELIHOODS", "PixelCNN", "PixelCNNDistribution"]
 
@@ -87,14 +89,11 @@ class PixelCNN(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        shape = tuple(shape)
-        if len(shape) != 3 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape):
-            raise ValueError(f"shape must be (C, H, W) with positive integers, got {shape!r}")
+        shape = check_shape(shape)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        for what, value in (("levels", levels), ("mixtures", mixtures)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 2 - (what == "mixtures"):
-                raise ValueError(f"{what} must be an integer >= {2 - (what == 'mixtures')}, got {value!r}")
+        check_count("levels", levels, 2)
+        check_count("mixtures", mixtures, 1)
         self.shape = shape
         self.likelihood = likelihood
         self.levels = 2 if likelihood == "bernoulli" else levels

@@ -27,6 +27,7 @@ from ..core import Flow
 from ..flows import available, build
 from ..flows.autoregressive import orderings
 from ..flows.registry import check_transforms
+from ..registry import check_options
 from ..transforms import (
     AffineMap,
     ElementwiseMap,
@@ -176,12 +177,7 @@ def resolve_flow(spec: Any, features: int, context: int = 0, **options: Any) -> 
     """
     if isinstance(spec, str):
         if spec == "nsf":
-            import inspect
-
-            accepted = list(inspect.signature(variational_nsf).parameters)[2:]
-            unknown = sorted(set(options) - set(accepted))
-            if unknown:
-                raise TypeError(f"flow 'nsf' got unknown options {unknown}; its options are {accepted}")
+            check_options("flow", "nsf", variational_nsf, options)
             return variational_nsf(features, context, **options)
         if spec not in available("vector"):
             raise ValueError(f"unknown flow {spec!r}; available: {', '.join(available('vector'))}")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..registry import check_count
 from .inputs import make_activation
 
 __all__ = ["MaskedConv2d", "PixelCNNConditioner", "channel_groups", "pixelcnn_mask"]
@@ -186,8 +187,7 @@ class PixelCNNConditioner(nn.Module):
         super().__init__()
         for what, value, low in (("channels", channels, 1), ("params_per_channel", params_per_channel, 1),
                                  ("hidden", hidden, channels), ("blocks", blocks, 0), ("context", context, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+            check_count(what, value, low)
         self.channels = channels
         self.params_per_channel = params_per_channel
         self.context_features = context

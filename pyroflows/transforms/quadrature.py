@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import check_count
+
 __all__ = ["QUADRATURES", "clenshaw_curtis", "gauss_legendre", "quadrature_rule"]
 
 
 def _check_nodes(nodes: int, low: int) -> None:
-    if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < low:
-        raise ValueError(f"nodes must be an integer >= {low}, got {nodes!r}")
+    check_count("nodes", nodes, low)
 
 
 def gauss_legendre(nodes: int) -> tuple[Tensor, Tensor]:
