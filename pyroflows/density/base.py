@@ -22,6 +22,7 @@ from torch.distributions import constraints
 
 from ..nn import check_order
 from ..transforms.base import check_context, check_features
+from ..transforms.elementwise import soft_clamp
 
 __all__ = [
     "AutoregressiveDistribution",
@@ -108,11 +109,6 @@ class Conditional(nn.Module):
         return torch.zeros(self.num_params)
 
 
-def _bounded(raw: Tensor, bound: float) -> Tensor:
-    """:math:`b \\tanh(r / b)`, written with a sigmoid."""
-    return bound * (2 * torch.sigmoid(raw * (2 / bound)) - 1)
-
-
 class Gaussian(Conditional):
     r""":math:`\mathcal N(\mu, \sigma^2)` with parameters :math:`(\mu, \tilde s)` and
     :math:`\log\sigma = b\tanh(\tilde s / b)` (soft-clamped, :math:`b` = ``log_scale_bound``).
@@ -127,11 +123,11 @@ class Gaussian(Conditional):
         self.log_scale_bound = float(log_scale_bound)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        mu, log_sigma = params[..., 0], _bounded(params[..., 1], self.log_scale_bound)
+        mu, log_sigma = params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
         return -0.5 * ((x - mu) * torch.exp(-log_sigma)).square() - log_sigma - _HALF_LOG_2PI
 
     def sample(self, params: Tensor) -> Tensor:
-        mu, log_sigma = params[..., 0], _bounded(params[..., 1], self.log_scale_bound)
+        mu, log_sigma = params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
         return mu + log_sigma.exp() * torch.randn_like(mu)
 
 
@@ -172,7 +168,7 @@ class MixtureOfGaussians(Conditional):
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits, mu, raw = params.unflatten(-1, (3, self.components)).unbind(-2)
-        return torch.log_softmax(logits, -1), mu, _bounded(raw, self.log_scale_bound)
+        return torch.log_softmax(logits, -1), mu, soft_clamp(raw, self.log_scale_bound)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         log_w, mu, log_sigma = self._split(params)

@@ -36,7 +36,7 @@ from ..transforms import (
     MaskedAutoregressive,
     SplineMap,
 )
-from ..transforms.elementwise import broadcast_params
+from ..transforms.elementwise import broadcast_params, soft_clamp
 
 __all__ = ["AffineSplineMap", "inverse_autoregressive", "resolve_flow", "variational_nsf"]
 
@@ -60,8 +60,7 @@ class AffineSplineMap(ElementwiseMap):
         self.num_params = self.spline.num_params + 2
 
     def _affine(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.log_scale_bound
-        return params[..., -2], b * torch.tanh(params[..., -1] / b)
+        return params[..., -2], soft_clamp(params[..., -1], self.log_scale_bound)
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         u, params = broadcast_params(u, params)

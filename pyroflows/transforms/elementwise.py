@@ -23,7 +23,20 @@ __all__ = [
     "ElementwiseMap",
     "InverseMap",
     "broadcast_params",
+    "soft_clamp",
 ]
+
+
+def soft_clamp(x: Tensor, bound: float) -> Tensor:
+    r""":math:`b \tanh(x / b)`: the identity near 0, always inside :math:`(-b, b)`; how every
+    bounded log-scale and log-slope is parametrised. Written as :math:`b(2\sigma(2x/b) - 1)`,
+    the same function, several times cheaper than ``tanh`` on CPU.
+
+    Example:
+        >>> soft_clamp(torch.tensor([0.0, 0.1, 100.0]), 3.0)
+        tensor([0.0000, 0.1000, 3.0000])
+    """
+    return bound * (2 * torch.sigmoid(x * (2 / bound)) - 1)
 
 
 def broadcast_params(u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,9 +97,7 @@ class AffineMap(ElementwiseMap):
         self.log_scale_bound = float(log_scale_bound)
 
     def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        b = self.log_scale_bound
-        # b * tanh(s / b), written with sigmoid, which is several times cheaper on CPU.
-        return params[..., 0], b * (2 * torch.sigmoid(params[..., 1] * (2 / b)) - 1)
+        return params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._shift_log_scale(params)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .base import Bijection
 from .bisection import monotone_inverse
-from .elementwise import ElementwiseMap, broadcast_params
+from .elementwise import ElementwiseMap, broadcast_params, soft_clamp
 from .planar import AmortizedParameters, check_hidden
 
 __all__ = ["GaussianizationMap", "MarginalGaussianization", "ndtri_log"]
@@ -135,7 +135,7 @@ class GaussianizationMap(ElementwiseMap):
         K, B = self.components, self.log_scale_bound
         p = params + self.offsets
         log_w = torch.log_softmax(p[..., :K], dim=-1)
-        return log_w, p[..., K : 2 * K], B * torch.tanh(p[..., 2 * K :] / B)
+        return log_w, p[..., K : 2 * K], soft_clamp(p[..., 2 * K :], B)
 
     def raw_params(self, weights: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """The raw parameters (..., 3K) giving a mixture (weights, loc, scale) (..., K); scales

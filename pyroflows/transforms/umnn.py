@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .bisection import monotone_inverse
-from .elementwise import ElementwiseMap, broadcast_params
+from .elementwise import ElementwiseMap, broadcast_params, soft_clamp
 from .planar import check_hidden
 from .quadrature import quadrature_rule
 
@@ -114,8 +114,7 @@ class UMNNMap(ElementwiseMap):
         r""":math:`\log f(t, e)` for ``t`` (..., n, k) and the projected embedding (..., n, H)."""
         pre = t[..., None] * self.input_t + e_proj[..., None, :]
         g = self.net(pre).squeeze(-1)
-        B = self.log_slope_bound
-        return B * torch.tanh(g / B)
+        return soft_clamp(g, self.log_slope_bound)
 
     def _integral(self, u: Tensor, e_proj: Tensor) -> Tensor:
         f = self.log_integrand(u[..., None] * self.nodes, e_proj).exp()
