@@ -56,9 +56,9 @@ from common import (  # noqa: E402
 )
 from vi_targets import banana, funnel  # noqa: E402
 
-from pyroflows.infer.adaptive import adaptive_importance  # noqa: E402
-from pyroflows.infer.autoguide import AutoFlow  # noqa: E402
-from pyroflows.infer.importance import importance  # noqa: E402
+from pyroflows.infer.guides.autoguide import AutoFlow  # noqa: E402
+from pyroflows.infer.sampling.adaptive import adaptive_importance  # noqa: E402
+from pyroflows.infer.sampling.importance import importance  # noqa: E402
 
 
 def regression_data(n: int = 200, p: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,7 +79,7 @@ from pyroflows.destructors import (  # noqa: E402
     GaussianDestructor,
     NormalCdfDestructor,
 )
-from pyroflows.infer.dequantization import (  # noqa: E402
+from pyroflows.infer.fitting.dequantization import (  # noqa: E402
     UniformDequantizer,
     VariationalDequantizer,
     discrete_bits_per_dim,  # noqa: E402

@@ -34,8 +34,8 @@ from common import RESULTS_DIR, machine_info, print_table, save_json, set_thread
 from posteriordb_models import MODELS  # noqa: E402
 
 from pyroflows.data.posteriordb import list_posteriors, load_posterior  # noqa: E402
-from pyroflows.infer.autoguide import AutoFlow, safe_init  # noqa: E402
-from pyroflows.infer.weights import guide_log_weights  # noqa: E402
+from pyroflows.infer.guides.autoguide import AutoFlow, safe_init  # noqa: E402
+from pyroflows.infer.sampling.weights import guide_log_weights  # noqa: E402
 
 TARGETED = ["eight_schools-eight_schools_noncentered", "kidiq-kidscore_momiq", "arK-arK", "sblrc-blr"]
 GUIDES = {

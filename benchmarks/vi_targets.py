@@ -38,8 +38,8 @@ from pyro.optim import Adam
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_info, print_table, save_json, set_threads  # noqa: E402
 
-from pyroflows.infer.autoguide import AutoFlow  # noqa: E402
-from pyroflows.infer.weights import guide_log_weights  # noqa: E402
+from pyroflows.infer.guides.autoguide import AutoFlow  # noqa: E402
+from pyroflows.infer.sampling.weights import guide_log_weights  # noqa: E402
 
 
 def funnel(dim: int = 10):  # noqa: ANN201

@@ -33,9 +33,9 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyroflows.infer.adaptive import adaptive_importance
-from pyroflows.infer.autoguide import AutoFlow
-from pyroflows.infer.importance import importance
+from pyroflows.infer.guides.autoguide import AutoFlow
+from pyroflows.infer.sampling.adaptive import adaptive_importance
+from pyroflows.infer.sampling.importance import importance
 
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])

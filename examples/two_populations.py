@@ -28,7 +28,7 @@ import time
 import torch
 
 import pyroflows
-from pyroflows.infer.ratio import density_ratio
+from pyroflows.infer.sampling.ratio import density_ratio
 
 
 def population(n: int, shift: float, scale: float, generator: torch.Generator) -> torch.Tensor:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from .transforms.base import Bijection, Compose, check_context, check_features
+from .checks import check_context, check_features
+from .transforms.base import Bijection, Compose
 
 __all__ = ["Flow", "FlowDistribution", "StandardNormal", "StandardNormalDistribution"]
 

@@ -9,29 +9,14 @@ so every registry reports bad input the same way.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "check_count", "check_options"]
+__all__ = ["Registry"]
+
+from .checks import check_count, check_options
 
 T = TypeVar("T", bound=Callable[..., Any])
-
-
-def check_count(what: str, value: object, low: int) -> None:
-    """Raise ValueError unless ``value`` is an ``int`` (not a bool) of at least ``low``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-
-
-def check_options(kind: str, name: str, factory: Callable[..., Any], options: dict[str, Any],
-                  sizes: int = 2) -> None:
-    """Raise TypeError naming the options that are not keywords of ``factory`` beyond its
-    first ``sizes`` (positional size) arguments, and listing the ones it takes."""
-    accepted = list(inspect.signature(factory).parameters)[sizes:]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise TypeError(f"{kind} {name!r} got unknown options {unknown}; its options are {accepted}")
 
 
 class Registry(Generic[T]):

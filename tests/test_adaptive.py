@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyroflows import Flow
-from pyroflows.infer.adaptive import AdaptiveResult, adaptive_importance
+from pyroflows.infer.sampling.adaptive import AdaptiveResult, adaptive_importance
 from pyroflows.transforms import ElementwiseAffine
 
 MU = torch.tensor([3.0, -2.0], dtype=torch.float64)
@@ -55,7 +55,7 @@ def test_bad_input():
 def test_autoflow_guide_is_refitted_on_a_model():
     from test_importance import Y, conjugate_model, exact_log_evidence
 
-    from pyroflows.infer.autoguide import AutoFlow
+    from pyroflows.infer.guides.autoguide import AutoFlow
 
     pyro.clear_param_store()
     pyro.set_rng_seed(0)

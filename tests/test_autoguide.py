@@ -20,7 +20,11 @@ from pyro.optim import Adam, ClippedAdam
 
 import pyroflows
 from pyroflows.infer import AutoFlow, AutoMeanFieldFlow
-from pyroflows.infer.guide_flows import AffineSplineMap, inverse_autoregressive, variational_nsf
+from pyroflows.infer.guides.variational_flows import (
+    AffineSplineMap,
+    inverse_autoregressive,
+    variational_nsf,
+)
 
 SMALL = {"transforms": 1, "hidden": (16, 16)}
 

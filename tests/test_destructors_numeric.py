@@ -7,7 +7,7 @@ import torch
 from scipy import special as sp
 
 from pyroflows.destructors.special import betainc, clamp_open_unit, normal_icdf
-from pyroflows.transforms.bisection import monotone_inverse
+from pyroflows.numerics.bisection import monotone_inverse
 
 
 def test_betainc_matches_scipy():

@@ -14,7 +14,7 @@ from pyro.distributions import constraints
 from torch import nn
 
 from pyroflows.infer import AutoAmortizedFlow, AutoFlow, VariationalEM
-from pyroflows.infer.em import ConvergenceWarning
+from pyroflows.infer.guides.em import ConvergenceWarning
 
 TRUE_LOCS = torch.tensor([[-3.0, 0.0], [3.0, 1.0]])
 TRUE_SCALE = 0.7

@@ -12,6 +12,7 @@ import torch
 from helpers import perturb
 
 from pyroflows.flows import build
+from pyroflows.numerics.quadrature import quadrature_rule
 from pyroflows.transforms import (
     BlockNeuralAutoregressive,
     InverseMap,
@@ -23,7 +24,6 @@ from pyroflows.transforms import (
     clenshaw_curtis,
     gauss_legendre,
 )
-from pyroflows.transforms.quadrature import quadrature_rule
 
 D = torch.float64
 

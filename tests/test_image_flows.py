@@ -21,7 +21,7 @@ from helpers import jacobian_logdet, perturb
 
 import pyroflows
 from pyroflows.flows import available, build
-from pyroflows.infer.dequantization import (
+from pyroflows.infer.fitting.dequantization import (
     UniformDequantizer,
     VariationalDequantizer,
     discrete_bits_per_dim,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pyroflows import Flow
-from pyroflows.infer.importance import ImportanceResult, importance
-from pyroflows.infer.psis import khat_threshold, log_evidence, weighted_mean_and_mcse
+from pyroflows.infer.sampling.importance import ImportanceResult, importance
+from pyroflows.infer.sampling.psis import khat_threshold, log_evidence, weighted_mean_and_mcse
 from pyroflows.transforms import ElementwiseAffine
 from pyroflows.transforms.triangular import LowerTriangularAffine
 
@@ -225,7 +225,7 @@ def test_float32_follows_the_proposal_and_chunks():
 def test_psis_of_equal_weights_is_exact():
     """A proposal equal to the target gives equal weights, where ArviZ's tail fit returns NaN:
     the smoothed weights must then be the exact uniform ones (zero weights stay zero)."""
-    from pyroflows.infer.psis import psis
+    from pyroflows.infer.sampling.psis import psis
 
     lw = torch.full((1000,), 1.8378770664093453, dtype=torch.float64)
     lw[:10] = -math.inf

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pyroflows import Flow
-from pyroflows.infer.ratio import DensityRatioResult, density_ratio
+from pyroflows.infer.sampling.ratio import DensityRatioResult, density_ratio
 from pyroflows.transforms import ElementwiseAffine
 
 SHIFT = torch.tensor([0.5, -0.3], dtype=torch.float64)

@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from pyroflows import Flow
-from pyroflows.infer.rejection import (
+from pyroflows.infer.sampling.rejection import (
     FlowRejector,
     RejectionError,
     RejectionResult,

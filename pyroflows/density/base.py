@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..checks import check_context, check_features
 from ..nn import check_order
-from ..transforms.base import check_context, check_features
 from ..transforms.elementwise import soft_clamp
 
 __all__ = [

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count
 from ..nn import make_activation
-from ..registry import check_count
 from .base import AutoregressiveModel, Bernoulli, Conditional, MixtureOfGaussians, make_orders
 from .registry import register
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..checks import check_count
 from ..nn.masked_conv import PixelCNNConditioner
-from ..registry import check_count
 from ..transforms.image import check_shape
 
 __all__ = ["LIKELIHOODS", "PixelCNN", "PixelCNNDistribution"]

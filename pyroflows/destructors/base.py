@@ -43,9 +43,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..checks import check_features
 from ..core import Flow
-from ..nn.inputs import module_device_dtype
-from ..transforms.base import Bijection, Inverse, check_features
+from ..nn.device import module_device_dtype
+from ..transforms.base import Bijection, Inverse
 from .special import normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = [

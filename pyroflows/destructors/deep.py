@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..nn.inputs import module_device_dtype
+from ..nn.device import module_device_dtype
 from ..transforms.base import Bijection
 from .base import (
     REAL,
@@ -331,7 +331,7 @@ class DeepDestructor(Destructor):
             ``fit``'s :class:`~pyroflows.infer.FitResult`, plus ``greedy_val_loglik`` and
             ``kept_greedy`` attributes.
         """
-        from ..infer.fit import fit
+        from ..infer.fitting.fit import fit
 
         self._check_fitted()
         x = self._as_input(data, "fine-tuning data")

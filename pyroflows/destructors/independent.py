@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..transforms.bisection import monotone_inverse
+from ..numerics.bisection import monotone_inverse
 from ..transforms.splines import rq_bin_forward, rq_bin_inverse
 from .base import REAL, UNIT, Destructor, check_no_constant_columns
 from .special import beta_log_pdf, betainc, normal_cdf, normal_icdf, normal_log_pdf

@@ -14,7 +14,7 @@ comes from one triangular solve per component). The Jacobian is triangular with 
 The inverse runs coordinate by coordinate; in each, *all points at once* are solved by
 bisection on the exact bracket :math:`[\min_k q_k, \max_k q_k]` (the components' own
 conditional quantiles), then one implicit Newton step (so gradients flow, see
-:mod:`pyroflows.transforms.bisection`). No per-value root finder.
+:mod:`pyroflows.numerics.bisection`). No per-value root finder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..transforms.bisection import monotone_inverse
+from ..numerics.bisection import monotone_inverse
 from .base import REAL, Destructor, check_no_constant_columns
 from .gaussian import weighted_covariance
 from .special import normal_cdf, normal_icdf, normal_log_pdf

@@ -9,10 +9,11 @@ from . import (  # noqa: F401  (the imports register the presets)
     autoregressive,
     continuous,
     coupling,
-    families,
     gaussianization,
     mog,
     multiscale,
+    neural_autoregressive,
+    planar,
     recurrent,
     residual,
 )

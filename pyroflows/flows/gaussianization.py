@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import as_data
 from ..core import Flow
 from ..destructors.rotation import random_orthogonal
-from ..nn.inputs import module_device_dtype
+from ..nn.device import module_device_dtype
 from ..transforms import Bijection
 from ..transforms.gaussianization import MarginalGaussianization
 from ..transforms.orthogonal import HouseholderRotation
@@ -159,7 +160,6 @@ def init_gf(flow: Flow, data: Tensor | np.ndarray, context: Tensor | np.ndarray 
         raise ValueError(f"rotation must be 'pca' or 'random', got {rotation!r}")
     if not isinstance(em_steps, int) or isinstance(em_steps, bool) or em_steps < 0:
         raise ValueError(f"em_steps must be a non-negative integer, got {em_steps!r}")
-    from ..infer.fit import as_data  # here: pyroflows.infer imports the flows
 
     device, dtype = module_device_dtype(flow)
     u = as_data(data, "data", flow.features, None, device, dtype)

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..checks import check_context
 from ..core import Flow, FlowDistribution, StandardNormal
-from ..transforms.base import Bijection, check_context
+from ..transforms.base import Bijection
 from ..transforms.image import ImageCompose, check_image, check_shape
 
 __all__ = ["ImageFlow", "ImageFlowDistribution"]

@@ -1,25 +1,25 @@
 """Inference with flows: maximum-likelihood fitting, flow autoguides and variational EM,
 importance and rejection sampling, density ratios."""
 
-from .adaptive import AdaptiveResult, adaptive_importance
-from .amortized import AutoAmortizedFlow
 from .arviz import to_inference_data
-from .autoguide import AutoFlow
-from .em import VariationalEM
-from .fit import FitResult, fit
-from .importance import ImportanceResult, importance
-from .meanfield import AutoMeanFieldFlow
-from .psis import khat_threshold, psis
-from .ratio import DensityRatioResult, density_ratio
-from .rejection import (
+from .fitting.fit import FitResult, fit
+from .guides.amortized import AutoAmortizedFlow
+from .guides.autoguide import AutoFlow
+from .guides.em import VariationalEM
+from .guides.meanfield import AutoMeanFieldFlow
+from .sampling.adaptive import AdaptiveResult, adaptive_importance
+from .sampling.importance import ImportanceResult, importance
+from .sampling.psis import khat_threshold, psis
+from .sampling.ratio import DensityRatioResult, density_ratio
+from .sampling.rejection import (
     FlowRejector,
     RejectionError,
     RejectionResult,
     estimate_log_M,
     rejection_sample,
 )
-from .targets import ModelTarget
-from .weights import guide_log_weights
+from .sampling.targets import ModelTarget
+from .sampling.weights import guide_log_weights
 
 __all__ = [
     "AdaptiveResult",

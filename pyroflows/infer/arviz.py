@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .weights import guide_log_weights, init_trace
+from .sampling.weights import guide_log_weights, init_trace
 
 __all__ = ["to_inference_data"]
 

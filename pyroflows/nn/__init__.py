@@ -1,7 +1,10 @@
 """Conditioner networks: MLP, residual MLP and MADE."""
 
+from .activations import ACTIVATIONS, make_activation
+from .amortized import AmortizedParameters
+from .context import join_context
 from .conv import ConvNet, ResidualConvNet
-from .inputs import ACTIVATIONS, join_context, make_activation
+from .device import module_device_dtype
 from .lipschitz import LipschitzLinear, LipschitzMLP, LipSwish
 from .made import MADE, MaskedLinear, check_order
 from .masked_conv import MaskedConv2d, PixelCNNConditioner, channel_groups, pixelcnn_mask
@@ -9,6 +12,8 @@ from .mlp import MLP, ResidualMLP
 from .recurrent import CELLS, RecurrentConditioner, RecurrentLayer
 
 __all__ = [
+    "AmortizedParameters",
+    "module_device_dtype",
     "ACTIVATIONS",
     "CELLS",
     "ConvNet",

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .inputs import check_hidden, make_activation
+from ..checks import check_hidden
+from .activations import make_activation
 
 __all__ = ["ConvNet", "ResidualConvNet"]
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inputs import check_hidden
+from ..checks import check_hidden
 
 __all__ = ["LipSwish", "LipschitzLinear", "LipschitzMLP", "check_coefficient"]
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inputs import join_context, make_activation
+from .activations import make_activation
+from .context import join_context
 
 __all__ = ["MADE", "MaskedLinear", "check_order"]
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import check_count
-from .inputs import make_activation
+from ..checks import check_count
+from .activations import make_activation
 
 __all__ = ["MaskedConv2d", "PixelCNNConditioner", "channel_groups", "pixelcnn_mask"]
 

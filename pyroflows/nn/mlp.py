@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .inputs import check_hidden, join_context, make_activation
+from ..checks import check_hidden
+from .activations import make_activation
+from .context import join_context
 
 __all__ = ["MLP", "ResidualMLP"]
 
@@ -19,7 +21,7 @@ class MLP(nn.Module):
         out_features: size of ``y``.
         hidden: widths of the hidden layers.
         context: size of an optional context ``c`` concatenated to the input.
-        activation: name of the non-linearity (see :data:`pyroflows.nn.inputs.ACTIVATIONS`).
+        activation: name of the non-linearity (see :data:`pyroflows.nn.ACTIVATIONS`).
         zero_output: initialise the last layer to zero so that a flow built on it starts as
             the identity map.
 

@@ -1,5 +1,6 @@
 """Bijections: every flow family, each a Pyro ``TransformModule`` with a conditional form."""
 
+from ..numerics.quadrature import clenshaw_curtis, gauss_legendre
 from .autoregressive import MaskedAutoregressive
 from .base import Bijection, Compose, ConditionedBijection, Inverse
 from .continuous import ContinuousFlow, ODENet
@@ -22,8 +23,7 @@ from .neural_autoregressive import BlockNeuralAutoregressive, SigmoidalMap
 from .normalization import ActNorm, ChannelActNorm
 from .orthogonal import HouseholderRotation
 from .permutation import Permutation, Reverse, random_permutation
-from .planar import AmortizedParameters, Planar
-from .quadrature import clenshaw_curtis, gauss_legendre
+from .planar import Planar
 from .radial import Radial
 from .recurrent import RecurrentAutoregressive
 from .residual import ResidualBlock
@@ -45,7 +45,6 @@ __all__ = [
     "checkerboard_mask",
     "AdditiveMap",
     "AffineMap",
-    "AmortizedParameters",
     "Bijection",
     "BlockNeuralAutoregressive",
     "Compose",

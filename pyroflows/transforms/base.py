@@ -26,31 +26,9 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
-__all__ = ["Bijection", "Compose", "ConditionedBijection", "Inverse", "check_context", "check_features"]
+from ..checks import check_context, check_count, check_features
 
-
-def check_features(x: Tensor, features: int, what: str = "input") -> None:
-    """Raise a ValueError when ``x`` is not a tensor whose last dimension is ``features``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0 or x.shape[-1] != features:
-        raise ValueError(
-            f"{what} has shape {tuple(x.shape)}; expected a last dimension of {features} features"
-        )
-
-
-def check_context(context: Tensor | None, context_features: int) -> None:
-    """Raise a ValueError when a context is missing, unexpected or mis-shaped."""
-    if context_features == 0:
-        if context is not None:
-            raise ValueError("this transform takes no context (it was built with context=0)")
-        return
-    if context is None:
-        raise ValueError(
-            f"this transform is conditional on a context of {context_features} features; "
-            "pass one (flow(context) or transform.condition(context))"
-        )
-    check_features(context, context_features, "context")
+__all__ = ["Bijection", "Compose", "ConditionedBijection", "Inverse"]
 
 
 class Bijection(TransformModule, ConditionalTransform):
@@ -77,10 +55,8 @@ class Bijection(TransformModule, ConditionalTransform):
     fast_direction: str = "both"
 
     def __init__(self, features: int, context: int = 0) -> None:
-        if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-            raise ValueError(f"features must be a positive integer, got {features!r}")
-        if not isinstance(context, int) or isinstance(context, bool) or context < 0:
-            raise ValueError(f"context must be a non-negative integer, got {context!r}")
+        features = check_count("features", features, 1)
+        context = check_count("context", context, 0)
         super().__init__(cache_size=0)
         self.features = features
         self.context_features = context

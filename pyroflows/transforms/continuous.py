@@ -38,8 +38,8 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from ..checks import check_hidden
 from .base import Bijection
-from .planar import check_hidden
 
 try:  # the solvers torchdiffeq knows (private, but the public odeint checks against it)
     from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS

@@ -13,7 +13,7 @@ convention :math:`x = T(z)` it is the **inverse**, i.e. **density evaluation is 
 sampling solves :math:`\log F(x) = \log\Phi(z)` for :math:`z \le 0` and
 :math:`\log(1 - F(x)) = \log\Phi(-z)` for :math:`z > 0` (the smaller tail, in log space) by
 batched bisection
-(:func:`~pyroflows.transforms.bisection.monotone_inverse`, implicit gradients) in the tight
+(:func:`~pyroflows.numerics.bisection.monotone_inverse`, implicit gradients) in the tight
 bracket :math:`[\min_k q_k, \max_k q_k]` of the components' own quantiles
 :math:`q_k = \mu_k + s_k \operatorname{logit}\Phi(z)`.
 
@@ -33,10 +33,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_hidden
+from ..nn.amortized import AmortizedParameters
+from ..numerics.bisection import monotone_inverse
 from .base import Bijection
-from .bisection import monotone_inverse
 from .elementwise import ElementwiseMap, broadcast_params, soft_clamp
-from .planar import AmortizedParameters, check_hidden
 
 __all__ = ["GaussianizationMap", "MarginalGaussianization", "ndtri_log"]
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Transform, constraints
 
-from .base import Bijection, Compose, ConditionedBijection, Inverse, check_context
+from ..checks import check_context
+from .base import Bijection, Compose, ConditionedBijection, Inverse
 
 __all__ = ["ConditionedImageBijection", "ImageBijection", "ImageCompose", "ImageInverse", "check_image", "check_shape", "checkerboard_mask"]
 

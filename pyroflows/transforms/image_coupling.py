@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_context
 from ..nn.conv import ConvNet, ResidualConvNet
-from .base import check_context
 from .elementwise import ElementwiseMap
 from .image import ImageBijection, checkerboard_mask
 

@@ -49,11 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_hidden
 from ..nn import MLP
+from ..numerics.bisection import monotone_inverse
 from .base import Bijection
-from .bisection import monotone_inverse
 from .elementwise import ElementwiseMap, broadcast_params
-from .planar import check_hidden
 
 __all__ = ["BlockNeuralAutoregressive", "SigmoidalMap"]
 

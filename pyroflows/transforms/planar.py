@@ -1,5 +1,4 @@
-r"""Planar flows (Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015)
-and the amortised parameters shared by the planar, radial and Sylvester layers.
+r"""Planar flows (Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015).
 
 A planar layer moves every point along one direction :math:`\hat u` by an amount that depends
 on its position along another, :math:`w`:
@@ -16,7 +15,7 @@ for every value of the free parameters.
 Inverse: :math:`\alpha = w^\top z` solves the scalar equation
 :math:`\alpha + w^\top \hat u\, h(\alpha + b) = w^\top x`, increasing in :math:`\alpha` and
 bracketed by :math:`w^\top x \pm |w^\top \hat u|` (as :math:`|h| \le 1`); it is solved by
-batched bisection (:func:`~pyroflows.transforms.bisection.monotone_inverse`, implicit
+batched bisection (:func:`~pyroflows.numerics.bisection.monotone_inverse`, implicit
 gradients), then :math:`z = x - \hat u\, h(\alpha + b)`.
 """
 
@@ -26,45 +25,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..nn import MLP
-from ..nn.inputs import check_hidden
+from ..checks import check_hidden
+from ..nn.amortized import AmortizedParameters
+from ..numerics.bisection import monotone_inverse
 from .base import Bijection
-from .bisection import monotone_inverse
 
-__all__ = ["AmortizedParameters", "Planar"]
-
-
-class AmortizedParameters(nn.Module):
-    r"""A parameter vector :math:`\theta(c) = \theta_0 + g(c)`: free parameters plus, for a
-    conditional layer, a context network's offsets (amortisation, as in the planar, radial and
-    Sylvester papers, where an encoder outputs the flow's parameters).
-
-    Keeping the free :math:`\theta_0` in the conditional form avoids the saddle point at
-    :math:`g(c) = 0` (the zero-initialised network) and lets the layer start from a generic
-    :math:`\theta_0`.
-
-    Args:
-        init: initial :math:`\theta_0`, shape ``(p,)``.
-        context: context size (0: no network).
-        hidden: widths of the context network :math:`g` (an :class:`~pyroflows.nn.MLP`,
-            zero-initialised output).
-        activation: its non-linearity.
-
-    Shapes: ``context`` (..., c) -> (..., p); without context -> (p,).
-    """
-
-    def __init__(self, init: Tensor, context: int = 0, hidden: Sequence[int] = (64, 64),
-                 activation: str = "relu") -> None:
-        super().__init__()
-        self.free = nn.Parameter(init.detach().clone().to(torch.get_default_dtype()))
-        self.net = MLP(context, init.numel(), tuple(hidden), activation=activation) if context else None
-
-    def forward(self, context: Tensor | None = None) -> Tensor:
-        if self.net is None:
-            return self.free
-        return self.free + self.net(context)
+__all__ = ["Planar", "tanh_derivative"]
 
 
 def tanh_derivative(a: Tensor) -> Tensor:

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_hidden
+from ..nn.amortized import AmortizedParameters
 from .base import Bijection
-from .planar import AmortizedParameters, check_hidden
 
 __all__ = ["Radial"]
 

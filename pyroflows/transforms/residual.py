@@ -51,8 +51,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..nn.lipschitz import LipschitzMLP, check_coefficient
-from ..registry import check_count
 from .base import Bijection
 
 __all__ = ["LOGDETS", "ResidualBlock", "roulette_weights"]

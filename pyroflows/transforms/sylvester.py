@@ -36,10 +36,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_hidden
+from ..nn.amortized import AmortizedParameters
+from ..numerics.bisection import monotone_inverse
 from .base import Bijection
-from .bisection import monotone_inverse
 from .orthogonal import householder_product
-from .planar import AmortizedParameters, check_hidden, tanh_derivative
+from .planar import tanh_derivative
 
 __all__ = ["Sylvester"]
 

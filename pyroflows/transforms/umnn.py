@@ -9,7 +9,7 @@ The transformer is the integral of a positive network:
     \qquad \frac{\partial\tau}{\partial u} = f(u, e) > 0,
 
 with :math:`(s_k, w_k)` a Gauss–Legendre or Clenshaw–Curtis rule on :math:`[0, 1]`
-(:mod:`pyroflows.transforms.quadrature`), :math:`e` the embedding of the dimension given by
+(:mod:`pyroflows.numerics.quadrature`), :math:`e` the embedding of the dimension given by
 the conditioner, and :math:`f = \exp(B \tanh(g / B))` for an unconstrained tanh network
 :math:`g(t, e)` (one network shared by all dimensions, as in the paper). The integrand is
 analytic, so the rule converges geometrically with ``nodes``; the log-derivative is the
@@ -17,7 +17,7 @@ integrand itself, :math:`\log f(u, e) = B\tanh(g/B)`, as in the paper. Bounding
 :math:`\log f` in :math:`[-B, B]` makes :math:`\tau` bi-Lipschitz, hence onto
 :math:`\mathbb{R}`, and brackets the inverse: :math:`\tau^{-1}(v)` lies between
 :math:`(v-\beta)e^{-B}` and :math:`(v-\beta)e^{B}`. The inverse is a batched safeguarded Newton
-iteration (or plain bisection) on that bracket (:func:`~pyroflows.transforms.bisection.monotone_inverse`, implicit gradients).
+iteration (or plain bisection) on that bracket (:func:`~pyroflows.numerics.bisection.monotone_inverse`, implicit gradients).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .bisection import monotone_inverse
+from ..checks import check_hidden
+from ..numerics.bisection import monotone_inverse
+from ..numerics.quadrature import quadrature_rule
 from .elementwise import ElementwiseMap, broadcast_params, soft_clamp
-from .planar import check_hidden
-from .quadrature import quadrature_rule
 
 __all__ = ["UMNNMap"]
 
@@ -52,7 +52,7 @@ class UMNNMap(ElementwiseMap):
         log_slope_bound: the bound :math:`B` on :math:`|\log \partial\tau/\partial u|`.
         iterations: steps of the inverse (default: 32 safeguarded Newton steps, or the
             dtype's resolution in bisection steps with ``newton=False``).
-        newton: safeguarded Newton (:func:`~pyroflows.transforms.bisection.newton_bisect`:
+        newton: safeguarded Newton (:func:`~pyroflows.numerics.bisection.newton_bisect`:
             a Newton step where it stays in the bracket, else bisection); the derivative is
             the integrand, one evaluation against ``nodes`` for the integral, and converges in
             far fewer steps than bisection.

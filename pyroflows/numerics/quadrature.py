@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..registry import check_count
+from ..checks import check_count
 
 __all__ = ["QUADRATURES", "clenshaw_curtis", "gauss_legendre", "quadrature_rule"]
 

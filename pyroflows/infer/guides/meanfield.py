@@ -15,7 +15,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from ..core import Flow
+from ...core import Flow
 from .autoguide import AutoFlow
 from .guide_support import GuideFlowDistribution
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import Flow
-from .fit import FitResult, as_data, fit
+from ...checks import as_data
+from ...core import Flow
+from ..fitting.fit import FitResult, fit
 from .importance import ImportanceResult, finish
 
 __all__ = ["DensityRatioResult", "density_ratio"]
@@ -86,7 +87,7 @@ class DensityRatioResult(ImportanceResult):
 
 
 def _fit_flow(name: str, x: Tensor, standardize: bool, flow_options: dict, fit_options: dict) -> tuple[Flow, FitResult]:
-    from ..flows import build
+    from ...flows import build
 
     flow = build(name, x.shape[1], standardize=x if standardize else None, **flow_options).to(x.dtype)
     return flow, fit(flow, x, **{"progress": False, **fit_options})

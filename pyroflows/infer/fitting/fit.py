@@ -6,18 +6,18 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core import Flow
-from ..density.base import AutoregressiveModel
-from ..nn.inputs import module_device_dtype
+from ...checks import as_data
+from ...core import Flow
+from ...density.base import AutoregressiveModel
+from ...nn.device import module_device_dtype
 
-__all__ = ["FitResult", "as_data", "fit"]
+__all__ = ["FitResult", "fit"]
 
 
 @dataclass
@@ -48,33 +48,6 @@ class FitResult:
             f"last_train_loglik={last.get('train_loglik', math.nan):.4f}, "
             f"stopped_early={self.stopped_early})"
         )
-
-
-def as_data(
-    value: Any, name: str, columns: int | None, rows: int | None, device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    """Check and convert an array-like to a (rows, columns) tensor on ``device``/``dtype``.
-
-    Raises ValueError naming ``name`` for a wrong shape, NaN or infinite values.
-    """
-    if isinstance(value, Tensor):
-        tensor = value.detach()
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
-        except (TypeError, ValueError) as error:
-            raise TypeError(f"{name} must be a tensor or an array of numbers: {error}") from None
-    if columns is not None and (tensor.dim() != 2 or tensor.shape[1] != columns):
-        raise ValueError(f"{name} must have shape (n, {columns}), got {tuple(tensor.shape)}")
-    if rows is not None and tensor.shape[0] != rows:
-        raise ValueError(f"{name} has {tensor.shape[0]} rows but the data has {rows}")
-    if not tensor.is_floating_point():
-        tensor = tensor.double()
-    bad = ~torch.isfinite(tensor)
-    if bad.any():
-        where = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{name} has NaN or infinite values (rows {where}, ...)")
-    return tensor.to(device=device, dtype=dtype)
 
 
 def fit(

@@ -34,7 +34,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 from tqdm.auto import tqdm
 
-from .weights import init_trace, plate_nesting
+from ..sampling.weights import init_trace, plate_nesting
 
 __all__ = ["ConvergenceWarning", "VariationalEM"]
 

@@ -27,10 +27,10 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 
-from ..core import Flow
-from ..transforms import ElementwiseAffine
-from ..transforms.triangular import LowerTriangularAffine
-from .guide_flows import resolve_flow
+from ...core import Flow
+from ...transforms import ElementwiseAffine
+from ...transforms.triangular import LowerTriangularAffine
+from ..sampling.weights import trace_plate_nesting
 from .guide_support import (
     GuideFlowDistribution,
     ParameterAverage,
@@ -41,7 +41,7 @@ from .guide_support import (
     sync_with_param_store,
 )
 from .laplace import find_map, laplace_approximation
-from .weights import trace_plate_nesting
+from .variational_flows import resolve_flow
 
 __all__ = ["AutoFlow"]
 
@@ -58,7 +58,7 @@ class AutoFlow(AutoContinuous):
 
     Args:
         model: a Pyro model.
-        flow: a registry name (default ``"nsf"``: :func:`~pyroflows.infer.guide_flows.variational_nsf`,
+        flow: a registry name (default ``"nsf"``: :func:`~pyroflows.infer.guides.variational_flows.variational_nsf`,
             two inverse autoregressive layers of MADE width ``(32, 32)``, an affine one at the
             base side then a 4-bin spline with an affine stage, chosen on Neal's funnel and
             the banana of ``benchmarks/vi_targets.py``; density-fast presets such
@@ -130,7 +130,7 @@ class AutoFlow(AutoContinuous):
         if affine not in ("auto", "tril", "diag"):
             raise ValueError(f"affine must be 'auto', 'tril' or 'diag', got {affine!r}")
         if isinstance(flow, str):
-            from ..flows import available
+            from ...flows import available
 
             if flow != "nsf" and flow not in available("vector"):
                 raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available('vector'))}")

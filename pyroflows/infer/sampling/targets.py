@@ -35,7 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Distribution, biject_to
 
-from ..core import Flow, FlowDistribution
+from ...core import Flow, FlowDistribution
 from .weights import plate_nesting
 
 __all__ = ["ModelTarget", "VectorProposal", "call_target", "is_model", "resolve_target"]

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from pyro.infer.autoguide import AutoContinuous
 
-from ..core import Flow
-from .fit import fit
+from ...core import Flow
+from ..fitting.fit import fit
 from .importance import ImportanceResult, check_num_samples, importance
 from .targets import VectorProposal
 

@@ -25,7 +25,7 @@ def init_trace(model: Callable, args: tuple, kwargs: dict) -> Any:
     that cannot be sampled, such as ``ImproperUniform``, get a value)."""
     from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 
-    from .guide_support import safe_init
+    from ..guides.guide_support import safe_init
 
     with poutine.block():
         return poutine.trace(InitMessenger(safe_init(init_to_median))(model)).get_trace(*args, **kwargs)

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import Flow
-from ..flows import available, build
-from ..flows.autoregressive import orderings
-from ..flows.registry import check_transforms
-from ..registry import check_options
-from ..transforms import (
+from ...checks import check_options
+from ...core import Flow
+from ...flows import available, build
+from ...flows.autoregressive import orderings
+from ...flows.registry import check_transforms
+from ...transforms import (
     AffineMap,
     ElementwiseMap,
     Inverse,
@@ -36,7 +36,7 @@ from ..transforms import (
     MaskedAutoregressive,
     SplineMap,
 )
-from ..transforms.elementwise import broadcast_params, soft_clamp
+from ...transforms.elementwise import broadcast_params, soft_clamp
 
 __all__ = ["AffineSplineMap", "inverse_autoregressive", "resolve_flow", "variational_nsf"]
 

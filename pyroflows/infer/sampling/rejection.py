@@ -182,7 +182,7 @@ def rejection_sample(
 
     Args:
         target: log-density callable (S, D) -> (S,) or a Pyro model (unconstrained latents,
-            see :mod:`pyroflows.infer.targets`).
+            see :mod:`pyroflows.infer.sampling.targets`).
         proposal: a Flow, FlowDistribution, torch distribution over (D,) vectors, or an
             ``AutoContinuous`` guide.
         num_samples: accepted samples wanted (>= 1).

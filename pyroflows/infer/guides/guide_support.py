@@ -18,7 +18,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
-from ..core import Flow, FlowDistribution
+from ...core import Flow, FlowDistribution
 
 __all__ = [
     "GuideFlowDistribution",

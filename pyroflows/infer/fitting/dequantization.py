@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..transforms.elementwise import AffineMap
-from ..transforms.image import ImageCompose, check_image, check_shape
-from ..transforms.image_coupling import ImageCoupling
+from ...transforms.elementwise import AffineMap
+from ...transforms.image import ImageCompose, check_image, check_shape
+from ...transforms.image_coupling import ImageCoupling
 
 __all__ = ["UniformDequantizer", "VariationalDequantizer", "discrete_bits_per_dim", "discrete_log_likelihood",
            "logit"]

@@ -32,9 +32,9 @@ from pyro.infer.autoguide import AutoGuide
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
-from ..core import Flow
-from .guide_flows import resolve_flow
+from ...core import Flow
 from .guide_support import GuideFlowDistribution, _bindable, continuous_latent_hide_fn
+from .variational_flows import resolve_flow
 
 __all__ = ["AutoAmortizedFlow"]
 
@@ -54,7 +54,7 @@ class AutoAmortizedFlow(AutoGuide):
         encoder: an ``nn.Module`` mapping the data of a batch of points, shape (B, ...), to
             their contexts, shape (B, C).
         flow: a registry name (default ``"nsf"``, the sampling-fast spline flow of
-            :mod:`pyroflows.infer.guide_flows`), a conditional :class:`~pyroflows.Flow` with
+            :mod:`pyroflows.infer.guides.variational_flows`), a conditional :class:`~pyroflows.Flow` with
             ``C`` context features, or a factory ``(features, context) -> Flow``.
         plate: name of the data plate (default: the only plate of the latent sites).
         data_fn: ``(*args, **kwargs) -> Tensor`` giving the full data, indexed along its first
@@ -87,7 +87,7 @@ class AutoAmortizedFlow(AutoGuide):
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
         if isinstance(flow, str):
-            from ..flows import available
+            from ...flows import available
 
             if flow != "nsf" and flow not in available("vector"):
                 raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available('vector'))}")

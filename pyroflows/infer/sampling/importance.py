@@ -32,7 +32,7 @@ from pyro.infer.autoguide import AutoContinuous
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ..core import Flow
+from ...core import Flow
 from .psis import clean_log_weights, ess, khat_threshold, log_evidence, psis, weighted_mean_and_mcse
 from .targets import ModelTarget, VectorProposal, call_target, resolve_target
 
@@ -251,7 +251,7 @@ def importance(
     Args:
         target: a log-density callable ``(S, D) -> (S,)`` (unnormalised), or a Pyro model
             (run with ``model_args``/``model_kwargs``; its latent sites are weighed in the
-            unconstrained space, see :mod:`pyroflows.infer.targets`).
+            unconstrained space, see :mod:`pyroflows.infer.sampling.targets`).
         proposal: a :class:`~pyroflows.Flow`, a :class:`~pyroflows.FlowDistribution`, a torch
             distribution over (D,) vectors, an ``AutoContinuous`` guide (``AutoFlow``, ...), or
             any other Pyro guide of the model (then weighed by tracing guide and model,
