@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint docs bench clean
+.PHONY: install demo test test-fast lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: $(STAMP)
-	$(BIN)/ruff check pyroflows tests benchmarks examples
+# Lint: ruff's rules, ruff's formatting (checked, not applied) and the import layers of
+# pyproject.toml's [tool.importlinter]. `make format` applies the formatting and ruff's fixes.
+LINT_PATHS := pyroflows tests benchmarks examples
+
+lint: $(STAMP)  # all three run, and it fails if any does
+	status=0; \
+	$(BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	$(BIN)/lint-imports --no-logo || status=1; \
+	exit $$status
+
+format: $(STAMP)
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -q -b html docs docs/_build/html
@@ -40,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/mnist.py
 
 clean:
-	rm -rf $(VENV) docs/_build benchmarks/results .pytest_cache
+	rm -rf $(VENV) docs/_build benchmarks/results .pytest_cache .ruff_cache .import_linter_cache

@@ -64,12 +64,20 @@ def _cpu_model() -> str:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=10, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", ":(top)pyroflows"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=10, check=True,
+            ["git", "status", "--porcelain", "--", ":(top)pyroflows"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -139,7 +147,9 @@ def save_json(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     return path
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".3f") -> str:
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".3f"
+) -> str:
     """A plain-text (Markdown-compatible) table; floats formatted with ``floatfmt``."""
 
     def cell(value: Any) -> str:
@@ -150,14 +160,20 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt:
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     # Columns holding only numbers (or nothing) are right-aligned, the others left-aligned.
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] in ("", None) for row in rows)
-               for i in range(len(header))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] in ("", None) for row in rows)
+        for i in range(len(header))
+    ]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
         return "| " + " | ".join(parts) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + (":" if num else "-") for w, num in zip(widths, numeric)) + "|"
+    rule = (
+        "|"
+        + "|".join("-" * (w + 1) + (":" if num else "-") for w, num in zip(widths, numeric))
+        + "|"
+    )
     return "\n".join([line([str(h) for h in header]), rule, *(line(r) for r in cells)])
 
 
@@ -177,8 +193,13 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
     """Median, interquartile range, min and count of a list of timings (seconds)."""
     values = sorted(seconds)
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q25": q[0], "q75": q[2], "min": values[0],
-            "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "q25": q[0],
+        "q75": q[2],
+        "min": values[0],
+        "n": len(values),
+    }
 
 
 def interleaved_timings_with_cpu(
@@ -215,7 +236,10 @@ def interleaved_timings(
     functions: Mapping[str, Callable[[int], Any]], repeats: int, warmup: int = 3
 ) -> dict[str, list[float]]:
     """Wall-clock timings of :func:`interleaved_timings_with_cpu`: ``{name: [seconds, ...]}``."""
-    return {name: t["wall"] for name, t in interleaved_timings_with_cpu(functions, repeats, warmup).items()}
+    return {
+        name: t["wall"]
+        for name, t in interleaved_timings_with_cpu(functions, repeats, warmup).items()
+    }
 
 
 def paired_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:

@@ -49,23 +49,45 @@ PLOT_LIMIT = 4.5  # half-width of the square shown by --plot
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--flows", nargs="+", default=None,
-                        help="presets to fit (default: all of pyroflows.flows.available('vector'))")
-    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=sorted(TOY_DATASETS),
-                        help="toy sets (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 2,000/2,000 points, 10 epochs (unless given explicitly)")
+    parser.add_argument(
+        "--flows",
+        nargs="+",
+        default=None,
+        help="presets to fit (default: all of pyroflows.flows.available('vector'))",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=DATASETS,
+        choices=sorted(TOY_DATASETS),
+        help="toy sets (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2,000/2,000 points, 10 epochs (unless given explicitly)",
+    )
     parser.add_argument("--train", type=int, default=None, help="training points (default 20000)")
     parser.add_argument("--test", type=int, default=None, help="test points (default 10000)")
-    parser.add_argument("--epochs", type=int, default=None, help="epoch budget per fit (default 200)")
-    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience (default 20)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="epoch budget per fit (default 200)"
+    )
+    parser.add_argument(
+        "--patience", type=int, default=None, help="early-stopping patience (default 20)"
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--validation", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training data and the fits; "
-                        "the test data use seed + 1000")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the training data and the fits; the test data use seed + 1000",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--plot", action="store_true", help="also write a PNG grid of the densities")
+    parser.add_argument(
+        "--plot", action="store_true", help="also write a PNG grid of the densities"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "density_toy.json")
     args = parser.parse_args(argv)
     quick = {"train": 2000, "test": 2000, "epochs": 10, "patience": 5}
@@ -103,7 +125,9 @@ def grid(points: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     return axis, torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
 
 
-def plot_densities(path: Path, datasets: list[str], columns: list[str], samples: dict, densities: dict) -> None:
+def plot_densities(
+    path: Path, datasets: list[str], columns: list[str], samples: dict, densities: dict
+) -> None:
     """Rows: data sets; columns: a histogram of the test data, then each model's density."""
     import matplotlib
 
@@ -111,12 +135,15 @@ def plot_densities(path: Path, datasets: list[str], columns: list[str], samples:
     import matplotlib.pyplot as plt
 
     ncols = 1 + len(columns)
-    fig, axes = plt.subplots(len(datasets), ncols, figsize=(2.2 * ncols, 2.2 * len(datasets)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets), ncols, figsize=(2.2 * ncols, 2.2 * len(datasets)), squeeze=False
+    )
     extent = (-PLOT_LIMIT, PLOT_LIMIT, -PLOT_LIMIT, PLOT_LIMIT)
     for r, name in enumerate(datasets):
         x = samples[name].numpy()
-        axes[r, 0].hist2d(x[:, 0], x[:, 1], bins=100, range=[extent[:2], extent[2:]], cmap="viridis")
+        axes[r, 0].hist2d(
+            x[:, 0], x[:, 1], bins=100, range=[extent[:2], extent[2:]], cmap="viridis"
+        )
         axes[r, 0].set_ylabel(name)
         for c, model in enumerate(columns, start=1):
             logp = densities.get((name, model))
@@ -137,17 +164,35 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     threads = set_threads(args.threads)
     settings = {
-        "datasets": args.datasets, "flows": args.flows, "train_points": args.train,
-        "test_points": args.test, "train_seed": args.seed, "test_seed": args.seed + 1000,
-        "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size,
-        "lr": args.lr, "validation": args.validation, "threads": threads, "quick": args.quick,
-        "dtype": str(torch.get_default_dtype()), "preset_options": "defaults of each preset",
+        "datasets": args.datasets,
+        "flows": args.flows,
+        "train_points": args.train,
+        "test_points": args.test,
+        "train_seed": args.seed,
+        "test_seed": args.seed + 1000,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "validation": args.validation,
+        "threads": threads,
+        "quick": args.quick,
+        "dtype": str(torch.get_default_dtype()),
+        "preset_options": "defaults of each preset",
         "optimizer": "Adam, constant lr, grad-norm clip 5 (pyroflows.infer.fit defaults)",
     }
-    payload = {"benchmark": "density_toy", "settings": settings, "machine": machine_info(),
-               "references": REFERENCES, "results": {}}
-    print(f"density_toy: {len(args.datasets)} sets x {len(args.flows)} flows, "
-          f"{args.train}/{args.test} points, <= {args.epochs} epochs, {threads} thread(s)", flush=True)
+    payload = {
+        "benchmark": "density_toy",
+        "settings": settings,
+        "machine": machine_info(),
+        "references": REFERENCES,
+        "results": {},
+    }
+    print(
+        f"density_toy: {len(args.datasets)} sets x {len(args.flows)} flows, "
+        f"{args.train}/{args.test} points, <= {args.epochs} epochs, {threads} thread(s)",
+        flush=True,
+    )
     started = time.perf_counter()
     densities: dict = {}
     test_samples: dict = {}
@@ -159,9 +204,16 @@ def main(argv: list[str] | None = None) -> dict:
         row: dict = {}
         gaussian = gaussian_mle(train)
         mean, sem = test_loglik(lambda x, g=gaussian: g.log_prob(x.double()), test)
-        row["gaussian"] = {"test_loglik": mean, "test_loglik_sem": sem, "params": 5, "fit_seconds": 0.0}
+        row["gaussian"] = {
+            "test_loglik": mean,
+            "test_loglik_sem": sem,
+            "params": 5,
+            "fit_seconds": 0.0,
+        }
         if args.plot:
-            densities[(name, "gaussian")] = gaussian.log_prob(grid_points.double()).float().reshape(200, 200)
+            densities[(name, "gaussian")] = (
+                gaussian.log_prob(grid_points.double()).float().reshape(200, 200)
+            )
         print(f"[{name}] gaussian: test {mean:.4f}", flush=True)
         payload["results"][name] = row
         for flow_name in args.flows:
@@ -170,8 +222,15 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             try:
                 fit = pyroflows.infer.fit(
-                    flow, train, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    validation=args.validation, patience=args.patience, seed=args.seed, progress=False,
+                    flow,
+                    train,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    validation=args.validation,
+                    patience=args.patience,
+                    seed=args.seed,
+                    progress=False,
                 )
                 error = None
             except (FloatingPointError, RuntimeError, ValueError) as exc:  # report, keep going
@@ -180,8 +239,11 @@ def main(argv: list[str] | None = None) -> dict:
             flow.eval()
             mean, sem = test_loglik(lambda x, f=flow: f().log_prob(x), test)
             row[flow_name] = {
-                "test_loglik": mean, "test_loglik_sem": sem, "params": count_parameters(flow),
-                "fit_seconds": seconds, "error": error,
+                "test_loglik": mean,
+                "test_loglik_sem": sem,
+                "params": count_parameters(flow),
+                "fit_seconds": seconds,
+                "error": error,
                 "epochs_run": len(fit.history) if fit else None,
                 "best_epoch": fit.best_epoch if fit else None,
                 "best_val_loglik": fit.best_val_loglik if fit else None,
@@ -191,14 +253,21 @@ def main(argv: list[str] | None = None) -> dict:
             if args.plot:
                 with torch.no_grad():
                     densities[(name, flow_name)] = flow().log_prob(grid_points).reshape(200, 200)
-            status = f"error {error}" if error else (
-                f"{len(fit.history)} epochs (best {fit.best_epoch}{', early stop' if fit.stopped_early else ''})")
+            status = (
+                f"error {error}"
+                if error
+                else (
+                    f"{len(fit.history)} epochs (best {fit.best_epoch}{', early stop' if fit.stopped_early else ''})"
+                )
+            )
             print(f"[{name}] {flow_name}: test {mean:.4f}, {seconds:.1f} s, {status}", flush=True)
             payload["total_seconds"] = time.perf_counter() - started
             save_json(args.out, payload)
 
     columns = ["gaussian", *args.flows]
-    header = ["data set", *columns] + (["reference"] if any(n in REFERENCES for n in args.datasets) else [])
+    header = ["data set", *columns] + (
+        ["reference"] if any(n in REFERENCES for n in args.datasets) else []
+    )
     rows = []
     for name in args.datasets:
         row = [name, *(payload["results"][name][c]["test_loglik"] for c in columns)]
@@ -207,19 +276,28 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
     print("\nTest log-likelihood (mean nats per point, higher is better)")
     table = print_table(header, rows)
-    time_rows = [[name, *(payload["results"][name][c]["fit_seconds"] for c in columns)]
-                 for name in args.datasets]
+    time_rows = [
+        [name, *(payload["results"][name][c]["fit_seconds"] for c in columns)]
+        for name in args.datasets
+    ]
     print("\nFit time (seconds)")
     time_table = print_table(["data set", *columns], time_rows, floatfmt=".1f")
-    param_row = [["parameters", *(payload["results"][args.datasets[0]][c]["params"] for c in columns)]]
+    param_row = [
+        ["parameters", *(payload["results"][args.datasets[0]][c]["params"] for c in columns)]
+    ]
     print()
     param_table = print_table(["", *columns], param_row)
     acceptance = None
     if "nsf" in args.flows:
-        wins = {n: payload["results"][n]["nsf"]["test_loglik"] > payload["results"][n]["gaussian"]["test_loglik"]
-                for n in args.datasets}
+        wins = {
+            n: payload["results"][n]["nsf"]["test_loglik"]
+            > payload["results"][n]["gaussian"]["test_loglik"]
+            for n in args.datasets
+        }
         acceptance = {"nsf_beats_gaussian": wins, "passed": all(wins.values())}
-        print(f"\nAcceptance (nsf beats the Gaussian on every set): {'PASS' if acceptance['passed'] else 'FAIL'} {wins}")
+        print(
+            f"\nAcceptance (nsf beats the Gaussian on every set): {'PASS' if acceptance['passed'] else 'FAIL'} {wins}"
+        )
     payload["acceptance"] = acceptance
     payload["tables"] = {"test_loglik": table, "fit_seconds": time_table, "parameters": param_table}
     payload["total_seconds"] = time.perf_counter() - started

@@ -73,9 +73,13 @@ def block(args: argparse.Namespace, features: int, dtype: torch.dtype, **options
     return flow.to(args.device, dtype)
 
 
-def data(args: argparse.Namespace, features: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+def data(
+    args: argparse.Namespace, features: int, dtype: torch.dtype, seed: int = 1
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(args.batch, features, generator=generator, dtype=torch.float64).to(args.device, dtype)
+    return torch.randn(args.batch, features, generator=generator, dtype=torch.float64).to(
+        args.device, dtype
+    )
 
 
 def loss_of(t: ContinuousFlow, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +96,9 @@ def trace_table(args: argparse.Namespace) -> tuple[list, list]:
     rows, results = [], []
     for d in args.features:
         x = data(args, d, torch.float32)
-        variants = {name: block(args, d, torch.float32, trace=name) for name in ("exact", "hutchinson")}
+        variants = {
+            name: block(args, d, torch.float32, trace=name) for name in ("exact", "hutchinson")
+        }
         nfe = {}
         for name, t in variants.items():
             with torch.no_grad():
@@ -104,6 +110,7 @@ def trace_table(args: argparse.Namespace) -> tuple[list, list]:
                 with torch.no_grad():
                     t.inverse_and_ladj(x)
                 sync(args)
+
             return run
 
         def step(t: ContinuousFlow, x: torch.Tensor = x):  # noqa: ANN202
@@ -111,21 +118,41 @@ def trace_table(args: argparse.Namespace) -> tuple[list, list]:
                 t.zero_grad(set_to_none=True)
                 loss_of(t, x).backward()
                 sync(args)
+
             return run
 
-        dens = interleaved_timings_with_cpu({n: density(t) for n, t in variants.items()}, args.repeats, args.warmup)
-        steps = interleaved_timings_with_cpu({n: step(t) for n, t in variants.items()}, args.repeats, args.warmup)
+        dens = interleaved_timings_with_cpu(
+            {n: density(t) for n, t in variants.items()}, args.repeats, args.warmup
+        )
+        steps = interleaved_timings_with_cpu(
+            {n: step(t) for n, t in variants.items()}, args.repeats, args.warmup
+        )
         ratio = paired_ratios(steps["exact"]["cpu"], steps["hutchinson"]["cpu"])
-        results.append({"features": d, "nfe": nfe,
-                        "density_seconds": {n: summarize(t["wall"]) for n, t in dens.items()},
-                        "density_cpu_seconds": {n: summarize(t["cpu"]) for n, t in dens.items()},
-                        "step_seconds": {n: summarize(t["wall"]) for n, t in steps.items()},
-                        "step_cpu_seconds": {n: summarize(t["cpu"]) for n, t in steps.items()},
-                        "step_cpu_ratio_exact_over_hutchinson": ratio})
+        results.append(
+            {
+                "features": d,
+                "nfe": nfe,
+                "density_seconds": {n: summarize(t["wall"]) for n, t in dens.items()},
+                "density_cpu_seconds": {n: summarize(t["cpu"]) for n, t in dens.items()},
+                "step_seconds": {n: summarize(t["wall"]) for n, t in steps.items()},
+                "step_cpu_seconds": {n: summarize(t["cpu"]) for n, t in steps.items()},
+                "step_cpu_ratio_exact_over_hutchinson": ratio,
+            }
+        )
         med = {n: 1e3 * summarize(dens[n]["cpu"])["median"] for n in variants}
         smed = {n: 1e3 * summarize(steps[n]["cpu"])["median"] for n in variants}
-        rows.append([d, nfe["exact"], nfe["hutchinson"], med["exact"], med["hutchinson"], smed["exact"],
-                     smed["hutchinson"], f"{ratio['median']:.2f}"])
+        rows.append(
+            [
+                d,
+                nfe["exact"],
+                nfe["hutchinson"],
+                med["exact"],
+                med["hutchinson"],
+                smed["exact"],
+                smed["hutchinson"],
+                f"{ratio['median']:.2f}",
+            ]
+        )
         print(f"trace d={d}: nfe {nfe}, step cpu ms {smed}", flush=True)
     return rows, results
 
@@ -141,8 +168,10 @@ def adjoint_table(args: argparse.Namespace) -> tuple[list, list]:
         grads.append(torch.autograd.grad(loss_of(t, x64), list(t.parameters())))
     diff = max(((a - b).abs().max() / a.abs().max().clamp_min(1.0)).item() for a, b in zip(*grads))
     x = data(args, d, torch.float32)
-    variants = {"direct": block(args, d, torch.float32, activation="softplus"),
-                "adjoint": block(args, d, torch.float32, adjoint=True, activation="softplus")}
+    variants = {
+        "direct": block(args, d, torch.float32, activation="softplus"),
+        "adjoint": block(args, d, torch.float32, adjoint=True, activation="softplus"),
+    }
     memory = {}
     for name, t in variants.items():
         with SavedTensorMeter(exclude=t.parameters()) as meter:
@@ -156,17 +185,34 @@ def adjoint_table(args: argparse.Namespace) -> tuple[list, list]:
             t.zero_grad(set_to_none=True)
             loss_of(t, x).backward()
             sync(args)
+
         return run
 
-    times = interleaved_timings_with_cpu({n: step(t) for n, t in variants.items()}, args.repeats, args.warmup)
+    times = interleaved_timings_with_cpu(
+        {n: step(t) for n, t in variants.items()}, args.repeats, args.warmup
+    )
     ratio = paired_ratios(times["adjoint"]["cpu"], times["direct"]["cpu"])
-    results.append({"features": d, "saved_bytes": memory, "grad_max_rel_diff_float64": diff,
-                    "step_seconds": {n: summarize(t["wall"]) for n, t in times.items()},
-                    "step_cpu_seconds": {n: summarize(t["cpu"]) for n, t in times.items()},
-                    "step_cpu_ratio_adjoint_over_direct": ratio})
-    rows.append([d, memory["direct"]["peak"] / KB, memory["adjoint"]["peak"] / KB,
-                 1e3 * summarize(times["direct"]["cpu"])["median"], 1e3 * summarize(times["adjoint"]["cpu"])["median"],
-                 f"{ratio['median']:.2f}", f"{diff:.1e}"])
+    results.append(
+        {
+            "features": d,
+            "saved_bytes": memory,
+            "grad_max_rel_diff_float64": diff,
+            "step_seconds": {n: summarize(t["wall"]) for n, t in times.items()},
+            "step_cpu_seconds": {n: summarize(t["cpu"]) for n, t in times.items()},
+            "step_cpu_ratio_adjoint_over_direct": ratio,
+        }
+    )
+    rows.append(
+        [
+            d,
+            memory["direct"]["peak"] / KB,
+            memory["adjoint"]["peak"] / KB,
+            1e3 * summarize(times["direct"]["cpu"])["median"],
+            1e3 * summarize(times["adjoint"]["cpu"])["median"],
+            f"{ratio['median']:.2f}",
+            f"{diff:.1e}",
+        ]
+    )
     print(f"adjoint d={d}: saved KB {memory}, grad diff {diff:.1e}", flush=True)
     return rows, results
 
@@ -184,8 +230,15 @@ def tolerance_table(args: argparse.Namespace) -> tuple[list, list]:
                 nfe_inverse = t.last_nfe
             error = (z_back - z).abs().max().item()
             name = str(dtype).removeprefix("torch.")
-            results.append({"features": d, "dtype": name, "nfe_forward": nfe_forward,
-                            "nfe_inverse": nfe_inverse, "round_trip_max_error": error})
+            results.append(
+                {
+                    "features": d,
+                    "dtype": name,
+                    "nfe_forward": nfe_forward,
+                    "nfe_inverse": nfe_inverse,
+                    "round_trip_max_error": error,
+                }
+            )
             rows.append([d, name, nfe_forward, nfe_inverse, f"{error:.1e}"])
     return rows, results
 
@@ -198,11 +251,34 @@ def main(argv: list[str] | None = None) -> dict:
     payload: dict = {"benchmark": "ffjord_costs", "settings": settings, "machine": machine_info()}
     started = time.perf_counter()
     rows, payload["trace"] = trace_table(args)
-    print_table(["d", "NFE exact", "NFE hutch", "density ms exact", "density ms hutch", "step ms exact",
-                 "step ms hutch", "step ratio exact/hutch"], rows, ".1f")
+    print_table(
+        [
+            "d",
+            "NFE exact",
+            "NFE hutch",
+            "density ms exact",
+            "density ms hutch",
+            "step ms exact",
+            "step ms hutch",
+            "step ratio exact/hutch",
+        ],
+        rows,
+        ".1f",
+    )
     rows, payload["adjoint"] = adjoint_table(args)
-    print_table(["d", "saved KB direct", "saved KB adjoint", "step ms direct", "step ms adjoint",
-                 "step ratio adjoint/direct", "grad diff f64"], rows, ".1f")
+    print_table(
+        [
+            "d",
+            "saved KB direct",
+            "saved KB adjoint",
+            "step ms direct",
+            "step ms adjoint",
+            "step ratio adjoint/direct",
+            "grad diff f64",
+        ],
+        rows,
+        ".1f",
+    )
     rows, payload["tolerance"] = tolerance_table(args)
     print_table(["d", "dtype", "NFE forward", "NFE inverse", "round trip error"], rows)
     payload["seconds"] = time.perf_counter() - started

@@ -90,17 +90,24 @@ def speed(args: argparse.Namespace) -> tuple[list, list]:
     x, y = regression_data()
     S, loop_n = args.num_samples, args.pyro_loop_samples
     rows, records = [], []
-    for guide_name, make in (("AutoMultivariateNormal", AutoMultivariateNormal), ("AutoNormal", AutoNormal)):
+    for guide_name, make in (
+        ("AutoMultivariateNormal", AutoMultivariateNormal),
+        ("AutoNormal", AutoNormal),
+    ):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = make(regression)
         train(regression, guide, args.train_steps, x, y)
 
         def ours(i: int, guide=guide) -> float:  # noqa: ANN001
-            return importance(regression, guide, S, model_args=(x, y), seed=i, warn=False).log_evidence
+            return importance(
+                regression, guide, S, model_args=(x, y), seed=i, warn=False
+            ).log_evidence
 
         def pyro_vectorized(i: int, guide=guide) -> float:  # noqa: ANN001
-            log_w, _, _ = vectorized_importance_weights(regression, guide, x, y, num_samples=S, max_plate_nesting=1)
+            log_w, _, _ = vectorized_importance_weights(
+                regression, guide, x, y, num_samples=S, max_plate_nesting=1
+            )
             return float(torch.logsumexp(log_w, 0) - math.log(S))
 
         def pyro_loop(i: int, guide=guide) -> float:  # noqa: ANN001
@@ -109,24 +116,47 @@ def speed(args: argparse.Namespace) -> tuple[list, list]:
             return float(torch.logsumexp(log_w, 0) - math.log(loop_n))
 
         with torch.no_grad():
-            times = interleaved_timings_with_cpu({"pyroflows importance": ours,
-                                         "pyro vectorized_importance_weights": pyro_vectorized},
-                                        repeats=args.repeats, warmup=1)
-            loop = interleaved_timings_with_cpu({"pyro Importance": pyro_loop}, repeats=max(1, args.repeats // 2), warmup=0)
-            estimates = {"pyroflows importance": ours(99), "pyro vectorized_importance_weights": pyro_vectorized(99)}
-        summaries = {k: {"wall": summarize(v["wall"]), "cpu": summarize(v["cpu"])}
-                     for k, v in {**times, **loop}.items()}
+            times = interleaved_timings_with_cpu(
+                {
+                    "pyroflows importance": ours,
+                    "pyro vectorized_importance_weights": pyro_vectorized,
+                },
+                repeats=args.repeats,
+                warmup=1,
+            )
+            loop = interleaved_timings_with_cpu(
+                {"pyro Importance": pyro_loop}, repeats=max(1, args.repeats // 2), warmup=0
+            )
+            estimates = {
+                "pyroflows importance": ours(99),
+                "pyro vectorized_importance_weights": pyro_vectorized(99),
+            }
+        summaries = {
+            k: {"wall": summarize(v["wall"]), "cpu": summarize(v["cpu"])}
+            for k, v in {**times, **loop}.items()
+        }
         base = summaries["pyroflows importance"]["wall"]["median"]
         for name, summary in summaries.items():
             extrapolated = name == "pyro Importance"
             factor = S / loop_n if extrapolated else 1.0
             wall, cpu = summary["wall"]["median"] * factor, summary["cpu"]["median"] * factor
             note = f"timed on {loop_n}, x{S // loop_n} linear" if extrapolated else "measured"
-            rows.append([guide_name, name, wall, cpu, wall / base, note, estimates.get(name, math.nan)])
-            records.append({"guide": guide_name, "method": name, "wall_seconds_for_S": wall,
-                            "cpu_seconds_for_S": cpu, "relative_to_pyroflows": wall / base,
-                            "extrapolated": extrapolated, "timed_samples": loop_n if extrapolated else S,
-                            "raw": summary, "log_evidence": estimates.get(name)})
+            rows.append(
+                [guide_name, name, wall, cpu, wall / base, note, estimates.get(name, math.nan)]
+            )
+            records.append(
+                {
+                    "guide": guide_name,
+                    "method": name,
+                    "wall_seconds_for_S": wall,
+                    "cpu_seconds_for_S": cpu,
+                    "relative_to_pyroflows": wall / base,
+                    "extrapolated": extrapolated,
+                    "timed_samples": loop_n if extrapolated else S,
+                    "raw": summary,
+                    "log_evidence": estimates.get(name),
+                }
+            )
     header = ["guide", "method", f"wall s for S={S:.0e}", "CPU s", "x pyroflows", "how", "log Z"]
     return print_table(header, rows), records
 
@@ -144,28 +174,72 @@ def quality(args: argparse.Namespace) -> tuple[str, list]:
             result = importance(model, guide, args.samples, seed=1, warn=False)
             is_seconds = time.perf_counter() - start
             d = result.diagnostics()
-            rows.append([target_name, guide_name, d["khat"], d["ess"], d["ess"] / args.samples,
-                         d["log_evidence"], d["log_evidence_se"], seconds, is_seconds])
-            records.append({"target": target_name, "guide": guide_name, "train_steps": args.steps,
-                            "train_seconds": seconds, "importance_seconds": is_seconds, **d})
+            rows.append(
+                [
+                    target_name,
+                    guide_name,
+                    d["khat"],
+                    d["ess"],
+                    d["ess"] / args.samples,
+                    d["log_evidence"],
+                    d["log_evidence_se"],
+                    seconds,
+                    is_seconds,
+                ]
+            )
+            records.append(
+                {
+                    "target": target_name,
+                    "guide": guide_name,
+                    "train_steps": args.steps,
+                    "train_seconds": seconds,
+                    "importance_seconds": is_seconds,
+                    **d,
+                }
+            )
             print(f"{target_name} {guide_name}: {result}", flush=True)
             if guide_name != "AutoFlow" or args.adaptive_rounds == 0:
                 continue
             # Then refit the AutoFlow's flow to its weighted draws (adaptive importance sampling).
             start = time.perf_counter()
-            out = adaptive_importance(model, guide, args.adaptive_samples, rounds=args.adaptive_rounds,
-                                      fit_options={"epochs": 5, "batch_size": 1024}, seed=2)
+            out = adaptive_importance(
+                model,
+                guide,
+                args.adaptive_samples,
+                rounds=args.adaptive_rounds,
+                fit_options={"epochs": 5, "batch_size": 1024},
+                seed=2,
+            )
             adapt_seconds = time.perf_counter() - start
             start = time.perf_counter()
             result = importance(model, guide, args.samples, seed=1, warn=False)
             is_seconds = time.perf_counter() - start
             d = result.diagnostics()
             name = f"AutoFlow + adaptive ({len(out.history) - 1} refits)"
-            rows.append([target_name, name, d["khat"], d["ess"], d["ess"] / args.samples,
-                         d["log_evidence"], d["log_evidence_se"], seconds + adapt_seconds, is_seconds])
-            records.append({"target": target_name, "guide": name, "train_steps": args.steps,
-                            "train_seconds": seconds, "adaptive_seconds": adapt_seconds,
-                            "adaptive_history": out.history, **d})
+            rows.append(
+                [
+                    target_name,
+                    name,
+                    d["khat"],
+                    d["ess"],
+                    d["ess"] / args.samples,
+                    d["log_evidence"],
+                    d["log_evidence_se"],
+                    seconds + adapt_seconds,
+                    is_seconds,
+                ]
+            )
+            records.append(
+                {
+                    "target": target_name,
+                    "guide": name,
+                    "train_steps": args.steps,
+                    "train_seconds": seconds,
+                    "adaptive_seconds": adapt_seconds,
+                    "adaptive_history": out.history,
+                    **d,
+                }
+            )
             print(f"{target_name} {name}: {result}", flush=True)
             # The same proposal as a defensive mixture with a wide Student-t (10 % of draws).
             start = time.perf_counter()
@@ -173,26 +247,62 @@ def quality(args: argparse.Namespace) -> tuple[str, list]:
             mix_seconds = time.perf_counter() - start
             d = result.diagnostics()
             name += " + defensive 0.1"
-            rows.append([target_name, name, d["khat"], d["ess"], d["ess"] / args.samples,
-                         d["log_evidence"], d["log_evidence_se"], seconds + adapt_seconds, mix_seconds])
-            records.append({"target": target_name, "guide": name, "train_steps": args.steps,
-                            "train_seconds": seconds, "adaptive_seconds": adapt_seconds,
-                            "defensive": 0.1, "importance_seconds": mix_seconds, **d})
+            rows.append(
+                [
+                    target_name,
+                    name,
+                    d["khat"],
+                    d["ess"],
+                    d["ess"] / args.samples,
+                    d["log_evidence"],
+                    d["log_evidence_se"],
+                    seconds + adapt_seconds,
+                    mix_seconds,
+                ]
+            )
+            records.append(
+                {
+                    "target": target_name,
+                    "guide": name,
+                    "train_steps": args.steps,
+                    "train_seconds": seconds,
+                    "adaptive_seconds": adapt_seconds,
+                    "defensive": 0.1,
+                    "importance_seconds": mix_seconds,
+                    **d,
+                }
+            )
             print(f"{target_name} {name}: {result}", flush=True)
-    header = ["target", "proposal", "k-hat", "ESS", "ESS/S", "log Z (true 0)", "SE", "train+refit s", "IS s"]
+    header = [
+        "target",
+        "proposal",
+        "k-hat",
+        "ESS",
+        "ESS/S",
+        "log Z (true 0)",
+        "SE",
+        "train+refit s",
+        "IS s",
+    ]
     return print_table(header, rows), records
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--num-samples", type=int, default=100_000)
     parser.add_argument("--pyro-loop-samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=500)
     parser.add_argument("--steps", type=int, default=2000, help="SVI steps of the quality part")
     parser.add_argument("--samples", type=int, default=100_000, help="IS draws of the quality part")
-    parser.add_argument("--adaptive-rounds", type=int, default=3, help="refits of AutoFlow (0: none)")
-    parser.add_argument("--adaptive-samples", type=int, default=20_000, help="draws per refit round")
+    parser.add_argument(
+        "--adaptive-rounds", type=int, default=3, help="refits of AutoFlow (0: none)"
+    )
+    parser.add_argument(
+        "--adaptive-samples", type=int, default=20_000, help="draws per refit round"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--out", default=str(RESULTS_DIR / "importance.json"))
@@ -205,10 +315,19 @@ def main() -> None:
     quality_table, quality_records = ("", []) if args.skip_quality else quality(args)
     total = time.perf_counter() - start
     print(f"\ntotal wall time {total:.1f} s")
-    save_json(args.out, {"benchmark": "importance", "machine": info, "config": vars(args),
-                         "speed": speed_records, "speed_table": speed_table,
-                         "quality": quality_records, "quality_table": quality_table,
-                         "wall_seconds": total})
+    save_json(
+        args.out,
+        {
+            "benchmark": "importance",
+            "machine": info,
+            "config": vars(args),
+            "speed": speed_records,
+            "speed_table": speed_table,
+            "quality": quality_records,
+            "quality_table": quality_table,
+            "wall_seconds": total,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -34,15 +34,21 @@ from common import RESULTS_DIR, machine_info, print_table, save_json, set_thread
 from posteriordb_models import MODELS  # noqa: E402
 
 from pyroflows.data.posteriordb import list_posteriors, load_posterior  # noqa: E402
-from pyroflows.infer.guides.autoguide import AutoFlow, safe_init  # noqa: E402
-from pyroflows.infer.sampling.weights import guide_log_weights  # noqa: E402
+from pyroflows.infer import AutoFlow, guide_log_weights  # noqa: E402
+from pyroflows.infer.model_density import safe_init  # noqa: E402
 
-TARGETED = ["eight_schools-eight_schools_noncentered", "kidiq-kidscore_momiq", "arK-arK", "sblrc-blr"]
+TARGETED = [
+    "eight_schools-eight_schools_noncentered",
+    "kidiq-kidscore_momiq",
+    "arK-arK",
+    "sblrc-blr",
+]
 GUIDES = {
     "AutoFlow": lambda model: AutoFlow(model),
     # Pyro's init_to_median cannot sample an ImproperUniform: fall back as AutoFlow does.
     "AutoMultivariateNormal": lambda model: AutoMultivariateNormal(
-        model, init_loc_fn=safe_init(pyro.infer.autoguide.init_to_median)),
+        model, init_loc_fn=safe_init(pyro.infer.autoguide.init_to_median)
+    ),
 }
 
 
@@ -80,17 +86,31 @@ def run_one(name: str, post, guide_name: str, steps: int, samples: int, seed: in
     else:
         mean_err = sd_ratio = np.full(len(ref_mean), np.nan)
         khat = float("nan")
-    return {"posterior": name, "guide": guide_name, "seed": seed, "params": post.param_names,
-            "mean_error_sd": mean_err.tolist(), "sd_ratio": sd_ratio.tolist(), "khat": khat,
-            "max_abs_mean_error": float(np.max(np.abs(mean_err))),
-            "sd_ratio_range": [float(np.min(sd_ratio)), float(np.max(sd_ratio))],
-            "seconds": seconds, "setup_s": setup, "ms_per_step": 1000 * seconds / max(steps, 1),
-            "failed": failed, "init_choice": getattr(guide, "init_choice", None)}
+    return {
+        "posterior": name,
+        "guide": guide_name,
+        "seed": seed,
+        "params": post.param_names,
+        "mean_error_sd": mean_err.tolist(),
+        "sd_ratio": sd_ratio.tolist(),
+        "khat": khat,
+        "max_abs_mean_error": float(np.max(np.abs(mean_err))),
+        "sd_ratio_range": [float(np.min(sd_ratio)), float(np.max(sd_ratio))],
+        "seconds": seconds,
+        "setup_s": setup,
+        "ms_per_step": 1000 * seconds / max(steps, 1),
+        "failed": failed,
+        "init_choice": getattr(guide, "init_choice", None),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=None, help="posteriordb folder (default ../shared/data/posteriordb)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", default=None, help="posteriordb folder (default ../shared/data/posteriordb)"
+    )
     parser.add_argument("--posteriors", nargs="+", default=None)
     parser.add_argument("--guides", nargs="+", default=list(GUIDES), choices=list(GUIDES))
     parser.add_argument("--steps", type=int, default=4000)
@@ -121,23 +141,63 @@ def main() -> None:
         for guide in args.guides:
             r = run_one(name, post, guide, args.steps, args.samples, args.seed)
             runs.append(r)
-            ok = (r["max_abs_mean_error"] < 0.1 and 0.85 <= r["sd_ratio_range"][0]
-                  and r["sd_ratio_range"][1] <= 1.15)
+            ok = (
+                r["max_abs_mean_error"] < 0.1
+                and 0.85 <= r["sd_ratio_range"][0]
+                and r["sd_ratio_range"][1] <= 1.15
+            )
             target = "yes" if name in TARGETED else "-"
-            rows.append([name, guide, r["max_abs_mean_error"], r["sd_ratio_range"][0], r["sd_ratio_range"][1],
-                         r["khat"], r["ms_per_step"], "PASS" if ok else "fail", target])
-            print(f"{name} {guide}: max|mean err| {r['max_abs_mean_error']:.3f} sd ratio "
-                  f"[{r['sd_ratio_range'][0]:.3f}, {r['sd_ratio_range'][1]:.3f}] k-hat {r['khat']:.2f} "
-                  f"({r['seconds']:.0f} s, init {r['init_choice']})", flush=True)
+            rows.append(
+                [
+                    name,
+                    guide,
+                    r["max_abs_mean_error"],
+                    r["sd_ratio_range"][0],
+                    r["sd_ratio_range"][1],
+                    r["khat"],
+                    r["ms_per_step"],
+                    "PASS" if ok else "fail",
+                    target,
+                ]
+            )
+            print(
+                f"{name} {guide}: max|mean err| {r['max_abs_mean_error']:.3f} sd ratio "
+                f"[{r['sd_ratio_range'][0]:.3f}, {r['sd_ratio_range'][1]:.3f}] k-hat {r['khat']:.2f} "
+                f"({r['seconds']:.0f} s, init {r['init_choice']})",
+                flush=True,
+            )
             for p, e, q in zip(r["params"], r["mean_error_sd"], r["sd_ratio"]):
                 detail.append([name.split("-")[0], guide, p, e, q])
     print()
-    table = print_table(["posterior", "guide", "max |mean err| (sd)", "min sd ratio", "max sd ratio",
-                         "k-hat", "ms/step", "within target", "targeted"], rows)
+    table = print_table(
+        [
+            "posterior",
+            "guide",
+            "max |mean err| (sd)",
+            "min sd ratio",
+            "max sd ratio",
+            "k-hat",
+            "ms/step",
+            "within target",
+            "targeted",
+        ],
+        rows,
+    )
     print()
-    detail_table = print_table(["posterior", "guide", "parameter", "mean err (sd)", "sd ratio"], detail)
-    save_json(args.out, {"benchmark": "posteriordb", "machine": info, "config": vars(args), "runs": runs,
-                         "table": table, "detail": detail_table})
+    detail_table = print_table(
+        ["posterior", "guide", "parameter", "mean err (sd)", "sd ratio"], detail
+    )
+    save_json(
+        args.out,
+        {
+            "benchmark": "posteriordb",
+            "machine": info,
+            "config": vars(args),
+            "runs": runs,
+            "table": table,
+            "detail": detail_table,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -155,7 +155,9 @@ def diamonds(data: dict, dtype: torch.dtype) -> tuple[Callable, Callable]:
         b = pyro.sample("b", dist.Normal(_t(0, dtype), 1.0).expand([K]).to_event(1))
         intercept = pyro.sample("Intercept", dist.StudentT(3.0, _t(8.0, dtype), 10.0))
         # HalfStudentT(3, 0, 10): |StudentT| folded at 0.
-        sigma = pyro.sample("sigma", dist.FoldedDistribution(dist.StudentT(3.0, _t(0.0, dtype), 10.0)))
+        sigma = pyro.sample(
+            "sigma", dist.FoldedDistribution(dist.StudentT(3.0, _t(0.0, dtype), 10.0))
+        )
         with pyro.plate("data", len(Y)):
             mean = intercept + (Xc * b).sum(-1)
             pyro.sample("Y", dist.Normal(mean, sigma), obs=Y)

@@ -41,17 +41,25 @@ from common import (  # noqa: E402
 
 import pyroflows  # noqa: E402
 
-ESTIMATORS = {"exact": {}, "series": {"n_terms": 10}, "roulette": {"n_terms": 2, "extra_terms": 1.0}}
+ESTIMATORS = {
+    "exact": {},
+    "series": {"n_terms": 10},
+    "roulette": {"n_terms": 2, "extra_terms": 1.0},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--features", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--transforms", type=int, default=4)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--draws", type=int, default=50, help="calls for the spread of the estimates")
+    parser.add_argument(
+        "--draws", type=int, default=50, help="calls for the spread of the estimates"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "resflow_costs.json")
     return parser.parse_args(argv)
 
@@ -71,8 +79,14 @@ def run(args: argparse.Namespace) -> dict:
         torch.manual_seed(0)
         flows = {}
         for name, options in ESTIMATORS.items():
-            flows[name] = pyroflows.flows.build("resflow", d, transforms=args.transforms,
-                                                hidden=tuple(args.hidden), logdet=name, **options)
+            flows[name] = pyroflows.flows.build(
+                "resflow",
+                d,
+                transforms=args.transforms,
+                hidden=tuple(args.hidden),
+                logdet=name,
+                **options,
+            )
         perturb(flows["exact"])
         for flow in flows.values():
             flow.load_state_dict(flows["exact"].state_dict())
@@ -97,19 +111,43 @@ def run(args: argparse.Namespace) -> dict:
             exact = flows["exact"]().log_prob(x).mean().item()
         for name, flow in flows.items():
             with torch.no_grad():
-                draws = [flow().log_prob(x).mean().item() for _ in range(args.draws if name != "exact" else 1)]
+                draws = [
+                    flow().log_prob(x).mean().item()
+                    for _ in range(args.draws if name != "exact" else 1)
+                ]
             spread = statistics.stdev(draws) if len(draws) > 1 else 0.0
-            entry = {"features": d, "logdet": name, "options": ESTIMATORS[name],
-                     "mean_log_density_error": statistics.mean(draws) - exact, "spread": spread,
-                     **{f"{what}_cpu_s": summarize(times[f"{name}/{what}"]["cpu"])
-                        for what in ("train", "density", "sample")}}
+            entry = {
+                "features": d,
+                "logdet": name,
+                "options": ESTIMATORS[name],
+                "mean_log_density_error": statistics.mean(draws) - exact,
+                "spread": spread,
+                **{
+                    f"{what}_cpu_s": summarize(times[f"{name}/{what}"]["cpu"])
+                    for what in ("train", "density", "sample")
+                },
+            }
             results.append(entry)
-            rows.append([d, name, 1e3 * entry["train_cpu_s"]["median"], 1e3 * entry["density_cpu_s"]["median"],
-                         1e3 * entry["sample_cpu_s"]["median"], spread, entry["mean_log_density_error"]])
+            rows.append(
+                [
+                    d,
+                    name,
+                    1e3 * entry["train_cpu_s"]["median"],
+                    1e3 * entry["density_cpu_s"]["median"],
+                    1e3 * entry["sample_cpu_s"]["median"],
+                    spread,
+                    entry["mean_log_density_error"],
+                ]
+            )
     header = ["d", "logdet", "train step ms", "density ms", "sample ms", "spread", "mean error"]
     table = print_table(header, rows)
-    payload = {"benchmark": "resflow_costs", "args": vars(args), "machine": machine_info(),
-               "results": results, "table": table}
+    payload = {
+        "benchmark": "resflow_costs",
+        "args": vars(args),
+        "machine": machine_info(),
+        "results": results,
+        "table": table,
+    }
     save_json(args.out, payload)
     return payload
 

@@ -54,8 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20_000, help="environment steps per run")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
-    parser.add_argument("--hidden", type=int, default=128,
-                        help="width of the two hidden layers of embedding and critics")
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=128,
+        help="width of the two hidden layers of embedding and critics",
+    )
     parser.add_argument("--only", choices=["all", "bandit", "pendulum"], default="all")
     parser.add_argument("--quick", action="store_true", help="1 seed x 1,500 steps, short bandit")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "rl_pendulum.json")
@@ -65,7 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-POLICIES: dict[str, dict[str, Any]] = {"flow (nsf)": {"flow": "nsf"}, "tanh-Gaussian": {"flow": None}}
+POLICIES: dict[str, dict[str, Any]] = {
+    "flow (nsf)": {"flow": "nsf"},
+    "tanh-Gaussian": {"flow": None},
+}
 ALPHA = 0.2  # bandit temperature
 BANDIT_SEEDS = 3
 BANDIT_OPTIONS: dict[str, dict[str, Any]] = {
@@ -108,22 +115,42 @@ def bandit(args: argparse.Namespace) -> dict[str, Any]:
                 if seed == 0:
                     densities[name], samples[name] = d.log_prob(grid.unsqueeze(1))[:, 0].exp(), x
             near = [float(((x - m).abs() < NEAR).float().mean()) for m in OPTIMA]
-            per_seed.append({"seed": seed, "mass_near_minus": near[0], "mass_near_plus": near[1],
-                             "expected_reward": float(reward(x.unsqueeze(-1)).mean()),
-                             "seconds": time.perf_counter() - start})
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "mass_near_minus": near[0],
+                    "mass_near_plus": near[1],
+                    "expected_reward": float(reward(x.unsqueeze(-1)).mean()),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             rows.append([name, seed, near[0], near[1], min(near), per_seed[-1]["expected_reward"]])
         results[name] = per_seed
-    target_near = [float(torch.trapezoid(torch.where((grid[:, 0] - m).abs() < NEAR, target, 0),
-                                         grid[:, 0])) for m in OPTIMA]
+    target_near = [
+        float(torch.trapezoid(torch.where((grid[:, 0] - m).abs() < NEAR, target, 0), grid[:, 0]))
+        for m in OPTIMA
+    ]
     results["target"] = {"mass_near_minus": target_near[0], "mass_near_plus": target_near[1]}
-    rows.append(["optimum exp(r/alpha)", "-", target_near[0], target_near[1], min(target_near), math.nan])
-    print(f"\nBandit: mass within {NEAR} of each optimum (a = {OPTIMA[0]}, {OPTIMA[1]}), "
-          f"alpha = {alpha}, {steps} steps, {BANDIT_SEEDS} seeds")
-    table = print_table(["policy", "seed", "mass near -0.5", "mass near +0.5", "min of the two",
-                         "E[r]"], rows)
+    rows.append(
+        ["optimum exp(r/alpha)", "-", target_near[0], target_near[1], min(target_near), math.nan]
+    )
+    print(
+        f"\nBandit: mass within {NEAR} of each optimum (a = {OPTIMA[0]}, {OPTIMA[1]}), "
+        f"alpha = {alpha}, {steps} steps, {BANDIT_SEEDS} seeds"
+    )
+    table = print_table(
+        ["policy", "seed", "mass near -0.5", "mass near +0.5", "min of the two", "E[r]"], rows
+    )
     _plot_bandit(grid[:, 0], target, densities, samples, RESULTS_DIR / "rl_bandit.png")
-    return {"alpha": alpha, "steps": steps, "near": NEAR, "optima": OPTIMA, "results": results,
-            "table": table, "plot": "rl_bandit.png"}
+    return {
+        "alpha": alpha,
+        "steps": steps,
+        "near": NEAR,
+        "optima": OPTIMA,
+        "results": results,
+        "table": table,
+        "plot": "rl_bandit.png",
+    }
 
 
 def _plot_bandit(grid, target, densities, samples, path: Path) -> None:  # noqa: ANN001
@@ -134,8 +161,9 @@ def _plot_bandit(grid, target, densities, samples, path: Path) -> None:  # noqa:
 
     fig, axes = plt.subplots(1, len(densities), figsize=(10, 3.5), sharey=True)
     for ax, (name, density) in zip(axes, densities.items()):
-        ax.hist(samples[name].numpy(), bins=100, range=(-1, 1), density=True, alpha=0.4,
-                label="samples")
+        ax.hist(
+            samples[name].numpy(), bins=100, range=(-1, 1), density=True, alpha=0.4, label="samples"
+        )
         ax.plot(grid, density, label="policy exp(log_prob)")
         ax.plot(grid, target, "k--", lw=1, label="optimum ∝ exp(r/α)")
         ax.set(title=name, xlabel="action")
@@ -156,33 +184,68 @@ def pendulum(args: argparse.Namespace, payload: dict[str, Any]) -> None:
     hidden = (args.hidden, args.hidden)
     for seed in range(args.seeds):
         for name, kwargs in POLICIES.items():
-            config = SACConfig(total_steps=args.steps, seed=seed, critic_hidden=hidden,
-                               eval_every=2_000, progress=False)
+            config = SACConfig(
+                total_steps=args.steps,
+                seed=seed,
+                critic_hidden=hidden,
+                eval_every=2_000,
+                progress=False,
+            )
             agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": hidden, **kwargs})
             tag = f"{'flow' if kwargs['flow'] else 'gaussian'}_seed{seed}"
             result = agent.train(RESULTS_DIR / "rl_pendulum", name=tag)
-            runs.append({"policy": name, "seed": seed, "final_return_mean": result.final_mean,
-                         "final_returns": result.final_returns, "wall_time_s": result.wall_time,
-                         "actor_parameters": count_parameters(agent.policy),
-                         "curve": result.curve})
-            print(f"{name:14s} seed {seed}: return {result.final_mean:8.1f} "
-                  f"({result.wall_time:.0f} s)", flush=True)
+            runs.append(
+                {
+                    "policy": name,
+                    "seed": seed,
+                    "final_return_mean": result.final_mean,
+                    "final_returns": result.final_returns,
+                    "wall_time_s": result.wall_time,
+                    "actor_parameters": count_parameters(agent.policy),
+                    "curve": result.curve,
+                }
+            )
+            print(
+                f"{name:14s} seed {seed}: return {result.final_mean:8.1f} "
+                f"({result.wall_time:.0f} s)",
+                flush=True,
+            )
             save_json(args.out, payload)
     rows = []
     for name in POLICIES:
         mine = [r for r in runs if r["policy"] == name]
         finals = [r["final_return_mean"] for r in mine]
-        rows.append([name, len(mine), statistics.mean(finals),
-                     statistics.stdev(finals) if len(finals) > 1 else math.nan,
-                     " ".join(f"{v:.0f}" for v in finals),
-                     statistics.mean(r["wall_time_s"] for r in mine), mine[0]["actor_parameters"]])
+        rows.append(
+            [
+                name,
+                len(mine),
+                statistics.mean(finals),
+                statistics.stdev(finals) if len(finals) > 1 else math.nan,
+                " ".join(f"{v:.0f}" for v in finals),
+                statistics.mean(r["wall_time_s"] for r in mine),
+                mine[0]["actor_parameters"],
+            ]
+        )
     print(f"\nPendulum-v1, {args.steps} steps, mean return of 10 deterministic episodes")
     payload["pendulum_table"] = print_table(
-        ["policy", "seeds", "mean return", "sd over seeds", "per seed", "wall s / run",
-         "actor params"], rows, floatfmt=".1f")
+        [
+            "policy",
+            "seeds",
+            "mean return",
+            "sd over seeds",
+            "per seed",
+            "wall s / run",
+            "actor params",
+        ],
+        rows,
+        floatfmt=".1f",
+    )
     flow_mean = rows[0][2]
-    payload["acceptance"] = {"flow_mean_return": flow_mean, "threshold": -250.0,
-                             "passed": flow_mean > -250.0}
+    payload["acceptance"] = {
+        "flow_mean_return": flow_mean,
+        "threshold": -250.0,
+        "passed": flow_mean > -250.0,
+    }
     print(f"acceptance (flow mean > -250): {'PASS' if flow_mean > -250 else 'FAIL'}")
 
 
@@ -190,8 +253,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     set_threads(1)
     start = time.perf_counter()
-    payload: dict[str, Any] = {"benchmark": "rl_pendulum", "machine": machine_info(),
-                               "args": {k: str(v) for k, v in vars(args).items()}}
+    payload: dict[str, Any] = {
+        "benchmark": "rl_pendulum",
+        "machine": machine_info(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     if args.only in ("all", "bandit"):
         payload["bandit"] = bandit(args)
         save_json(args.out, payload)

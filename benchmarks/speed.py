@@ -85,8 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--profile", action="store_true",
-                        help="print torch.profiler tables of pyroflows' train step and sampling")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print torch.profiler tables of pyroflows' train step and sampling",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed.json")
     return parser.parse_args(argv)
 
@@ -104,16 +107,24 @@ def build_pyro_layers(name: str, d: int, orders: list[torch.Tensor]) -> torch.nn
         # feature at position k.
         permutation = torch.argsort(order)
         if name == "maf":
-            arn = AutoRegressiveNN(d, list(cfg["hidden"]), param_dims=[1, 1], permutation=permutation)
+            arn = AutoRegressiveNN(
+                d, list(cfg["hidden"]), param_dims=[1, 1], permutation=permutation
+            )
             layers.append(AffineAutoregressive(arn))
         else:
             k = cfg["bins"]
-            arn = AutoRegressiveNN(d, list(cfg["hidden"]), param_dims=[k, k, k - 1], permutation=permutation)
-            layers.append(SplineAutoregressive(d, arn, count_bins=k, bound=cfg["bound"], order="quadratic"))
+            arn = AutoRegressiveNN(
+                d, list(cfg["hidden"]), param_dims=[k, k, k - 1], permutation=permutation
+            )
+            layers.append(
+                SplineAutoregressive(d, arn, count_bins=k, bound=cfg["bound"], order="quadratic")
+            )
     return torch.nn.ModuleList(layers)
 
 
-def pyro_distribution(layers: torch.nn.ModuleList, d: int, inverted: bool) -> dist.TransformedDistribution:
+def pyro_distribution(
+    layers: torch.nn.ModuleList, d: int, inverted: bool
+) -> dist.TransformedDistribution:
     base = dist.Normal(torch.zeros(d), torch.ones(d)).to_event(1)
     transforms = [t.inv for t in layers] if inverted else list(layers)
     return dist.TransformedDistribution(base, transforms)
@@ -124,7 +135,9 @@ def make_batches(d: int, pool: int = 8) -> dict[str, list[torch.Tensor]]:
     return {op: [torch.randn(BATCH, d) for _ in range(pool)] for op in ("train step", "log_prob")}
 
 
-def make_ops(get_dist: Callable[[], dist.Distribution], params, batches: dict[str, list[torch.Tensor]]) -> dict:
+def make_ops(
+    get_dist: Callable[[], dist.Distribution], params, batches: dict[str, list[torch.Tensor]]
+) -> dict:
     """The three timed operations of one implementation, each taking the round index.
 
     ``batches`` holds one pool of distinct tensors per operation, so no call ever sees the
@@ -164,7 +177,9 @@ def profile_pyroflows(name: str, d: int, batches: dict[str, list[torch.Tensor]])
             for i in range(10):
                 ops[op](i)
         tables[op] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-        print(f"\n--- profile: pyroflows {name} d={d} {op} (10 calls) ---\n{tables[op]}", flush=True)
+        print(
+            f"\n--- profile: pyroflows {name} d={d} {op} (10 calls) ---\n{tables[op]}", flush=True
+        )
     return tables
 
 
@@ -173,24 +188,32 @@ def main(argv: list[str] | None = None) -> dict:
     threads = set_threads(args.threads)
     torch.manual_seed(args.seed)
     settings = {
-        "batch": BATCH, "configs": CONFIGS, "dims": args.dims, "flows": args.flows,
-        "repeats": args.repeats, "warmup": args.warmup, "threads": threads,
-        "dtype": str(torch.get_default_dtype()), "optimizer": "Adam lr 1e-4",
-        "pyro_layers": {"maf": "AffineAutoregressive(AutoRegressiveNN(d, hidden, param_dims=[1, 1]))",
-                        "nsf": "SplineAutoregressive(d, AutoRegressiveNN(d, hidden, param_dims=[K, K, K-1]), "
-                               "count_bins=K, bound=B, order='quadratic')"},
+        "batch": BATCH,
+        "configs": CONFIGS,
+        "dims": args.dims,
+        "flows": args.flows,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "threads": threads,
+        "dtype": str(torch.get_default_dtype()),
+        "optimizer": "Adam lr 1e-4",
+        "pyro_layers": {
+            "maf": "AffineAutoregressive(AutoRegressiveNN(d, hidden, param_dims=[1, 1]))",
+            "nsf": "SplineAutoregressive(d, AutoRegressiveNN(d, hidden, param_dims=[K, K, K-1]), "
+            "count_bins=K, bound=B, order='quadratic')",
+        },
         "implementations": {
             "pyroflows": "pyroflows.flows.build(name, d, ...); flow() rebuilt every call, as fit() does",
             "pf reused": "the same pyroflows flow with its distribution flow() built once and reused",
             "pyro": "TransformedDistribution(Normal(0, I), [t.inv for t in layers]), Pyro's default cache_size=1",
             "pyro cache=0": "as 'pyro' with each layer's _cache_size forced to 0 (log-det recomputes the pass)",
             "pyro IAF-orient": "TransformedDistribution(Normal(0, I), layers): Pyro's default orientation, "
-                               "log_prob takes d passes per layer, sampling one",
+            "log_prob takes d passes per layer, sampling one",
         },
         "timing": "wall-clock and thread-CPU medians over repeats after warm-up; implementations "
-                  "interleaved round by round, rotating which goes first; ratio = median(pyroflows) / "
-                  "median(pyro); paired = per-round ratios (median [q25, q75]); verdict 'slower' if "
-                  "the paired q25 > 1, 'faster' if the paired q75 < 1, else 'tie'",
+        "interleaved round by round, rotating which goes first; ratio = median(pyroflows) / "
+        "median(pyro); paired = per-round ratios (median [q25, q75]); verdict 'slower' if "
+        "the paired q25 > 1, 'faster' if the paired q75 < 1, else 'tie'",
     }
     payload = {"benchmark": "speed", "settings": settings, "machine": machine_info(), "results": []}
     started = time.perf_counter()
@@ -221,51 +244,104 @@ def main(argv: list[str] | None = None) -> dict:
                 "pyroflows": make_ops(flow, flow.parameters(), batches),
                 "pf reused": make_ops(lambda dd=reused_dist: dd, flow_reused.parameters(), batches),
                 "pyro": make_ops(lambda dd=pyro_dist: dd, pyro_layers.parameters(), batches),
-                "pyro cache=0": make_ops(lambda dd=pyro_dist_nocache: dd, pyro_layers_nocache.parameters(),
-                                         batches),
-                "pyro IAF-orient": make_ops(lambda dd=pyro_dist_iaf: dd, pyro_layers_iaf.parameters(), batches),
+                "pyro cache=0": make_ops(
+                    lambda dd=pyro_dist_nocache: dd, pyro_layers_nocache.parameters(), batches
+                ),
+                "pyro IAF-orient": make_ops(
+                    lambda dd=pyro_dist_iaf: dd, pyro_layers_iaf.parameters(), batches
+                ),
             }
             for op in OPS:
                 names = [n for n in IMPLS if not (op == "sample" and n == "pyro cache=0")]
-                times = interleaved_timings_with_cpu({n: impls[n][op] for n in names}, args.repeats, args.warmup)
+                times = interleaved_timings_with_cpu(
+                    {n: impls[n][op] for n in names}, args.repeats, args.warmup
+                )
                 wall = {n: summarize(t["wall"]) for n, t in times.items()}
                 cpu = {n: summarize(t["cpu"]) for n, t in times.items()}
                 ratio = wall["pyroflows"]["median"] / wall["pyro"]["median"]
                 cpu_ratio = cpu["pyroflows"]["median"] / cpu["pyro"]["median"]
                 paired = paired_ratios(times["pyroflows"]["wall"], times["pyro"]["wall"])
-                verdict = "slower" if paired["q25"] > 1 else ("faster" if paired["q75"] < 1 else "tie")
-                result = {"flow": name, "dim": d, "op": op, "params": counts,
-                          "wall_seconds": wall, "cpu_seconds": cpu, "ratio_pyroflows_over_pyro": ratio,
-                          "cpu_ratio": cpu_ratio, "paired_ratio": paired, "verdict": verdict}
+                verdict = (
+                    "slower" if paired["q25"] > 1 else ("faster" if paired["q75"] < 1 else "tie")
+                )
+                result = {
+                    "flow": name,
+                    "dim": d,
+                    "op": op,
+                    "params": counts,
+                    "wall_seconds": wall,
+                    "cpu_seconds": cpu,
+                    "ratio_pyroflows_over_pyro": ratio,
+                    "cpu_ratio": cpu_ratio,
+                    "paired_ratio": paired,
+                    "verdict": verdict,
+                }
                 payload["results"].append(result)
                 ms = {n: 1e3 * st["median"] for n, st in wall.items()}
-                rows.append([name, d, op, ms["pyroflows"], ms["pyro"], ratio,
-                             f"{paired['median']:.2f} [{paired['q25']:.2f}, {paired['q75']:.2f}]",
-                             cpu_ratio, verdict, ms["pf reused"], ms.get("pyro cache=0", float("nan")),
-                             ms["pyro IAF-orient"]])
-                print(f"{name} d={d} {op}: " + ", ".join(f"{n} {v:.2f} ms" for n, v in ms.items())
-                      + f", ratio {ratio:.2f} (paired {paired['median']:.2f}, cpu {cpu_ratio:.2f}) {verdict}",
-                      flush=True)
+                rows.append(
+                    [
+                        name,
+                        d,
+                        op,
+                        ms["pyroflows"],
+                        ms["pyro"],
+                        ratio,
+                        f"{paired['median']:.2f} [{paired['q25']:.2f}, {paired['q75']:.2f}]",
+                        cpu_ratio,
+                        verdict,
+                        ms["pf reused"],
+                        ms.get("pyro cache=0", float("nan")),
+                        ms["pyro IAF-orient"],
+                    ]
+                )
+                print(
+                    f"{name} d={d} {op}: "
+                    + ", ".join(f"{n} {v:.2f} ms" for n, v in ms.items())
+                    + f", ratio {ratio:.2f} (paired {paired['median']:.2f}, cpu {cpu_ratio:.2f}) {verdict}",
+                    flush=True,
+                )
                 save_json(args.out, payload)
 
     print("\nParameters (trainable)")
     param_table = print_table(["model", "pyroflows", "pyro"], param_rows)
-    print(f"\nMedian wall-clock milliseconds per call, batch {BATCH}, {threads} thread(s); ratio = "
-          "pyroflows / pyro (same orientation, Pyro's default cache_size=1)")
-    header = ["flow", "d", "operation", "pyroflows", "pyro", "ratio", "paired [q25, q75]", "cpu ratio",
-              "verdict", "pf reused", "pyro cache=0", "pyro IAF-orient"]
+    print(
+        f"\nMedian wall-clock milliseconds per call, batch {BATCH}, {threads} thread(s); ratio = "
+        "pyroflows / pyro (same orientation, Pyro's default cache_size=1)"
+    )
+    header = [
+        "flow",
+        "d",
+        "operation",
+        "pyroflows",
+        "pyro",
+        "ratio",
+        "paired [q25, q75]",
+        "cpu ratio",
+        "verdict",
+        "pf reused",
+        "pyro cache=0",
+        "pyro IAF-orient",
+    ]
     table = print_table(header, rows, floatfmt=".2f")
     slower = [r for r in payload["results"] if r["verdict"] == "slower"]
-    payload["acceptance"] = {"pyroflows_not_slower": not slower,
-                             "slower_cases": [(r["flow"], r["dim"], r["op"], r["ratio_pyroflows_over_pyro"])
-                                              for r in slower]}
-    print("\nAcceptance (pyroflows not slower than Pyro anywhere, paired q25 <= 1): "
-          f"{'PASS' if not slower else 'FAIL'}"
-          + ("" if not slower else f" — slower: {payload['acceptance']['slower_cases']}"))
+    payload["acceptance"] = {
+        "pyroflows_not_slower": not slower,
+        "slower_cases": [
+            (r["flow"], r["dim"], r["op"], r["ratio_pyroflows_over_pyro"]) for r in slower
+        ],
+    }
+    print(
+        "\nAcceptance (pyroflows not slower than Pyro anywhere, paired q25 <= 1): "
+        f"{'PASS' if not slower else 'FAIL'}"
+        + ("" if not slower else f" — slower: {payload['acceptance']['slower_cases']}")
+    )
     payload["tables"] = {"parameters": param_table, "times_ms": table}
     if args.profile:
-        payload["profiles"] = {f"{n} d={d}": profile_pyroflows(n, d, make_batches(d))
-                               for n in args.flows for d in args.dims}
+        payload["profiles"] = {
+            f"{n} d={d}": profile_pyroflows(n, d, make_batches(d))
+            for n in args.flows
+            for d in args.dims
+        }
     payload["total_seconds"] = time.perf_counter() - started
     payload["machine"]["load_average_at_end"] = load_average()
     save_json(args.out, payload)

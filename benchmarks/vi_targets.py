@@ -38,8 +38,7 @@ from pyro.optim import Adam
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_info, print_table, save_json, set_threads  # noqa: E402
 
-from pyroflows.infer.guides.autoguide import AutoFlow  # noqa: E402
-from pyroflows.infer.sampling.weights import guide_log_weights  # noqa: E402
+from pyroflows.infer import AutoFlow, guide_log_weights  # noqa: E402
 
 
 def funnel(dim: int = 10):  # noqa: ANN201
@@ -68,11 +67,13 @@ GUIDES = {
     "AutoFlow": lambda model: AutoFlow(model),
     "AutoIAFNormal": lambda model: AutoIAFNormal(model),
     "AutoNormalizingFlow(2 x IAF)": lambda model: AutoNormalizingFlow(
-        model, functools.partial(iterated, 2, affine_autoregressive)),
+        model, functools.partial(iterated, 2, affine_autoregressive)
+    ),
     "AutoMultivariateNormal": lambda model: AutoMultivariateNormal(model),
     # Not in the default run (pass --guides): AutoFlow with affine IAF layers instead of splines.
-    "AutoFlow(maf 3x32)": lambda model: AutoFlow(model, flow="maf", transforms=3, hidden=(32, 32),
-                                                 log_scale_bound=6.0),
+    "AutoFlow(maf 3x32)": lambda model: AutoFlow(
+        model, flow="maf", transforms=3, hidden=(32, 32), log_scale_bound=6.0
+    ),
     "AutoFlow(nsf 3x32)": lambda model: AutoFlow(model, transforms=3, hidden=(32, 32)),
 }
 DEFAULT_GUIDES = list(GUIDES)[:4]
@@ -99,13 +100,22 @@ def run_one(target: str, guide_name: str, seed: int, steps: int, samples: int) -
     seconds = time.perf_counter() - start
     _, logw = guide_log_weights(model, guide, samples, max_plate_nesting=0)
     kl = float(-logw.mean())
-    return {"target": target, "guide": guide_name, "seed": seed, "kl": kl,
-            "kl_se": float(logw.std() / math.sqrt(samples)), "khat": psis_khat(logw),
-            "ms_per_step": 1000 * seconds / steps, "setup_s": setup}
+    return {
+        "target": target,
+        "guide": guide_name,
+        "seed": seed,
+        "kl": kl,
+        "kl_se": float(logw.std() / math.sqrt(samples)),
+        "khat": psis_khat(logw),
+        "ms_per_step": 1000 * seconds / steps,
+        "setup_s": setup,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=4000)
@@ -122,20 +132,41 @@ def main() -> None:
             for guide in args.guides:
                 result = run_one(target, guide, seed, args.steps, args.samples)
                 runs.append(result)
-                print(f"{target:7s} {guide:30s} seed {seed}: KL {result['kl']:.3f} "
-                      f"k-hat {result['khat']:.2f} {result['ms_per_step']:.1f} ms/step", flush=True)
+                print(
+                    f"{target:7s} {guide:30s} seed {seed}: KL {result['kl']:.3f} "
+                    f"k-hat {result['khat']:.2f} {result['ms_per_step']:.1f} ms/step",
+                    flush=True,
+                )
     rows = []
     for target in args.targets:
         for guide in args.guides:
             rs = [r for r in runs if r["target"] == target and r["guide"] == guide]
             kls = [r["kl"] for r in rs]
-            rows.append([target, guide, sum(kls) / len(kls), min(kls), max(kls),
-                         sum(r["khat"] for r in rs) / len(rs),
-                         sum(r["ms_per_step"] for r in rs) / len(rs)])
+            rows.append(
+                [
+                    target,
+                    guide,
+                    sum(kls) / len(kls),
+                    min(kls),
+                    max(kls),
+                    sum(r["khat"] for r in rs) / len(rs),
+                    sum(r["ms_per_step"] for r in rs) / len(rs),
+                ]
+            )
     print()
-    table = print_table(["target", "guide", "KL mean", "KL min", "KL max", "k-hat", "ms/step"], rows)
-    save_json(args.out, {"benchmark": "vi_targets", "machine": info, "config": vars(args),
-                         "runs": runs, "table": table})
+    table = print_table(
+        ["target", "guide", "KL mean", "KL min", "KL max", "k-hat", "ms/step"], rows
+    )
+    save_json(
+        args.out,
+        {
+            "benchmark": "vi_targets",
+            "machine": info,
+            "config": vars(args),
+            "runs": runs,
+            "table": table,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -71,21 +71,43 @@ def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="conditional_density.png",
-                        help="path of the figure (PNG) (default: %(default)s)")
-    parser.add_argument("--flow", default="nsf", help="conditional flow preset; y is 1-D, so an autoregressive one (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="conditional_density.png",
+        help="path of the figure (PNG) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flow",
+        default="nsf",
+        help="conditional flow preset; y is 1-D, so an autoregressive one (default: %(default)s)",
+    )
     parser.add_argument("--n", type=int, default=6000, help="training pairs (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=25, help="maximum epochs (default: %(default)s)")
+    parser.add_argument(
+        "--epochs", type=int, default=25, help="maximum epochs (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default: %(default)s, fastest for these small networks)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: %(default)s, fastest for these small networks)",
+    )
     return parser.parse_args(argv)
 
 
-def plot(flow: pyroflows.Flow, x: torch.Tensor, y: torch.Tensor, slices: list[float],
-         path: str, device: torch.device) -> None:
+def plot(
+    flow: pyroflows.Flow,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    slices: list[float],
+    path: str,
+    device: torch.device,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +121,9 @@ def plot(flow: pyroflows.Flow, x: torch.Tensor, y: torch.Tensor, slices: list[fl
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     axes[0].scatter(x[:2000], y[:2000], s=2, alpha=0.4, label="data")
-    axes[0].scatter(xs.expand(5, -1).flatten(), samples.flatten(), s=2, alpha=0.4, label="flow samples")
+    axes[0].scatter(
+        xs.expand(5, -1).flatten(), samples.flatten(), s=2, alpha=0.4, label="flow samples"
+    )
     axes[0].set(xlabel="x", ylabel="y", title="data and conditional samples")
     axes[0].legend(loc="upper left", markerscale=4)
 
@@ -134,23 +158,46 @@ def main(argv: list[str] | None = None) -> None:
     # p(y | x): one feature (y), one context value (x).
     # Spline presets take 16 bins on [-4, 4], enough resolution for the narrow branches.
     options = {"bins": 16, "bound": 4.0} if args.flow.startswith("nsf") else {}
-    flow = pyroflows.flows.build(args.flow, features=1, context=1, transforms=2,
-                                 hidden=(64, 64), **options).to(device)
+    flow = pyroflows.flows.build(
+        args.flow, features=1, context=1, transforms=2, hidden=(64, 64), **options
+    ).to(device)
     start = time.perf_counter()
-    result = pyroflows.infer.fit(flow, y, context=x, epochs=args.epochs, batch_size=256, lr=3e-3,
-                                 patience=8, seed=args.seed, progress=False)
+    result = pyroflows.infer.fit(
+        flow,
+        y,
+        context=x,
+        epochs=args.epochs,
+        batch_size=256,
+        lr=3e-3,
+        patience=8,
+        seed=args.seed,
+        progress=False,
+    )
     # fit() keeps the learning rate constant; a short second run at a tenth of it removes the
     # last of the optimisation noise, which would otherwise blur the narrow branches.
-    polish = pyroflows.infer.fit(flow, y, context=x, epochs=10, batch_size=256, lr=3e-4,
-                                 patience=4, seed=args.seed, progress=False)
-    print(f"fitted {args.flow} in {time.perf_counter() - start:.1f} s: {result}, then at lr/10: "
-          f"best validation log-likelihood {polish.best_val_loglik:.4f}")
+    polish = pyroflows.infer.fit(
+        flow,
+        y,
+        context=x,
+        epochs=10,
+        batch_size=256,
+        lr=3e-4,
+        patience=4,
+        seed=args.seed,
+        progress=False,
+    )
+    print(
+        f"fitted {args.flow} in {time.perf_counter() - start:.1f} s: {result}, then at lr/10: "
+        f"best validation log-likelihood {polish.best_val_loglik:.4f}"
+    )
 
     with torch.no_grad():
         flow_ll = flow(x_test.to(device)).log_prob(y_test.to(device)).mean().item()
     true_ll = true_log_prob(y_test, x_test).mean().item()
-    print(f"test log-likelihood: flow {flow_ll:.3f}, truth {true_ll:.3f} "
-          f"(gap {true_ll - flow_ll:.3f} nats)")
+    print(
+        f"test log-likelihood: flow {flow_ll:.3f}, truth {true_ll:.3f} "
+        f"(gap {true_ll - flow_ll:.3f} nats)"
+    )
 
     print(f"{'x':>6} {'upper':>7} {'|y|-m(x)':>9} {'spread':>8} {'s(x)':>6} {'KS':>6}")
     slices = [-0.8, -0.4, 0.0, 0.4, 0.8]
@@ -164,14 +211,18 @@ def main(argv: list[str] | None = None) -> None:
         ks = ks_distance(drawn.numpy(), exact.numpy())
         worst = max(worst, ks)
         dev = drawn.abs() - m
-        print(f"{value:+6.1f} {(drawn > 0).float().mean().item():7.3f} {dev.mean().item():+9.3f} "
-              f"{dev.std().item():8.3f} {s:6.3f} {ks:6.3f}")
+        print(
+            f"{value:+6.1f} {(drawn > 0).float().mean().item():7.3f} {dev.mean().item():+9.3f} "
+            f"{dev.std().item():8.3f} {s:6.3f} {ks:6.3f}"
+        )
     # Two exact samples of 4000 points each differ by a KS distance of about 0.02 (0.03 at the
     # 95% level), so a distance below 0.06 means the flow is hard to tell from the truth.
     match = worst < 0.06 and true_ll - flow_ll < 0.1
     verdict = "match" if match else "do NOT match (train longer: --epochs)"
-    print(f"conditional samples {verdict} the truth: largest KS distance {worst:.3f} "
-          "(about 0.02 between two exact samples)")
+    print(
+        f"conditional samples {verdict} the truth: largest KS distance {worst:.3f} "
+        "(about 0.02 between two exact samples)"
+    )
 
     plot(flow, x[:, 0], y[:, 0], [-0.8, 0.0, 0.8], args.out, device)
     print(f"figure saved to {args.out}")

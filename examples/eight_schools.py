@@ -42,10 +42,14 @@ def model(y: torch.Tensor = Y, sigma: torch.Tensor = SIGMA) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--samples", type=int, default=4000)
-    parser.add_argument("--root", default=None, help="posteriordb folder (default ../shared/data/posteriordb)")
+    parser.add_argument(
+        "--root", default=None, help="posteriordb folder (default ../shared/data/posteriordb)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -71,18 +75,25 @@ def main() -> None:
         reference = load_posterior("eight_schools-eight_schools_noncentered", args.root)
     except FileNotFoundError as error:
         print(f"(no reference draws: {error})")
-    print(f"\n{'param':10s} {'mean':>8s} {'sd':>8s}" + ("   ref mean   ref sd   err/sd  sd ratio" if reference else ""))
+    print(
+        f"\n{'param':10s} {'mean':>8s} {'sd':>8s}"
+        + ("   ref mean   ref sd   err/sd  sd ratio" if reference else "")
+    )
     for i, name in enumerate(names):
         line = f"{name:10s} {ours[:, i].mean():8.3f} {ours[:, i].std():8.3f}"
         if reference is not None:
             m, s = reference.reference_mean_sd()
             j = reference.param_names.index(name)
-            line += (f"   {m[j]:8.3f} {s[j]:8.3f} {(ours[:, i].mean() - m[j]) / s[j]:8.3f}"
-                     f" {ours[:, i].std() / s[j]:8.3f}")
+            line += (
+                f"   {m[j]:8.3f} {s[j]:8.3f} {(ours[:, i].mean() - m[j]) / s[j]:8.3f}"
+                f" {ours[:, i].std() / s[j]:8.3f}"
+            )
         print(line)
 
     idata = to_inference_data(guide, model, args.samples)
-    print(f"\nPSIS k-hat of the guide as a proposal: {idata.attrs['psis_khat']:.2f} (< 0.7 is reliable)")
+    print(
+        f"\nPSIS k-hat of the guide as a proposal: {idata.attrs['psis_khat']:.2f} (< 0.7 is reliable)"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz as az

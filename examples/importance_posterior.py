@@ -53,20 +53,26 @@ def eight_schools(y: torch.Tensor, sigma: torch.Tensor) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1500, help="SVI steps (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=20_000, help="IS draws (default: %(default)s)")
+    parser.add_argument(
+        "--samples", type=int, default=20_000, help="IS draws (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     return parser.parse_args(argv)
 
 
 def report(name: str, result, guide_draws: dict) -> None:  # noqa: ANN001
     print(f"\n{name}: {result}")
-    print(f"  k-hat {result.khat:.3f} (reliable below {result.khat_threshold:.3f}), "
-          f"ESS {result.ess:.0f} of {result.num_samples}, "
-          f"log p(y) = {result.log_evidence:.3f} +- {result.log_evidence_se:.3f}")
+    print(
+        f"  k-hat {result.khat:.3f} (reliable below {result.khat_threshold:.3f}), "
+        f"ESS {result.ess:.0f} of {result.num_samples}, "
+        f"log p(y) = {result.log_evidence:.3f} +- {result.log_evidence_se:.3f}"
+    )
     for site in ("mu", "tau"):
         mean, mcse = result.expectation(lambda s, site=site: s[site])
-        print(f"  E[{site}]: guide {float(guide_draws[site].mean()):7.3f}   "
-              f"importance-weighted {float(mean):7.3f} +- {float(mcse):.3f} (MCSE)")
+        print(
+            f"  E[{site}]: guide {float(guide_draws[site].mean()):7.3f}   "
+            f"importance-weighted {float(mean):7.3f} +- {float(mcse):.3f} (MCSE)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,17 +95,29 @@ def main(argv: list[str] | None = None) -> None:
 
     if not result.reliable:
         print("\nk-hat is above the threshold: refitting the guide's flow to its weighted draws")
-        out = adaptive_importance(eight_schools, guide, args.samples, rounds=3,
-                                  fit_options={"epochs": 5, "batch_size": 1024},
-                                  model_args=(Y, SIGMA), seed=args.seed + 1)
+        out = adaptive_importance(
+            eight_schools,
+            guide,
+            args.samples,
+            rounds=3,
+            fit_options={"epochs": 5, "batch_size": 1024},
+            model_args=(Y, SIGMA),
+            seed=args.seed + 1,
+        )
         for row in out.history:
             print(f"  round {row['round']}: k-hat {row['khat']:.3f}, ESS {row['ess']:.0f}")
-        print(f"  kept the proposal of the round with the smallest k-hat (converged: {out.converged})")
-        report("after adaptive importance sampling", out.result, guide.sample_posterior(args.samples))
+        print(
+            f"  kept the proposal of the round with the smallest k-hat (converged: {out.converged})"
+        )
+        report(
+            "after adaptive importance sampling", out.result, guide.sample_posterior(args.samples)
+        )
 
     idata = result.to_inference_data()
-    print(f"\nArviZ InferenceData with groups {list(idata.groups())}; "
-          f"resampled posterior draws: {result.resample(1000)['eta'].shape}")
+    print(
+        f"\nArviZ InferenceData with groups {list(idata.groups())}; "
+        f"resampled posterior draws: {result.resample(1000)['eta'].shape}"
+    )
 
 
 if __name__ == "__main__":

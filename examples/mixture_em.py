@@ -54,7 +54,9 @@ def make_model(k: int):  # noqa: ANN201
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--components", type=int, default=3)
     parser.add_argument("--n", type=int, default=600)
     parser.add_argument("--scale", type=float, default=0.8)
@@ -68,19 +70,32 @@ def main() -> None:
 
     x, true_locs = make_data(args.n, args.components, args.scale, args.seed)
     model = make_model(args.components)
-    em = VariationalEM(model, lambda m: AutoFlow(m, model_args=(x,), transforms=1, hidden=(16, 16)),
-                       n_init=args.n_init, max_iter=args.max_iter, e_steps=10, m_steps=10, lr=5e-2,
-                       random_state=args.seed)
+    em = VariationalEM(
+        model,
+        lambda m: AutoFlow(m, model_args=(x,), transforms=1, hidden=(16, 16)),
+        n_init=args.n_init,
+        max_iter=args.max_iter,
+        e_steps=10,
+        m_steps=10,
+        lr=5e-2,
+        random_state=args.seed,
+    )
     em.fit(x)
-    print(f"converged: {em.converged_} after {em.n_iter_} iterations; lower bound {em.lower_bound_:.2f}")
+    print(
+        f"converged: {em.converged_} after {em.n_iter_} iterations; lower bound {em.lower_bound_:.2f}"
+    )
     locs = em.params_["locs"]
     # Match each true mean to the closest fitted one.
     for j, loc in enumerate(true_locs):
         i = int((locs - loc).norm(dim=-1).argmin())
-        print(f"component {j}: true mean {loc.numpy().round(2)}  fitted {locs[i].numpy().round(2)}  "
-              f"weight {float(em.params_['weights'][i]):.3f}")
+        print(
+            f"component {j}: true mean {loc.numpy().round(2)}  fitted {locs[i].numpy().round(2)}  "
+            f"weight {float(em.params_['weights'][i]):.3f}"
+        )
     q = em.guide_.quantiles([0.05, 0.5, 0.95])["scale"]
-    print(f"scale: true {args.scale}, posterior median {float(q[1]):.3f} (90% interval {float(q[0]):.3f}..{float(q[2]):.3f})")
+    print(
+        f"scale: true {args.scale}, posterior median {float(q[1]):.3f} (90% interval {float(q[0]):.3f}..{float(q[2]):.3f})"
+    )
 
     if args.out:
         import matplotlib
@@ -96,7 +111,11 @@ def main() -> None:
         a.set_title("data and means")
         for init in range(args.n_init):
             h = [r for r in em.history_ if r["init"] == init]
-            b.plot([r["iteration"] for r in h], [r["moving_average"] for r in h], label=f"restart {init}")
+            b.plot(
+                [r["iteration"] for r in h],
+                [r["moving_average"] for r in h],
+                label=f"restart {init}",
+            )
         b.set_xlabel("EM iteration")
         b.set_ylabel("ELBO (moving average)")
         b.legend()

@@ -26,19 +26,39 @@ from pyroflows.data import TOY_DATASETS, toy
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--flow", default="nsf", choices=pyroflows.flows.available("vector"),
-                        help="flow preset (default: %(default)s)")
-    parser.add_argument("--dataset", default="moons", choices=sorted(TOY_DATASETS),
-                        help="toy data set (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=4000, help="training points (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: %(default)s)")
+    parser.add_argument(
+        "--flow",
+        default="nsf",
+        choices=pyroflows.flows.available("vector"),
+        help="flow preset (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="moons",
+        choices=sorted(TOY_DATASETS),
+        help="toy data set (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=4000, help="training points (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=40, help="maximum epochs (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default: %(default)s, fastest for these small networks)")
-    parser.add_argument("--out", default=None,
-                        help="where to save the fitted flow (default: a temporary file)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: %(default)s, fastest for these small networks)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="where to save the fitted flow (default: a temporary file)"
+    )
     return parser.parse_args(argv)
 
 
@@ -57,8 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.flow} on {args.dataset}: {sum(p.numel() for p in flow.parameters())} parameters")
 
     start = time.perf_counter()
-    result = pyroflows.infer.fit(flow, x_train, epochs=args.epochs, batch_size=256, lr=3e-3,
-                                 validation=0.1, patience=5, seed=args.seed, progress=False)
+    result = pyroflows.infer.fit(
+        flow,
+        x_train,
+        epochs=args.epochs,
+        batch_size=256,
+        lr=3e-3,
+        validation=0.1,
+        patience=5,
+        seed=args.seed,
+        progress=False,
+    )
     print(f"fitted in {time.perf_counter() - start:.1f} s: {result}")
 
     with torch.no_grad():
@@ -68,10 +97,18 @@ def main(argv: list[str] | None = None) -> None:
         print("  (the true density gives log(1/32) = -3.466)")
 
     samples = flow().sample((5000,)).cpu()
-    print("data    mean", [round(v, 2) for v in x_test.mean(0).tolist()],
-          "std", [round(v, 2) for v in x_test.std(0).tolist()])
-    print("samples mean", [round(v, 2) for v in samples.mean(0).tolist()],
-          "std", [round(v, 2) for v in samples.std(0).tolist()])
+    print(
+        "data    mean",
+        [round(v, 2) for v in x_test.mean(0).tolist()],
+        "std",
+        [round(v, 2) for v in x_test.std(0).tolist()],
+    )
+    print(
+        "samples mean",
+        [round(v, 2) for v in samples.mean(0).tolist()],
+        "std",
+        [round(v, 2) for v in samples.std(0).tolist()],
+    )
 
     # Save (build arguments + parameters) and load back: the densities are identical.
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         pyroflows.flows.save(flow, path)
         loaded = pyroflows.flows.load(path).to(device)
         with torch.no_grad():
-            same = torch.allclose(loaded().log_prob(x_test[:100].to(device)),
-                                  flow().log_prob(x_test[:100].to(device)))
+            same = torch.allclose(
+                loaded().log_prob(x_test[:100].to(device)), flow().log_prob(x_test[:100].to(device))
+            )
         print(f"saved to {path if args.out else 'a temporary file'}; reloaded flow agrees: {same}")
 
 

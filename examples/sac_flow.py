@@ -30,8 +30,12 @@ from pyroflows.rl.sac import SAC, SACConfig
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium id (default: %(default)s)")
-    parser.add_argument("--flow", default="nsf", choices=[*pyroflows.flows.available("vector"), "none"],
-                        help="registry flow of the policy, or none (default: %(default)s)")
+    parser.add_argument(
+        "--flow",
+        default="nsf",
+        choices=[*pyroflows.flows.available("vector"), "none"],
+        help="registry flow of the policy, or none (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=20_000, help="environment steps")
     parser.add_argument("--hidden", type=int, default=128, help="hidden width of all networks")
     parser.add_argument("--seed", type=int, default=0)
@@ -46,16 +50,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     hidden = (args.hidden, args.hidden)
-    config = SACConfig(total_steps=args.steps, learning_starts=min(1_000, args.steps // 2),
-                       eval_every=args.eval_every, seed=args.seed, device=args.device,
-                       critic_hidden=hidden)
+    config = SACConfig(
+        total_steps=args.steps,
+        learning_starts=min(1_000, args.steps // 2),
+        eval_every=args.eval_every,
+        seed=args.seed,
+        device=args.device,
+        critic_hidden=hidden,
+    )
     flow = None if args.flow == "none" else args.flow
     agent = SAC(args.env, config=config, policy_kwargs={"flow": flow, "hidden": hidden})
     print(agent.policy)
     result = agent.train(args.out, name=f"{args.env}_{args.flow}_seed{args.seed}")
     torch.save(agent.policy.state_dict(), args.out / f"{args.env}_{args.flow}_policy.pt")
-    print(f"final return over {len(result.final_returns)} episodes: {result.final_mean:.1f} "
-          f"({result.wall_time:.0f} s); curve: {result.csv_path}, {result.png_path}")
+    print(
+        f"final return over {len(result.final_returns)} episodes: {result.final_mean:.1f} "
+        f"({result.wall_time:.0f} s); curve: {result.csv_path}, {result.png_path}"
+    )
 
 
 if __name__ == "__main__":

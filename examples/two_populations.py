@@ -49,8 +49,9 @@ class ExactPopulation:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         normal = torch.distributions.Normal
-        return (normal(self.shift, self.scale).log_prob(x[:, 0])
-                + normal(x[:, 0] ** 2 / 4, 0.5).log_prob(x[:, 1]))
+        return normal(self.shift, self.scale).log_prob(x[:, 0]) + normal(
+            x[:, 0] ** 2 / 4, 0.5
+        ).log_prob(x[:, 1])
 
 
 def effect(x: torch.Tensor) -> torch.Tensor:
@@ -60,10 +61,18 @@ def effect(x: torch.Tensor) -> torch.Tensor:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=3000, help="points per population (default: %(default)s)")
-    parser.add_argument("--flow", default="maf", choices=pyroflows.flows.available("vector"),
-                        help="flow preset (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=40, help="maximum epochs (default: %(default)s)")
+    parser.add_argument(
+        "--n", type=int, default=3000, help="points per population (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--flow",
+        default="maf",
+        choices=pyroflows.flows.available("vector"),
+        help="flow preset (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=40, help="maximum epochs (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -79,26 +88,39 @@ def main(argv: list[str] | None = None) -> None:
     truth = float(effect(population(1_000_000, 1.0, 1.5, generator)).mean())
 
     start = time.perf_counter()
-    result = density_ratio(x1, x2, args.flow, flow_options={"transforms": 3, "hidden": (32, 32)},
-                           fit_options={"epochs": args.epochs, "seed": args.seed, "lr": 3e-3})
+    result = density_ratio(
+        x1,
+        x2,
+        args.flow,
+        flow_options={"transforms": 3, "hidden": (32, 32)},
+        fit_options={"epochs": args.epochs, "seed": args.seed, "lr": 3e-3},
+    )
     seconds = time.perf_counter() - start
     estimate, mcse = result.expectation(y1)
     plain, plain_mcse = result.expectation(y1, self_normalized=False)
     print(f"fitted two {args.flow} flows in {seconds:.1f} s")
-    print(f"weights: k-hat {result.khat:.3f} (reliable below {result.khat_threshold:.3f}), "
-          f"ESS {result.ess:.0f} of {result.num_samples}, "
-          f"mean weight {result.log_evidence:+.3f} +- {result.log_evidence_se:.3f} in log (should be ~0)")
+    print(
+        f"weights: k-hat {result.khat:.3f} (reliable below {result.khat_threshold:.3f}), "
+        f"ESS {result.ess:.0f} of {result.num_samples}, "
+        f"mean weight {result.log_evidence:+.3f} +- {result.log_evidence_se:.3f} in log (should be ~0)"
+    )
     print(f"naive average over population 1 : {float(y1.mean()):.4f}")
     print(f"reweighted (self-normalised)     : {float(estimate):.4f} +- {float(mcse):.4f} (MCSE)")
     print(f"reweighted (1/N sum w y)         : {float(plain):.4f} +- {float(plain_mcse):.4f}")
-    print(f"truth over population 2          : {truth:.4f}  "
-          f"({(float(estimate) - truth) / float(mcse):+.2f} MCSE from the estimate)")
+    print(
+        f"truth over population 2          : {truth:.4f}  "
+        f"({(float(estimate) - truth) / float(mcse):+.2f} MCSE from the estimate)"
+    )
     exact = density_ratio(x1, x2, (ExactPopulation(0.0, 2.0), ExactPopulation(1.0, 1.5)))
     exact_estimate, exact_mcse = exact.expectation(y1)
-    print(f"with the exact densities         : {float(exact_estimate):.4f} +- {float(exact_mcse):.4f} "
-          f"({(float(exact_estimate) - truth) / float(exact_mcse):+.2f} MCSE), k-hat {exact.khat:.3f}")
-    print("The MCSE is the Monte Carlo error given the two densities; the error of the fitted flows\n"
-          "themselves comes on top (compare the fitted and exact rows; more data or epochs shrink it).")
+    print(
+        f"with the exact densities         : {float(exact_estimate):.4f} +- {float(exact_mcse):.4f} "
+        f"({(float(exact_estimate) - truth) / float(exact_mcse):+.2f} MCSE), k-hat {exact.khat:.3f}"
+    )
+    print(
+        "The MCSE is the Monte Carlo error given the two densities; the error of the fitted flows\n"
+        "themselves comes on top (compare the fitted and exact rows; more data or epochs shrink it)."
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Run it with::
 
     .venv/bin/python examples/vae_mnist.py                     # a few minutes on two CPU cores
-    .venv/bin/python examples/vae_mnist.py --epochs 20 --flow nsf --out vae.png
+    .venv/bin/python examples/vae_mnist.py --epochs 20 --flow nsf-iaf --out vae.png
     .venv/bin/python examples/vae_mnist.py --data /path/to/mnist_train_5k.npz
 
 Data: the 5000 MNIST training digits and the 10000 test digits in ``../shared/data/mnist``
@@ -38,12 +38,16 @@ LATENT = 8
 
 def find_mnist(path: str | None, name: str) -> Path:
     candidates = [Path(path)] if path else []
-    candidates += [Path.cwd() / ".." / "shared" / "data" / "mnist" / name,
-                   Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / name]
+    candidates += [
+        Path.cwd() / ".." / "shared" / "data" / "mnist" / name,
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist" / name,
+    ]
     for c in candidates:
         if c.is_file():
             return c
-    raise SystemExit(f"MNIST file {name} not found (tried {[str(c) for c in candidates]}); pass --data")
+    raise SystemExit(
+        f"MNIST file {name} not found (tried {[str(c) for c in candidates]}); pass --data"
+    )
 
 
 def load(path: Path, limit: int | None = None) -> torch.Tensor:
@@ -72,14 +76,17 @@ def make_model(decoder: Decoder, batch: int):  # noqa: ANN201
 
 
 @torch.no_grad()
-def evaluate(guide: AutoAmortizedFlow, decoder: Decoder, x: torch.Tensor, particles: int = 64) -> tuple[float, float]:
+def evaluate(
+    guide: AutoAmortizedFlow, decoder: Decoder, x: torch.Tensor, particles: int = 64
+) -> tuple[float, float]:
     """Test ELBO and importance-weighted log-likelihood per image (nats)."""
     elbo, iwae = [], []
     for chunk in x.split(500):
         q = guide.posterior(chunk)
         z, log_q = q.rsample_and_log_prob((particles,))
-        log_p = (dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
-                 + dist.Bernoulli(logits=decoder(z)).log_prob(chunk).sum(-1))
+        log_p = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + dist.Bernoulli(
+            logits=decoder(z)
+        ).log_prob(chunk).sum(-1)
         log_w = log_p - log_q
         elbo.append(log_w.mean(0))
         iwae.append(torch.logsumexp(log_w, 0) - math.log(particles))
@@ -87,12 +94,16 @@ def evaluate(guide: AutoAmortizedFlow, decoder: Decoder, x: torch.Tensor, partic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=None, help="path of mnist_train_5k.npz")
     parser.add_argument("--test", default=None, help="path of mnist_test_10k.npz")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--flow", default="nsf", help="registry name, or 'none' for a Gaussian encoder")
+    parser.add_argument(
+        "--flow", default="nsf-iaf", help="registry name, or 'none' for a Gaussian encoder"
+    )
     parser.add_argument("--test-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -118,9 +129,13 @@ def main() -> None:
     for step in range(1, steps + 1):
         loss = svi.step(train)
         if step % 200 == 0:
-            print(f"step {step:5d}/{steps}  -ELBO per image {loss / args.batch:7.2f}  ({time.perf_counter() - start:.0f} s)")
+            print(
+                f"step {step:5d}/{steps}  -ELBO per image {loss / args.batch:7.2f}  ({time.perf_counter() - start:.0f} s)"
+            )
     elbo, ll = evaluate(guide, decoder, test)
-    print(f"test ELBO {elbo:.2f} nats/image; importance-weighted log-likelihood (64 samples) {ll:.2f}")
+    print(
+        f"test ELBO {elbo:.2f} nats/image; importance-weighted log-likelihood (64 samples) {ll:.2f}"
+    )
     if args.out:
         _figure(guide, decoder, test, args.out)
 

@@ -2,10 +2,14 @@
 
 from . import destructors, flows, infer, nn, transforms
 from .core import Flow, FlowDistribution, StandardNormal
+from .protocol import DensityModel
+from .registry import REGISTRY
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only copy: pyproject.toml (statically) and docs/conf.py read it
 
 __all__ = [
+    "REGISTRY",
+    "DensityModel",
     "Flow",
     "FlowDistribution",
     "StandardNormal",

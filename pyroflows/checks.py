@@ -32,6 +32,7 @@ __all__ = [
     "check_flag",
     "check_hidden",
     "check_options",
+    "check_real",
     "check_shape",
 ]
 
@@ -59,14 +60,36 @@ def check_flag(what: str, value: object) -> bool:
     return value
 
 
-def check_options(kind: str, name: str, factory: Callable[..., Any], options: dict[str, Any],
-                  sizes: int = 2) -> None:
+def check_options(
+    kind: str, name: str, factory: Callable[..., Any], options: dict[str, Any], sizes: int = 2
+) -> None:
     """Raise TypeError naming the options that are not keywords of ``factory`` beyond its
-    first ``sizes`` (positional size) arguments, and listing the ones it takes."""
-    accepted = list(inspect.signature(factory).parameters)[sizes:]
+    first ``sizes`` (positional size) arguments, and listing the ones it takes.
+
+    A factory that passes ``**options`` through to the classes it builds names them in a
+    ``passes_options_to`` attribute (a callable or a tuple of them); their keywords count as
+    the factory's own (less those in its ``fixed_options``), so a preset documents nothing
+    twice and still rejects a typo at once.
+    """
+    accepted = [
+        n
+        for n, p in list(inspect.signature(factory).parameters.items())[sizes:]
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    targets = getattr(factory, "passes_options_to", ())
+    # Keywords the factory sets itself (a coupling's map, a Sylvester layer's flip) are not
+    # options, though its classes take them.
+    fixed = tuple(getattr(factory, "fixed_options", ()))
+    for target in targets if isinstance(targets, tuple) else (targets,):
+        for n, p in inspect.signature(target).parameters.items():
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and n != "self"):
+                if n not in accepted and n not in ("features", "context", "shape", *fixed):
+                    accepted.append(n)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise TypeError(f"{kind} {name!r} got unknown options {unknown}; its options are {accepted}")
+        raise TypeError(
+            f"{kind} {name!r} got unknown options {unknown}; its options are {accepted}"
+        )
 
 
 def check_hidden(hidden: Sequence[int], what: str = "widths") -> tuple[int, ...]:
@@ -105,12 +128,14 @@ def check_event(x: object, shape: Sequence[int], what: str = "input") -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     shape = tuple(shape)
-    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape):]) != shape:
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
         if len(shape) == 1:
             raise ValueError(
                 f"{what} has shape {tuple(x.shape)}; expected a last dimension of {shape[0]} features"
             )
-        raise ValueError(f"{what} has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, shape))})")
+        raise ValueError(
+            f"{what} has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, shape))})"
+        )
 
 
 def check_features(x: object, features: int, what: str = "input") -> None:
@@ -133,11 +158,24 @@ def check_context(context: Tensor | None, context_features: int) -> None:
 
 
 def as_data(
-    value: Any, name: str, columns: int | None, rows: int | None, device: torch.device, dtype: torch.dtype
+    value: Any,
+    name: str,
+    event: int | Sequence[int] | None,
+    rows: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> Tensor:
-    """Check and convert an array-like to a (rows, columns) tensor on ``device``/``dtype``.
+    """Check and convert an array-like to a ``(rows, *event)`` tensor on ``device``/``dtype``.
+
+    ``event`` is the shape of one row: an int ``D`` (or ``(D,)``) for vectors ``(n, D)``, a
+    tuple such as ``(C, H, W)`` for images, ``None`` for any. Integer data (pixel levels, say)
+    become ``dtype`` values; the models of discrete data take them in that form.
 
     Raises ValueError naming ``name`` for a wrong shape, NaN or infinite values.
+
+    Example:
+        >>> as_data([[1, 2]], "data", 2, None, torch.device("cpu"), torch.float64).shape
+        torch.Size([1, 2])
     """
     if isinstance(value, Tensor):
         tensor = value.detach()
@@ -146,8 +184,13 @@ def as_data(
             tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
         except (TypeError, ValueError) as error:
             raise TypeError(f"{name} must be a tensor or an array of numbers: {error}") from None
-    if columns is not None and (tensor.dim() != 2 or tensor.shape[1] != columns):
-        raise ValueError(f"{name} must have shape (n, {columns}), got {tuple(tensor.shape)}")
+    if event is not None:
+        event = (event,) if isinstance(event, int) else tuple(event)
+        if tensor.dim() != 1 + len(event) or tuple(tensor.shape[1:]) != event:
+            raise ValueError(
+                f"{name} must have shape (n, {', '.join(map(str, event))}), "
+                f"got {tuple(tensor.shape)}"
+            )
     if rows is not None and tensor.shape[0] != rows:
         raise ValueError(f"{name} has {tensor.shape[0]} rows but the data has {rows}")
     if not tensor.is_floating_point():
@@ -157,3 +200,26 @@ def as_data(
         where = bad.reshape(bad.shape[0], -1).any(1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"{name} has NaN or infinite values (rows {where}, ...)")
     return tensor.to(device=device, dtype=dtype)
+
+
+def check_real(what: str, value: object, low: float = 0.0, high: float = float("inf")) -> float:
+    """Return ``value`` as a ``float`` if it is a real number (Python or NumPy, not a bool)
+    strictly between ``low`` and ``high``; raise ValueError naming ``what`` otherwise.
+
+    Both ends are open, so the default asks for a positive finite number.
+
+    Example:
+        >>> check_real("coefficient", 0.9, 0, 1)
+        0.9
+    """
+    real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not real or not low < float(value) < high:  # type: ignore[arg-type]
+        expected = (
+            f"a number in ({low:g}, {high:g})"
+            if high < float("inf")
+            else "a positive finite number"
+            if low == 0
+            else f"a finite number > {low:g}"
+        )
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]

@@ -1,9 +1,12 @@
 r"""The flow abstraction: :class:`Flow` (a module) builds :class:`FlowDistribution` (a Pyro
-distribution) for a given context.
+distribution) for a given context, over any event shape (vectors ``(D,)``, images ``(C, H, W)``).
 
 A normalizing flow is :math:`x = T(z; c)` with :math:`z \sim p_Z`, whose density is
 
-.. math:: \log p(x \mid c) = \log p_Z(T^{-1}(x; c)) + \log\left|\det \frac{\partial T^{-1}}{\partial x}\right|.
+.. math:: \log p(x \mid c) = \log p_Z(T^{-1}(x; c)) + \log\left|\det \frac{\partial T^{-1}}{\partial x}\right|,
+
+the log-determinant summed over the event's values. A :class:`Flow` meets the
+:class:`~pyroflows.protocol.DensityModel` protocol.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from .checks import check_context, check_features
-from .transforms.base import Bijection, Compose
+from .checks import check_context, check_event
+from .transforms.base import Bijection, Compose, real_events
 
 __all__ = ["Flow", "FlowDistribution", "StandardNormal", "StandardNormalDistribution"]
 
@@ -44,7 +47,7 @@ class StandardNormalDistribution(dist.TorchDistribution):
 
     @property
     def support(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, self.zeros.dim())
+        return real_events(self.zeros.dim())
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)
@@ -94,24 +97,30 @@ class FlowDistribution(dist.TransformedDistribution):
     Unlike a plain ``TransformedDistribution``, density evaluation makes one call to
     ``inverse_and_ladj`` and sampling one call to ``call_and_ladj``, so a MAF's ``log_prob``
     or an IAF's ``rsample_and_log_prob`` is a single network pass and nothing depends on a
-    cache. The batch shape is the context's batch shape (``()`` without context).
+    cache. The batch shape is the context's batch shape (``()`` without context); the event
+    shape is the transform's data-side ``shape`` (``(d,)`` or ``(C, H, W)``).
 
     Args:
-        base: base distribution with event shape ``(features,)``.
+        base: base distribution with event shape the transform's ``base_shape``.
         transform: a :class:`~pyroflows.transforms.Bijection` or its conditioned view.
+
+    Example:
+        >>> from pyroflows.transforms import Squeeze
+        >>> d = FlowDistribution(StandardNormal((4, 1, 1))(), Squeeze((1, 2, 2)))
+        >>> d.event_shape, d.log_prob(torch.zeros(3, 1, 2, 2)).shape
+        (torch.Size([1, 2, 2]), torch.Size([3]))
     """
 
     arg_constraints: dict = {}
-    support = constraints.real_vector
     has_rsample = True
 
     def __init__(self, base: dist.TorchDistribution, transform, validate_args=None) -> None:  # noqa: ANN001
         self.transform = transform
         self.features = transform.features
-        if base.event_shape != (self.features,):
+        if tuple(base.event_shape) != tuple(transform.base_shape):
             raise ValueError(
                 f"the base has event shape {tuple(base.event_shape)}; the transform needs "
-                f"({self.features},)"
+                f"{tuple(transform.base_shape)}"
             )
         # TransformedDistribution.__init__ re-derives shapes through ComposeTransform on every
         # call (a third of the cost of flow() for a small model); ours are known, so set the
@@ -119,14 +128,19 @@ class FlowDistribution(dist.TransformedDistribution):
         self.base_dist = base
         self.transforms = [transform]
         torch.distributions.Distribution.__init__(
-            self, base.batch_shape, base.event_shape, validate_args=validate_args
+            self, base.batch_shape, torch.Size(transform.shape), validate_args=validate_args
         )
 
+    @property
+    def support(self) -> constraints.Constraint:  # type: ignore[override]
+        return real_events(len(self.event_shape))
+
     def _check(self, x: Tensor) -> None:
-        check_features(x, self.features, "value")
+        check_event(x, self.event_shape, "value")
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """:math:`\\log p(x)`; shape ``value.shape[:-1]`` broadcast with the batch shape."""
+        """:math:`\\log p(x)`; shape ``value.shape[:-len(event_shape)]`` broadcast with the batch
+        shape."""
         self._check(value)
         z, ladj = self.transform.inverse_and_ladj(value)
         return self.base_dist.log_prob(z) + ladj
@@ -138,10 +152,12 @@ class FlowDistribution(dist.TransformedDistribution):
         with torch.no_grad():
             return self.rsample(sample_shape)
 
-    def rsample_and_log_prob(self, sample_shape: torch.Size = torch.Size()) -> tuple[Tensor, Tensor]:
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> tuple[Tensor, Tensor]:
         """Reparametrised samples and their log-density from one forward pass.
 
-        Returns ``(x, log_prob)`` with shapes ``sample_shape + batch_shape + (features,)``
+        Returns ``(x, log_prob)`` with shapes ``sample_shape + batch_shape + event_shape``
         and ``sample_shape + batch_shape``.
         """
         z = self.base_dist.rsample(sample_shape)
@@ -155,7 +171,8 @@ class FlowDistribution(dist.TransformedDistribution):
 
 
 class Flow(nn.Module):
-    r"""A normalizing flow: a base distribution and a stack of bijections, as a module.
+    r"""A normalizing flow: a base distribution and a stack of bijections, as a module, over
+    any event shape.
 
     ``flow(context)`` returns a :class:`FlowDistribution` (a Pyro distribution) and
     ``flow.transform(context)`` the composed transform; the flow itself holds the parameters,
@@ -163,13 +180,18 @@ class Flow(nn.Module):
 
     Args:
         transforms: bijections listed from the base side to the data side
-            (:math:`x = T_n \circ \dots \circ T_1(z)`).
+            (:math:`x = T_n \circ \dots \circ T_1(z)`); each one's ``shape`` is the next
+            one's ``base_shape``.
         base: a module returning the base distribution given a batch shape; default
-            :class:`StandardNormal`.
+            :class:`StandardNormal` over the first bijection's ``base_shape``.
 
-    Shapes: without context, ``flow().log_prob(x)`` maps (..., d) to (...). With a context of
-    shape (B, c), ``flow(c)`` has batch shape (B,), ``log_prob`` takes (..., B, d) and
-    ``sample((n,))`` returns (n, B, d).
+    Attributes: ``event_shape`` (``torch.Size``, the data's event shape), ``features`` (its
+    number of values), ``context_features`` (``0`` when unconditional); a flow meets the
+    :class:`~pyroflows.protocol.DensityModel` protocol.
+
+    Shapes: without context, ``flow().log_prob(x)`` maps ``(..., *event_shape)`` to ``(...)``.
+    With a context of shape (B, c), ``flow(c)`` has batch shape (B,), ``log_prob`` takes
+    ``(..., B, *event_shape)`` and ``sample((n,))`` returns ``(n, B, *event_shape)``.
 
     Example:
         >>> import pyroflows
@@ -177,14 +199,18 @@ class Flow(nn.Module):
         >>> d = flow(torch.zeros(5, 1))
         >>> d.sample((3,)).shape, d.log_prob(torch.zeros(5, 2)).shape
         (torch.Size([3, 5, 2]), torch.Size([5]))
+        >>> images = pyroflows.flows.build("glow", (1, 4, 4), levels=2, transforms=1, hidden=(8,))
+        >>> images.event_shape, images().log_prob(torch.randn(3, 1, 4, 4)).shape
+        (torch.Size([1, 4, 4]), torch.Size([3]))
     """
 
     def __init__(self, transforms: Sequence[Bijection], base: nn.Module | None = None) -> None:
         super().__init__()
         self.bijection = Compose(transforms)
+        self.event_shape = torch.Size(self.bijection.shape)
         self.features = self.bijection.features
         self.context_features = self.bijection.context_features
-        self.base = StandardNormal(self.features) if base is None else base
+        self.base = StandardNormal(self.bijection.base_shape) if base is None else base
         self.config: dict | None = None
 
     @property
@@ -207,7 +233,8 @@ class Flow(nn.Module):
         return FlowDistribution(self.base(batch_shape), self.transform(context))
 
     def extra_repr(self) -> str:
-        text = f"features={self.features}"
+        shape = tuple(self.event_shape)
+        text = f"features={self.features}" if len(shape) == 1 else f"shape={shape}"
         if self.context_features:
             text += f", context={self.context_features}"
         return text

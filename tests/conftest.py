@@ -11,9 +11,15 @@ import torch
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--device", default="cpu", help="torch device for the tests (cpu, cuda, cuda:1)")
-    parser.addoption("--dtype", default="float64", choices=["float64", "float32"],
-                     help="dtype of the property tests")
+    parser.addoption(
+        "--device", default="cpu", help="torch device for the tests (cpu, cuda, cuda:1)"
+    )
+    parser.addoption(
+        "--dtype",
+        default="float64",
+        choices=["float64", "float32"],
+        help="dtype of the property tests",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,8 +26,9 @@ def affine_flow() -> Flow:
 
 def test_refits_until_khat_is_good():
     flow = affine_flow()
-    out = adaptive_importance(log_target, flow, 4000, rounds=6,
-                              fit_options={"epochs": 15, "lr": 0.05, "batch_size": 1000})
+    out = adaptive_importance(
+        log_target, flow, 4000, rounds=6, fit_options={"epochs": 15, "lr": 0.05, "batch_size": 1000}
+    )
     assert isinstance(out, AdaptiveResult) and out.flow is flow
     assert out.history[0]["khat"] > 0.7  # N(0, I) is a poor proposal for this target
     assert out.converged and out.result.khat <= 0.3
@@ -61,8 +62,14 @@ def test_autoflow_guide_is_refitted_on_a_model():
     pyro.set_rng_seed(0)
     guide = AutoFlow(conjugate_model, model_args=(Y,), transforms=1, hidden=(8, 8))
     before = {k: v.detach().clone() for k, v in guide.flow.state_dict().items()}
-    out = adaptive_importance(conjugate_model, guide, 4000, rounds=2, model_args=(Y,),
-                              fit_options={"epochs": 5, "batch_size": 1000})
+    out = adaptive_importance(
+        conjugate_model,
+        guide,
+        4000,
+        rounds=2,
+        model_args=(Y,),
+        fit_options={"epochs": 5, "batch_size": 1000},
+    )
     assert out.flow is guide.flow
     assert len(out.history) >= 1 and out.result.samples.shape == (4000, 2)
     assert out.result.khat < 0.7

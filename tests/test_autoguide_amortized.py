@@ -34,7 +34,9 @@ def _clean() -> None:
 @pytest.mark.slow
 def test_amortized_posterior_known_answer_with_subsampling():
     encoder = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 4))
-    guide = AutoAmortizedFlow(local_model, encoder, model_args=(X, 50), transforms=1, hidden=(16, 16))
+    guide = AutoAmortizedFlow(
+        local_model, encoder, model_args=(X, 50), transforms=1, hidden=(16, 16)
+    )
     svi = SVI(local_model, guide, ClippedAdam({"lr": 1e-2, "lrd": 0.998}), Trace_ELBO())
     for _ in range(1500):
         svi.step(X, 50)

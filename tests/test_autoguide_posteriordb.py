@@ -21,8 +21,11 @@ def test_loads_any_folder(tmp_path):
     folder = tmp_path / "toy-model"
     folder.mkdir()
     (folder / "data.json").write_text(json.dumps({"N": 3, "y": [1.0, 2.0, 3.0]}))
-    np.savez(folder / "reference_draws.npz", draws=np.arange(24.0).reshape(2, 4, 3),
-             param_names=np.array(["a", "b[1]", "b[2]"]))
+    np.savez(
+        folder / "reference_draws.npz",
+        draws=np.arange(24.0).reshape(2, 4, 3),
+        param_names=np.array(["a", "b[1]", "b[2]"]),
+    )
     assert list_posteriors(tmp_path) == ["toy-model"]
     post = load_posterior("toy-model", tmp_path)
     assert post.data["N"] == 3 and post.data["y"].shape == (3,)

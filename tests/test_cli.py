@@ -45,8 +45,26 @@ def model(tmp_path_factory, correlated) -> tuple:
     folder = tmp_path_factory.mktemp("cli")
     save_array(folder / "train.csv", correlated)
     path = folder / "model.pt"
-    assert main(["fit", str(folder / "train.csv"), "--flow", "maf", "--out", str(path), "--epochs", "15",
-                 "--lr", "5e-3", "--seed", "1", *TINY]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(folder / "train.csv"),
+                "--flow",
+                "maf",
+                "--out",
+                str(path),
+                "--epochs",
+                "15",
+                "--lr",
+                "5e-3",
+                "--seed",
+                "1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     return path, folder / "train.csv"
 
 
@@ -91,8 +109,22 @@ def test_fit_then_score_beats_a_standard_normal(capsys, model, correlated, tmp_p
 
 def test_fit_prints_logliks_and_accepts_npz(capsys, correlated, tmp_path):
     np.savez(tmp_path / "d.npz", train=correlated[:300], other=np.zeros((2, 5)))
-    code, out, _ = run(capsys, "fit", str(tmp_path / "d.npz"), "--key", "train", "--flow", "realnvp",
-                       "--out", str(tmp_path / "m.pt"), "--epochs", "2", "--validation", "0.2", *TINY)
+    code, out, _ = run(
+        capsys,
+        "fit",
+        str(tmp_path / "d.npz"),
+        "--key",
+        "train",
+        "--flow",
+        "realnvp",
+        "--out",
+        str(tmp_path / "m.pt"),
+        "--epochs",
+        "2",
+        "--validation",
+        "0.2",
+        *TINY,
+    )
     assert code == 0, out
     assert "300 rows x 2 features" in out
     train = float(out.split("train log-likelihood")[1].split()[0])
@@ -110,7 +142,10 @@ def test_sample_shape_stdout_and_files(capsys, model, tmp_path):
     code, again, _ = run(capsys, "sample", str(path), "-n", "7", "--seed", "3")
     assert again == out  # seeded
     for name in ("s.npy", "s.csv"):
-        assert main(["sample", str(path), "-n", "500", "--out", str(tmp_path / name), "--seed", "0"]) == 0
+        assert (
+            main(["sample", str(path), "-n", "500", "--out", str(tmp_path / name), "--seed", "0"])
+            == 0
+        )
         samples = load_array(tmp_path / name)
         assert samples.shape == (500, 2)
     # Samples look like the training data (mean about (10, -4)).
@@ -119,8 +154,21 @@ def test_sample_shape_stdout_and_files(capsys, model, tmp_path):
 
 def test_demo_writes_a_figure_and_prints_logliks(capsys, tmp_path):
     out_png = tmp_path / "demo.png"
-    code, out, err = run(capsys, "demo", "--epochs", "2", "--n-train", "1000", "--n-test", "500",
-                         "--out", str(out_png), "--quiet", "--dataset", "8gaussians")
+    code, out, err = run(
+        capsys,
+        "demo",
+        "--epochs",
+        "2",
+        "--n-train",
+        "1000",
+        "--n-test",
+        "500",
+        "--out",
+        str(out_png),
+        "--quiet",
+        "--dataset",
+        "8gaussians",
+    )
     assert code == 0, err
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     flow_line = next(line for line in out.splitlines() if line.strip().startswith("nsf flow"))
@@ -132,21 +180,29 @@ def test_demo_writes_a_figure_and_prints_logliks(capsys, tmp_path):
 
 def test_gaussian_baseline_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
-    from pyroflows.cli import _gaussian_loglik
+    from pyroflows.cli.demo import gaussian_loglik
 
     g = np.random.default_rng(1)
     train = g.normal(size=(400, 3)) @ g.normal(size=(3, 3))
     test = g.normal(size=(50, 3))
     mean, cov = train.mean(0), np.cov(train, rowvar=False, bias=True)
     expected = [stats.multivariate_normal(mean, cov).logpdf(x).mean() for x in (train, test)]
-    np.testing.assert_allclose(_gaussian_loglik(train, test), expected, rtol=1e-10)
+    np.testing.assert_allclose(gaussian_loglik(train, test), expected, rtol=1e-10)
 
 
 # -- errors ------------------------------------------------------------------------------------
 
 
 def test_unknown_flow(capsys, tmp_path):
-    line = fails(capsys, "fit", str(tmp_path / "x.csv"), "--flow", "glowworm", "--out", str(tmp_path / "m.pt"))
+    line = fails(
+        capsys,
+        "fit",
+        str(tmp_path / "x.csv"),
+        "--flow",
+        "glowworm",
+        "--out",
+        str(tmp_path / "m.pt"),
+    )
     assert "unknown flow 'glowworm'" in line and "nsf" in line
     assert "unknown flow" in fails(capsys, "demo", "--flow", "glowworm")
     # Image presets exist but take (C, H, W) events: named as such, not "unknown".
@@ -157,7 +213,9 @@ def test_bad_data_files(capsys, tmp_path):
     out = str(tmp_path / "m.pt")
     assert "no such file" in fails(capsys, "fit", str(tmp_path / "missing.csv"), "--out", out)
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n3,abc\n")
-    assert "line 3, column 2: 'abc' is not a number" in fails(capsys, "fit", str(tmp_path / "bad.csv"), "--out", out)
+    assert "line 3, column 2: 'abc' is not a number" in fails(
+        capsys, "fit", str(tmp_path / "bad.csv"), "--out", out
+    )
     np.save(tmp_path / "img.npy", np.zeros((5, 2, 2)))
     assert "3 dimensions" in fails(capsys, "fit", str(tmp_path / "img.npy"), "--out", out)
     (tmp_path / "d.json").write_text("[]")
@@ -190,18 +248,28 @@ def test_bad_option_values(capsys, tmp_path):
 
 def test_bad_outputs_fail_before_work(capsys, model, tmp_path):
     path, data = model
-    assert "does not exist" in fails(capsys, "fit", str(data), "--out", str(tmp_path / "no" / "m.pt"))
-    assert "cannot write .json" in fails(capsys, "sample", str(path), "-n", "3", "--out", str(tmp_path / "s.json"))
-    assert "cannot write" in fails(capsys, "score", str(path), str(data), "--out", str(tmp_path / "s"))
+    assert "does not exist" in fails(
+        capsys, "fit", str(data), "--out", str(tmp_path / "no" / "m.pt")
+    )
+    assert "cannot write .json" in fails(
+        capsys, "sample", str(path), "-n", "3", "--out", str(tmp_path / "s.json")
+    )
+    assert "cannot write" in fails(
+        capsys, "score", str(path), str(data), "--out", str(tmp_path / "s")
+    )
     assert "cannot write .gif" in fails(capsys, "demo", "--out", str(tmp_path / "d.gif"))
 
 
 def test_bad_model_files(capsys, tmp_path):
     assert "no such model file" in fails(capsys, "sample", str(tmp_path / "none.pt"), "-n", "2")
     (tmp_path / "junk.pt").write_text("not a model")
-    assert "cannot read a pyroflows model" in fails(capsys, "sample", str(tmp_path / "junk.pt"), "-n", "2")
+    assert "cannot read a pyroflows model" in fails(
+        capsys, "sample", str(tmp_path / "junk.pt"), "-n", "2"
+    )
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    assert "not a pyroflows model" in fails(capsys, "score", str(tmp_path / "other.pt"), str(tmp_path / "x.csv"))
+    assert "not a pyroflows model" in fails(
+        capsys, "score", str(tmp_path / "other.pt"), str(tmp_path / "x.csv")
+    )
     conditional = pyroflows.flows.build("maf", 2, context=1, transforms=1, hidden=(4,))
     pyroflows.flows.save(conditional, tmp_path / "cond.pt")
     assert "conditional" in fails(capsys, "sample", str(tmp_path / "cond.pt"), "-n", "2")

@@ -122,7 +122,9 @@ def test_object_and_string_arrays(tmp_path):
 
 
 def test_non_numeric_cell_names_line_and_column(tmp_path):
-    error(write(tmp_path / "a.csv", "x,y\n1,2\n3,oops\n"), r"line 3, column 2: 'oops' is not a number")
+    error(
+        write(tmp_path / "a.csv", "x,y\n1,2\n3,oops\n"), r"line 3, column 2: 'oops' is not a number"
+    )
     error(write(tmp_path / "b.csv", "1,2\n3,,\n"), r"line 2 has 3 values")
     error(write(tmp_path / "c.csv", "1,2\n3,\n"), r"line 2, column 2: an empty cell")
 

@@ -25,7 +25,13 @@ from pyroflows.density import (
 )
 
 REAL = ["made", "made-mog", "rnade"]
-MODELS = ["made", "made-mog", "made-bernoulli", "nade", "rnade"]  # this file's models (the registry may hold more)
+MODELS = [
+    "made",
+    "made-mog",
+    "made-bernoulli",
+    "nade",
+    "rnade",
+]  # this file's models (the registry may hold more)
 SMALL = {
     "made": {"hidden": (16, 16), "activation": "tanh"},
     "made-mog": {"hidden": (16, 16), "components": 3, "activation": "tanh"},
@@ -51,8 +57,18 @@ def test_registry():
     assert set(MODELS) <= set(available()) and available() == sorted(available())
     assert "maf-mog" in pyroflows.flows.available()
     model = build("made", 3, hidden=(8,))
-    assert model.config == {"name": "made", "features": 3, "context": 0, "options": {"hidden": (8,)}}
-    with pytest.raises(ValueError, match="unknown density model 'pixelcnn'"):
+    assert model.config == {
+        "name": "made",
+        "features": 3,
+        "context": 0,
+        "options": {"hidden": (8,)},
+    }
+    # The vector models are the vector kind; PixelCNN is the density family's image entry and
+    # refuses a vector size, as an unknown name is refused.
+    assert set(MODELS) <= set(available("vector")) and "pixelcnn" not in available("vector")
+    with pytest.raises(ValueError, match="unknown density model 'pixelrnn'"):
+        build("pixelrnn", 3)
+    with pytest.raises(ValueError, match=r"'pixelcnn' is an image density.*\(C, H, W\)"):
         build("pixelcnn", 3)
     with pytest.raises(TypeError, match="unknown options \\['bins'\\]"):
         build("made", 3, bins=4)
@@ -66,7 +82,11 @@ def test_density_integrates_to_one(name: str, context: int):
     """Known normalising constant: 1-D and 2-D densities integrate to 1, for one fixed
     context when conditional. Riemann sums of smooth, fast-decaying densities converge
     exponentially fast, so the bound is tight."""
-    c = torch.randn(context, generator=torch.Generator().manual_seed(1), dtype=torch.float64) if context else None
+    c = (
+        torch.randn(context, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        if context
+        else None
+    )
     g = torch.linspace(-30, 30, 2001, dtype=torch.float64)
     with torch.no_grad():
         mass_1d = make(name, 1, context)(c).log_prob(g[:, None]).exp().sum() * (g[1] - g[0])
@@ -83,13 +103,18 @@ def test_ensemble_of_orderings_is_the_mean_density():
     single = build("made-mog", 2, **SMALL["made-mog"])
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in single.parameters())
     untied = build("made-mog", 2, order="random", orderings=2, tied=False, **SMALL["made-mog"])
-    assert sum(p.numel() for p in untied.parameters()) == 2 * sum(p.numel() for p in single.parameters())
+    assert sum(p.numel() for p in untied.parameters()) == 2 * sum(
+        p.numel() for p in single.parameters()
+    )
     distinct = build("made", 3, order="random", orderings=6)  # all 3! orderings, no repeats
     assert len({tuple(o.tolist()) for o in distinct.orders}) == 6
     x = torch.randn(10, 2, dtype=torch.float64)
-    per_ordering = torch.stack([
-        model.conditional.log_prob(model.conditional_params(x, ordering=m), x).sum(-1) for m in range(2)
-    ])
+    per_ordering = torch.stack(
+        [
+            model.conditional.log_prob(model.conditional_params(x, ordering=m), x).sum(-1)
+            for m in range(2)
+        ]
+    )
     assert not torch.allclose(per_ordering[0], per_ordering[1])
     expected = per_ordering.exp().mean(0).log()
     assert torch.allclose(model().log_prob(x), expected, atol=1e-12, rtol=0)
@@ -98,8 +123,9 @@ def test_ensemble_of_orderings_is_the_mean_density():
         assert abs(model().log_prob(points).exp().sum().item() * cell - 1) < 1e-8
 
 
-@pytest.mark.parametrize("name,orderings", [("nade", {}), ("made-bernoulli", {}),
-                                             ("made-bernoulli", {"orderings": 3})])
+@pytest.mark.parametrize(
+    "name,orderings", [("nade", {}), ("made-bernoulli", {}), ("made-bernoulli", {"orderings": 3})]
+)
 @pytest.mark.parametrize("context", [0, 3])
 def test_binary_probabilities_sum_to_one(name: str, orderings: dict, context: int):
     """Exact: the probabilities of all 2^8 binary vectors sum to 1 (any ordering, a mixture
@@ -115,7 +141,9 @@ def test_binary_probabilities_sum_to_one(name: str, orderings: dict, context: in
 def test_made_bernoulli_is_the_product_of_its_logits():
     """log p(x) = sum_i x_i l_i - log(1 + e^{l_i}) with the MADE's logits l, computed by hand."""
     model = make("made-bernoulli", 6, order="random")
-    x = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    x = torch.tensor(
+        [[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64
+    )
     logits = model.conditional_params(x)[..., 0]
     p = torch.sigmoid(logits)
     expected = torch.where(x == 1, p, 1 - p).log().sum(-1)
@@ -138,10 +166,16 @@ def test_binary_samples_follow_log_prob(name: str):
     assert p_value > 1e-3
 
 
-@pytest.mark.parametrize("name,options", [
-    ("made", {}), ("made", {"order": "reversed"}), ("made-mog", {}),
-    ("made-mog", {"order": "random", "orderings": 2}), ("rnade", {"order": "reversed"}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("made", {}),
+        ("made", {"order": "reversed"}),
+        ("made-mog", {}),
+        ("made-mog", {"order": "random", "orderings": 2}),
+        ("rnade", {"order": "reversed"}),
+    ],
+)
 def test_samples_follow_log_prob(name: str, options: dict):
     """Two-sample checks in 2-D: sample means and second moments within 5 standard errors
     of quadrature's, and Kolmogorov-Smirnov tests of both marginals against the quadrature
@@ -222,16 +256,19 @@ def test_mixture_sampling_gradient_is_the_implicit_reparametrisation():
     """Known answer: for a 1-D mixture, d E[x]/d theta and d E[x^2]/d theta from rsample
     equal the gradients of sum_k a_k mu_k and sum_k a_k (mu_k^2 + s_k^2) within 5 s.e."""
     mog = MixtureOfGaussians(3)
-    params = torch.tensor([0.3, -0.5, 0.1, -2.0, 0.5, 2.5, -0.4, 0.2, 0.1], dtype=torch.float64,
-                          requires_grad=True)
+    params = torch.tensor(
+        [0.3, -0.5, 0.1, -2.0, 0.5, 2.5, -0.4, 0.2, 0.1], dtype=torch.float64, requires_grad=True
+    )
     n = 100_000
     rows = params.detach().expand(n, 9).clone().requires_grad_()  # one leaf row per sample
     torch.manual_seed(3)
     x = mog.sample(rows)
     assert x.shape == (n,)
     log_w, mu, log_sigma = mog._split(params)
-    for statistic, exact in ((x, (log_w.exp() * mu).sum()),
-                             (x**2, (log_w.exp() * (mu**2 + (2 * log_sigma).exp())).sum())):
+    for statistic, exact in (
+        (x, (log_w.exp() * mu).sum()),
+        (x**2, (log_w.exp() * (mu**2 + (2 * log_sigma).exp())).sum()),
+    ):
         per_sample = torch.autograd.grad(statistic.sum(), rows, retain_graph=True)[0]
         expected = torch.autograd.grad(exact, params, retain_graph=True)[0]
         se = per_sample.std(0) / math.sqrt(n)
@@ -243,8 +280,9 @@ def test_mixture_sampling_gradient_is_the_implicit_reparametrisation():
 def test_made_equals_a_one_layer_maf(context: int):
     """Known answer: a Gaussian MADE is a one-layer MAF on N(0, I); with the same masked
     network (copied weights, same soft bound on the log-scale) the densities agree."""
-    flow = perturb(pyroflows.flows.build("maf", 3, context, transforms=1, hidden=(16, 16),
-                                         log_scale_bound=3.0)).double()
+    flow = perturb(
+        pyroflows.flows.build("maf", 3, context, transforms=1, hidden=(16, 16), log_scale_bound=3.0)
+    ).double()
     model = build("made", 3, context, hidden=(16, 16), log_scale_bound=3.0).double()
     model.nets[0].load_state_dict(flow.transforms[0].made.state_dict())
     c = torch.randn(5, context, dtype=torch.float64) if context else None
@@ -276,7 +314,9 @@ def test_bad_inputs():
         with pytest.raises(ValueError, match="order must be"):
             build(name, 3, order="sideways")
         with pytest.raises(ValueError, match="orderings"):
-            build(name, 3, orderings=2) if "made" in name else build(name, 3, order=[[0, 1, 2], [2, 1, 0]])
+            build(name, 3, orderings=2) if "made" in name else build(
+                name, 3, order=[[0, 1, 2], [2, 1, 0]]
+            )
         model = build(name, 3, context=2)
         with pytest.raises(ValueError, match="conditional on a context"):
             model()

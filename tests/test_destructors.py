@@ -36,8 +36,12 @@ OPTIONS = {
 
 
 def _correlated(n: int, d: int, g: torch.Generator) -> torch.Tensor:
-    A = torch.tensor([[1.0, 0.6, 0.0], [0.0, 0.8, 0.5], [0.0, 0.0, 0.7]], dtype=torch.float64)[:d, :d]
-    return torch.randn(n, d, generator=g, dtype=torch.float64) @ A + torch.arange(d, dtype=torch.float64)
+    A = torch.tensor([[1.0, 0.6, 0.0], [0.0, 0.8, 0.5], [0.0, 0.0, 0.7]], dtype=torch.float64)[
+        :d, :d
+    ]
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ A + torch.arange(
+        d, dtype=torch.float64
+    )
 
 
 def sample_data(name: str, n: int = N, d: int = FEATURES, seed: int = 0) -> torch.Tensor:
@@ -83,7 +87,9 @@ def name(request: pytest.FixtureRequest) -> str:
 
 def test_every_name_has_test_options():
     assert set(available()) <= set(OPTIONS)
-    assert {"histogram", "beta", "normal-cdf", "gaussian", "mixture", "tree", "copula"} <= set(available())
+    assert {"histogram", "beta", "normal-cdf", "gaussian", "mixture", "tree", "copula"} <= set(
+        available()
+    )
 
 
 def test_round_trip(name, device, dtype, tol):
@@ -91,11 +97,13 @@ def test_round_trip(name, device, dtype, tol):
     u, _ = d.call_and_ladj(x[:64])
     assert ((u >= 0) & (u <= 1)).all()
     assert (d.inverse_and_ladj(u)[0] - x[:64]).abs().max() < tol["roundtrip"]
-    v = 0.01 + 0.98 * torch.rand(64, FEATURES, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    v = 0.01 + 0.98 * torch.rand(
+        64, FEATURES, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
     v = v.to(device, dtype)
-    y = d.inverse(v)
-    assert (d.transform(y) - v).abs().max() < tol["roundtrip"]
-    assert torch.allclose(d(x[:5]), u[:5]) and torch.allclose(d.inv(u[:5]), d.inverse(u[:5]))
+    y = d.from_uniform(v)
+    assert (d.to_uniform(y) - v).abs().max() < tol["roundtrip"]
+    assert torch.allclose(d(x[:5]), u[:5]) and torch.allclose(d.inv(u[:5]), d.from_uniform(u[:5]))
 
 
 def test_logdet_is_autograd_logdet_and_log_prob(name, device, dtype, tol):
@@ -112,11 +120,95 @@ def test_logdet_is_autograd_logdet_and_log_prob(name, device, dtype, tol):
     assert (d.log_abs_det_jacobian(pts, u) - ladj).abs().max() < tol["logdet"]
 
 
-def test_transform_of_training_data_is_uniform(name, device, dtype):
+def _no_numerical_inverse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every bisection a destructor could run fail, so a single pass is checked as one."""
+    import sys
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a numerical inverse ran in a direction declared a single pass")
+
+    for module_name, module in list(sys.modules.items()):
+        if module_name.startswith("pyroflows.destructors") and hasattr(module, "monotone_inverse"):
+            monkeypatch.setattr(module, "monotone_inverse", refuse)
+
+
+def _fast_direction_cases():  # noqa: ANN202
+    """Every registered destructor, plus stacks whose layers have a slow inverse."""
+    cases = [pytest.param(name, {}, id=name) for name in available()]
+    cases.append(
+        pytest.param(
+            "deep",
+            {
+                "layer": "mixture",
+                "max_layers": 2,
+                "validation": 0,
+                "layer_options": {"components": 2},
+                "progress": False,
+            },
+            id="deep-of-mixtures",
+        )
+    )
+    cases.append(
+        pytest.param(
+            "deep",
+            {
+                "layer": "beta",
+                "init": "normal-cdf",
+                "max_layers": 2,
+                "validation": 0,
+                "progress": False,
+            },
+            id="deep-of-betas",
+        )
+    )
+    return cases
+
+
+@pytest.mark.parametrize(("case", "options"), _fast_direction_cases())
+def test_fast_direction_is_a_single_pass_and_agrees_with_the_other(
+    case, options, device, dtype, tol, monkeypatch
+):
+    """``fast_direction`` as the transforms define it: the named pass of the bijection
+    (``call_and_ladj`` for ``"forward"``, ``inverse_and_ladj`` for ``"inverse"``) runs no
+    numerical inverse, ``log_abs_det_jacobian`` goes through it and agrees with the other
+    direction; ``Inverse(d)``, the flow transform of ``as_flow``, has the swapped direction."""
+    from pyroflows.transforms import Inverse
+
+    x = sample_data("mixture" if case == "deep" and "layer" in options else case).to(device, dtype)
+    d = build(case, FEATURES, **(options or OPTIONS[case])).fit(x)
+    if case == "deep" and options:
+        assert d.fast_direction == "forward"  # layers whose inverse bisects
+    assert d.fast_direction in ("both", "forward", "inverse")
+    pts = x[:6]
+    with torch.no_grad():
+        u, ladj = d.call_and_ladj(pts)
+        _, inv_ladj = d.inverse_and_ladj(u)
+        _no_numerical_inverse(monkeypatch)
+        through_fast = d.log_abs_det_jacobian(pts, u)
+        if d.fast_direction in ("both", "forward"):
+            d.call_and_ladj(pts)
+        if d.fast_direction in ("both", "inverse"):
+            d.inverse_and_ladj(u)
+        flow = d.as_flow()
+        assert flow.transforms[0].fast_direction == {
+            "forward": "inverse",
+            "inverse": "forward",
+        }.get(d.fast_direction, "both")
+        assert Inverse(d).fast_direction == flow.transforms[0].fast_direction
+        if d.fast_direction == "forward":
+            # The flow's density runs D, the single pass: no bisection.
+            assert torch.allclose(
+                flow().log_prob(pts), ladj, atol=tol["logdet"], rtol=tol["logdet"]
+            )
+    assert (through_fast - ladj).abs().max() < tol["logdet"]
+    assert (through_fast + inv_ladj).abs().max() < tol["logdet"]
+
+
+def test_to_uniform_of_training_data_is_uniform(name, device, dtype):
     """Per-dimension KS test of D(x_train) against U(0, 1) (fixed seed, Bonferroni level)."""
     d, x = make(name, device, dtype)
     with torch.no_grad():
-        u = d.transform(x).double().cpu().numpy()
+        u = d.to_uniform(x).double().cpu().numpy()
     for j in range(FEATURES):
         assert stats.kstest(u[:, j], "uniform").pvalue > 0.01 / FEATURES, (name, j)
 
@@ -207,20 +299,20 @@ def test_bad_input_gives_clear_errors(name, device, dtype):
         y = x[:5].clone()
         y[2, 1] = bad
         with pytest.raises(ValueError, match="NaN"):
-            d.transform(y)
+            d.to_uniform(y)
         with pytest.raises(ValueError, match=what):
             d.log_prob(y)
         with pytest.raises(ValueError, match="NaN"):
             d.fit(torch.cat([x, y]))
     with pytest.raises(ValueError, match="features"):
-        d.transform(x[:, :2])
+        d.to_uniform(x[:, :2])
     with pytest.raises(ValueError, match=r"unit cube"):
-        d.inverse(torch.full((3, FEATURES), 1.5, device=device, dtype=dtype))
+        d.from_uniform(torch.full((3, FEATURES), 1.5, device=device, dtype=dtype))
     with pytest.raises(ValueError, match=r"unit cube"):
-        d.inverse(torch.full((3, FEATURES), -0.1, device=device, dtype=dtype))
+        d.from_uniform(torch.full((3, FEATURES), -0.1, device=device, dtype=dtype))
     if d.domain == "unit":
         with pytest.raises(ValueError, match=r"unit cube"):
-            d.transform(x[:5] + 2)
+            d.to_uniform(x[:5] + 2)
         with pytest.raises(ValueError, match=r"unit cube"):
             d.fit(x - 1)
     with pytest.raises(ValueError, match="at least"):
@@ -230,12 +322,14 @@ def test_bad_input_gives_clear_errors(name, device, dtype):
     # Failed fits leave the fitted state untouched.
     assert torch.equal(d.log_prob(x[:5]).detach(), before)
     # Faces of the cube: a documented clamp, never NaN or inf.
-    faces = torch.tensor([[0.0, 1.0, 0.5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], device=device, dtype=dtype)
-    y = d.inverse(faces)
+    faces = torch.tensor(
+        [[0.0, 1.0, 0.5], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], device=device, dtype=dtype
+    )
+    y = d.from_uniform(faces)
     assert torch.isfinite(y).all()
     assert torch.isfinite(d.log_prob(y)).all()
     with pytest.raises(RuntimeError, match="fit"):
-        build(name, FEATURES, **OPTIONS[name]).transform(x[:3])
+        build(name, FEATURES, **OPTIONS[name]).to_uniform(x[:3])
 
 
 def test_zero_variance_columns(name, device, dtype):
@@ -246,7 +340,7 @@ def test_zero_variance_columns(name, device, dtype):
         # Documented: piecewise-constant densities accept a constant column (it falls in one
         # bin / leaf); results stay finite.
         d.fit(y)
-        assert torch.isfinite(d.log_prob(y)).all() and torch.isfinite(d.transform(y)).all()
+        assert torch.isfinite(d.log_prob(y)).all() and torch.isfinite(d.to_uniform(y)).all()
     else:
         with pytest.raises(ValueError, match="zero-variance"):
             d.fit(y)
@@ -257,7 +351,9 @@ def test_weights(name, device, dtype, tol):
     test = sample_data(name, n=50, seed=5).to(device, dtype)
     plain = build(name, FEATURES, **OPTIONS[name]).fit(x)
     scaled = build(name, FEATURES, **OPTIONS[name]).fit(x, weights=3 * torch.ones(600))
-    assert torch.allclose(plain.log_prob(test), scaled.log_prob(test), atol=tol["logdet"], rtol=tol["logdet"])
+    assert torch.allclose(
+        plain.log_prob(test), scaled.log_prob(test), atol=tol["logdet"], rtol=tol["logdet"]
+    )
     if name in ("gaussian", "normal-cdf", "mixture", "beta"):
         # Unsmoothed estimators: weight 2 is the same as a repeated point.
         w = torch.ones(600, dtype=dtype, device=device)
@@ -265,7 +361,9 @@ def test_weights(name, device, dtype, tol):
         weighted = build(name, FEATURES, **OPTIONS[name]).fit(x, weights=w)
         repeated = build(name, FEATURES, **OPTIONS[name]).fit(torch.cat([x[:200], x]))
         atol = 1e-3 if name == "mixture" else tol["logdet"]
-        assert torch.allclose(weighted.log_prob(test), repeated.log_prob(test), atol=atol, rtol=1e-4)
+        assert torch.allclose(
+            weighted.log_prob(test), repeated.log_prob(test), atol=atol, rtol=1e-4
+        )
 
 
 def test_domain_is_a_constraint_and_a_name(name):

@@ -20,16 +20,21 @@ from pyroflows.destructors import (
     available,
     build,
 )
+from pyroflows.infer import fine_tune
 
 
 @pytest.fixture
 def moons(device, dtype):  # noqa: ANN001, ANN201
-    return toy("moons", 3000, seed=1).to(device, dtype), toy("moons", 2000, seed=2).to(device, dtype)
+    return toy("moons", 3000, seed=1).to(device, dtype), toy("moons", 2000, seed=2).to(
+        device, dtype
+    )
 
 
 def test_greedy_growth_history_and_monotonicity(moons):
     x, test = moons
-    deep = DeepDestructor(2, layer="copula", max_layers=8, layer_options={"bins": 20}, progress=False).fit(x)
+    deep = DeepDestructor(
+        2, layer="copula", max_layers=8, layer_options={"bins": 20}, progress=False
+    ).fit(x)
     hist = deep.history
     assert hist[0]["layer"] == 0 and len(hist) == len(deep.layers)  # init + layers
     assert all({"train_loglik", "val_loglik", "accepted", "gain"} <= set(h) for h in hist)
@@ -44,8 +49,15 @@ def test_greedy_growth_history_and_monotonicity(moons):
 @pytest.mark.parametrize("validation", [0, 0.2, 3])
 def test_validation_modes(moons, validation):
     x, _ = moons
-    deep = DeepDestructor(2, layer="histogram", rotation="random", max_layers=4, validation=validation,
-                          layer_options={"bins": 20}, progress=False).fit(x)
+    deep = DeepDestructor(
+        2,
+        layer="histogram",
+        rotation="random",
+        max_layers=4,
+        validation=validation,
+        layer_options={"bins": 20},
+        progress=False,
+    ).fit(x)
     assert 1 <= len(deep.layers) <= 5
     trains = [h["train_loglik"] for h in deep.history]
     assert trains == sorted(trains)
@@ -56,9 +68,18 @@ def test_validation_modes(moons, validation):
 def test_depth_is_chosen_on_held_out_data(moons):
     x, _ = moons
     # Histograms with many bins on few points overfit: held-out likelihood must stop growth.
-    deep = DeepDestructor(2, layer="histogram", rotation="random", max_layers=30, validation=0.3,
-                          refit=False, tol=0.0, patience=2,
-                          layer_options={"bins": 200, "alpha": 0.01}, progress=False).fit(x[:600])
+    deep = DeepDestructor(
+        2,
+        layer="histogram",
+        rotation="random",
+        max_layers=30,
+        validation=0.3,
+        refit=False,
+        tol=0.0,
+        patience=2,
+        layer_options={"bins": 200, "alpha": 0.01},
+        progress=False,
+    ).fit(x[:600])
     vals = [h["val_loglik"] for h in deep.history]
     assert len(deep.layers) < 31
     assert vals[-1] == max(vals)
@@ -74,8 +95,9 @@ class _BadLayer(NormalCdfDestructor):
 
 def test_a_layer_that_lowers_the_likelihood_becomes_the_identity(moons):
     x, _ = moons
-    deep = DeepDestructor(2, layer=lambda d: _BadLayer(d), max_layers=3, validation=0,
-                          patience=10, progress=False).fit(x)
+    deep = DeepDestructor(
+        2, layer=lambda d: _BadLayer(d), max_layers=3, validation=0, patience=10, progress=False
+    ).fit(x)
     assert [h["accepted"] for h in deep.history[1:]] == [False] * 3
     trains = [h["train_loglik"] for h in deep.history]
     assert trains == sorted(trains) and trains[-1] == trains[0]
@@ -87,8 +109,9 @@ def test_a_layer_that_lowers_the_likelihood_becomes_the_identity(moons):
 
 def test_layer_factory_and_unit_data(device, dtype):
     x = torch.special.ndtr(toy("8gaussians", 2000, seed=3).to(device, dtype) / 2)
-    deep = DeepDestructor(2, layer=lambda d: TreeDestructor(d, max_leaves=16), init=None,
-                          max_layers=3, progress=False).fit(x)
+    deep = DeepDestructor(
+        2, layer=lambda d: TreeDestructor(d, max_leaves=16), init=None, max_layers=3, progress=False
+    ).fit(x)
     assert deep.domain == "unit" and deep.history[0]["train_loglik"] == 0.0
     assert deep.history[-1]["train_loglik"] > 0.3
     with pytest.raises(ValueError, match="unit cube"):
@@ -98,24 +121,46 @@ def test_layer_factory_and_unit_data(device, dtype):
 def test_real_layers_get_an_inverse_normal_cdf(moons, tol):
     x, _ = moons
     deep = DeepDestructor(2, layer="gaussian", max_layers=2, progress=False).fit(x)
-    u = deep.transform(x[:100])
-    assert (deep.inverse(u) - x[:100]).abs().max() < 10 * tol["roundtrip"]
+    u = deep.to_uniform(x[:100])
+    assert (deep.from_uniform(u) - x[:100]).abs().max() < 10 * tol["roundtrip"]
 
 
 def test_fine_tune_improves_training_likelihood(moons):
     x, _ = moons
-    deep = DeepDestructor(2, layer="copula", max_layers=3, layer_options={"bins": 20}, progress=False).fit(x)
+    deep = DeepDestructor(
+        2, layer="copula", max_layers=3, layer_options={"bins": 20}, progress=False
+    ).fit(x)
     before = deep.score(x)
-    result = deep.fine_tune(x, epochs=3, lr=1e-2, batch_size=256, validation=0.0, progress=False)
+    result = fine_tune(deep, x, epochs=3, lr=1e-2, batch_size=256, validation=0.0, progress=False)
     assert len(result.history) == 3
     assert deep.score(x) > before
     with pytest.raises(ValueError, match="NaN"):
-        deep.fine_tune(torch.full_like(x, math.nan), epochs=1)
+        fine_tune(deep, torch.full_like(x, math.nan), epochs=1)
+
+
+def test_fine_tune_keeps_the_greedy_start_when_no_epoch_beats_it(moons):
+    """With a validation split, the greedy destructor competes on fit's held-out points: a
+    zero learning rate cannot beat it, so its parameters stay (bit for bit)."""
+    x, _ = moons
+    deep = DeepDestructor(
+        2, layer="copula", max_layers=2, layer_options={"bins": 20}, progress=False
+    ).fit(x)
+    before = {k: v.clone() for k, v in deep.state_dict().items()}
+    result = fine_tune(deep, x, epochs=2, lr=0.0, validation=0.2, progress=False)
+    assert result.kept_greedy and math.isfinite(result.greedy_val_loglik)
+    assert result.greedy_val_loglik == pytest.approx(result.best_val_loglik, abs=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in deep.state_dict().items())
+    with pytest.raises(TypeError, match="Destructor"):
+        fine_tune(torch.nn.Linear(2, 2), x)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fine_tune(DeepDestructor(2, progress=False), x)
 
 
 def test_deep_as_flow_is_a_flow(moons):
     x, _ = moons
-    deep = DeepDestructor(2, layer="copula", max_layers=2, layer_options={"bins": 20}, progress=False).fit(x)
+    deep = DeepDestructor(
+        2, layer="copula", max_layers=2, layer_options={"bins": 20}, progress=False
+    ).fit(x)
     flow = deep.as_flow()
     assert isinstance(flow, pyroflows.Flow)
     with torch.no_grad():
@@ -173,7 +218,9 @@ def test_mnist_from_any_path_and_preprocessing_jacobian(tmp_path):
     assert abs(mnist.bits_per_dim(0.0) - 8.0) < 1e-12
 
 
-@pytest.mark.skipif(not (mnist.DEFAULT_DIR / "mnist_train_5k.npz").is_file(), reason="MNIST files absent")
+@pytest.mark.skipif(
+    not (mnist.DEFAULT_DIR / "mnist_train_5k.npz").is_file(), reason="MNIST files absent"
+)
 def test_mnist_shared_files_load():
     images, labels = mnist.load_mnist("train")
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8 and len(labels) == 5000
@@ -190,8 +237,8 @@ def test_smooth_histogram_keeps_bin_masses_and_is_exact(device, dtype, tol):
     smooth = HistogramDestructor(2, bins=10, smooth=True).fit(x)
     edges = torch.linspace(0, 1, 11, device=device, dtype=dtype)[:, None].expand(11, 2)
     # Same CDF at every bin edge, so the same mass in every bin.
-    assert torch.allclose(plain.transform(edges), smooth.transform(edges), atol=tol["roundtrip"])
-    u = smooth.transform(x[:50])
-    assert (smooth.inverse(u) - x[:50]).abs().max() < tol["roundtrip"]
+    assert torch.allclose(plain.to_uniform(edges), smooth.to_uniform(edges), atol=tol["roundtrip"])
+    u = smooth.to_uniform(x[:50])
+    assert (smooth.from_uniform(u) - x[:50]).abs().max() < tol["roundtrip"]
     expected = jacobian_logdet(lambda v: smooth.call_and_ladj(v)[0], x[:5])
     assert (smooth.log_prob(x[:5]) - expected).abs().max() < tol["logdet"]

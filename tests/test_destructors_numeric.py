@@ -17,14 +17,19 @@ def test_betainc_matches_scipy():
     x = torch.rand(200, generator=g, dtype=torch.float64)
     expected = torch.as_tensor(sp.betainc(a.numpy(), b.numpy(), x.numpy()))
     assert (betainc(a, b, x) - expected).abs().max() < 1e-12
-    assert betainc(a[:2], b[:2], torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist() == [0.0, 1.0]
+    assert betainc(a[:2], b[:2], torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist() == [
+        0.0,
+        1.0,
+    ]
 
 
 def test_betainc_gradient_in_x_is_the_density():
     a, b = torch.tensor(2.5, dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64)
     x = torch.tensor([0.1, 0.4, 0.8], dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(betainc(a, b, x).sum(), x)
-    density = torch.as_tensor(x.detach().numpy() ** 1.5 * (1 - x.detach().numpy()) ** 3 / sp.beta(2.5, 4.0))
+    density = torch.as_tensor(
+        x.detach().numpy() ** 1.5 * (1 - x.detach().numpy()) ** 3 / sp.beta(2.5, 4.0)
+    )
     assert torch.allclose(grad, density, atol=1e-12)
 
 

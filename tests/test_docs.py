@@ -71,7 +71,9 @@ def test_docstring_examples(name: str) -> None:
         torch.set_default_dtype(default_dtype)
         pyro.clear_param_store()
     result = runner.summarize(verbose=False)
-    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}:\n{report.getvalue()}"
+    assert result.failed == 0, (
+        f"{result.failed} docstring example(s) failed in {name}:\n{report.getvalue()}"
+    )
 
 
 # -- snippets of the README and the Sphinx pages ---------------------------------------------
@@ -155,8 +157,20 @@ def test_readme_preset_table_is_the_registry() -> None:
 def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
     pytest.importorskip("sphinx")
     pytest.importorskip("furo")
-    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-               "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")]
+    command = [
+        sys.executable,
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-b",
+        "html",
+        "-d",
+        str(tmp_path / "doctrees"),
+        str(DOCS),
+        str(tmp_path / "html"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, f"sphinx-build failed:\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "html" / "index.html").exists()

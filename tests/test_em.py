@@ -44,9 +44,18 @@ def _clean() -> None:
 @pytest.mark.slow
 def test_mixture_recovers_means_and_scale():
     x = mixture_data()
-    em = VariationalEM(mixture_model, lambda m: AutoFlow(m, model_args=(x,), transforms=1, hidden=(8, 8)),
-                       n_init=2, max_iter=40, e_steps=10, m_steps=10, lr=5e-2, tol=1e-4,
-                       random_state=0, progress=False)
+    em = VariationalEM(
+        mixture_model,
+        lambda m: AutoFlow(m, model_args=(x,), transforms=1, hidden=(8, 8)),
+        n_init=2,
+        max_iter=40,
+        e_steps=10,
+        m_steps=10,
+        lr=5e-2,
+        tol=1e-4,
+        random_state=0,
+        progress=False,
+    )
     em.fit(x)
     locs = em.params_["locs"]
     order = locs[:, 0].argsort()
@@ -83,8 +92,17 @@ def test_factor_analysis_recovers_loading_subspace():
     x = z @ W_true.T + 0.3 * torch.randn(400, 6, generator=g)
     encoder = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     guide = AutoAmortizedFlow(factor_model, encoder, model_args=(x,), transforms=1, hidden=(16, 16))
-    em = VariationalEM(factor_model, guide, max_iter=50, e_steps=10, m_steps=10, lr=5e-2, tol=0.0,
-                       random_state=0, progress=False)
+    em = VariationalEM(
+        factor_model,
+        guide,
+        max_iter=50,
+        e_steps=10,
+        m_steps=10,
+        lr=5e-2,
+        tol=0.0,
+        random_state=0,
+        progress=False,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         em.fit(x)
@@ -98,8 +116,14 @@ def test_argument_checks_and_discrete_default_loss():
         VariationalEM(mixture_model, AutoFlow(mixture_model, model_args=(x,)), n_init=2)
     with pytest.raises(ValueError, match="max_iter"):
         VariationalEM(mixture_model, lambda m: m, max_iter=0)
-    em = VariationalEM(mixture_model, lambda m: AutoFlow(m, model_args=(x,), transforms=1, hidden=(4, 4)),
-                       max_iter=2, e_steps=1, m_steps=1, progress=False)
+    em = VariationalEM(
+        mixture_model,
+        lambda m: AutoFlow(m, model_args=(x,), transforms=1, hidden=(4, 4)),
+        max_iter=2,
+        e_steps=1,
+        m_steps=1,
+        progress=False,
+    )
     loss, _ = em._loss_and_model((x,), {})
     assert type(loss).__name__ == "TraceEnum_ELBO"
     with pytest.warns(ConvergenceWarning):

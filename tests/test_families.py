@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import perturb
 
-from pyroflows.flows import build
+from pyroflows.flows import build, preset
 from pyroflows.numerics.quadrature import quadrature_rule
 from pyroflows.transforms import (
     BlockNeuralAutoregressive,
@@ -94,14 +94,16 @@ def test_radial_constraint_and_exact_inverse_under_random_parameters(seed):
     torch.manual_seed(seed)
     extreme = randomize(Radial(3, context=2, hidden=(8,)).double(), scale=3.0, seed=seed)
     c = torch.randn(40, 2, dtype=D)
-    z0, alpha, gamma = extreme._params(c)
+    z0, alpha, gamma = extreme.radial_params(c)
     assert (alpha > 0).all() and (gamma > 0).all()  # gamma = alpha + beta: beta > -alpha
     x, ladj = extreme.call_and_ladj(z0 + torch.randn(40, 3, dtype=D), c)
     assert torch.isfinite(ladj).all()
     t = randomize(Radial(3, context=2, hidden=(8,)).double(), scale=1.0, seed=seed)
-    z0, _, _ = t._params(c)
+    z0, _, _ = t.radial_params(c)
     # Points near and far from the centre, and the centre itself.
-    z = torch.cat([z0[:20] + 1e-9 * torch.randn(20, 3, dtype=D), z0[20:] + 5 * torch.randn(20, 3, dtype=D)])
+    z = torch.cat(
+        [z0[:20] + 1e-9 * torch.randn(20, 3, dtype=D), z0[20:] + 5 * torch.randn(20, 3, dtype=D)]
+    )
     x, ladj = t.call_and_ladj(z, c)
     assert torch.isfinite(ladj).all()
     z_back, inv_ladj = t.inverse_and_ladj(x, c)
@@ -207,8 +209,12 @@ def test_umnn_quadrature_converges_on_a_random_network():
     params = torch.randn(101, 3, 9, dtype=D, generator=torch.Generator().manual_seed(0))
     reference = UMNNMap(nodes=120).double()
     rules = {n: UMNNMap(nodes=n).double() for n in (20, 40, 60)}
-    for scale, span, nodes, bound in [(0.1, 4.0, 20, 1e-7), (0.3, 6.0, 20, 1e-4),
-                                      (0.3, 6.0, 40, 1e-7), (0.3, 6.0, 60, 1e-10)]:
+    for scale, span, nodes, bound in [
+        (0.1, 4.0, 20, 1e-7),
+        (0.3, 6.0, 20, 1e-4),
+        (0.3, 6.0, 40, 1e-7),
+        (0.3, 6.0, 60, 1e-10),
+    ]:
         torch.manual_seed(0)
         base = perturb(UMNNMap().double(), scale=scale)
         # The rule itself is not in the state_dict: same network, different node counts.
@@ -278,9 +284,13 @@ def test_bnaf_jacobian_is_triangular_with_positive_diagonal():
 def test_bnaf_is_onto_the_real_line():
     """Outputs far outside the network's bounded part are reached (the linear skip's tails)."""
     torch.manual_seed(0)
-    t = perturb(BlockNeuralAutoregressive(3, context=2, hidden=(8,), param_scale=1).double(), scale=0.5)
+    t = perturb(
+        BlockNeuralAutoregressive(3, context=2, hidden=(8,), param_scale=1).double(), scale=0.5
+    )
     c = torch.randn(4, 2, dtype=D)
-    z = torch.tensor([[1e3, -1e3, 5.0], [-50.0, 50.0, -1e4], [0.0, 0.0, 0.0], [1e5, 1.0, -1.0]], dtype=D)
+    z = torch.tensor(
+        [[1e3, -1e3, 5.0], [-50.0, 50.0, -1e4], [0.0, 0.0, 0.0], [1e5, 1.0, -1.0]], dtype=D
+    )
     x, ladj = t.call_and_ladj(z, c)
     assert torch.isfinite(x).all() and torch.isfinite(ladj).all()
     z_back, _ = t.inverse_and_ladj(x, c)
@@ -333,8 +343,15 @@ def test_bnaf_preset_fits_two_moons():
 
     torch.manual_seed(0)
     flow = build("bnaf", 2)
-    fit(flow, toy("moons", 10000, seed=0), epochs=60, lr=1e-3, batch_size=512, patience=10,
-        progress=False)
+    fit(
+        flow,
+        toy("moons", 10000, seed=0),
+        epochs=60,
+        lr=1e-3,
+        batch_size=512,
+        patience=10,
+        progress=False,
+    )
     with torch.no_grad():
         assert flow().log_prob(toy("moons", 5000, seed=1000)).mean() > -2.55
 
@@ -359,6 +376,67 @@ def test_preset_specific_option_errors():
         build("naf", 2, components=0)
     with pytest.raises(ValueError, match="log_slope_bound"):
         build("umnn", 2, log_slope_bound=0.0)
+
+
+# One preset of each preset module, with the class its options go to and one of its options.
+PASS_THROUGH = [
+    ("maf", "log_scale_bound"),
+    ("nsf-coupling", "bins"),
+    ("ffjord", "trace"),
+    ("resflow", "n_terms"),
+    ("sylvester", "reflections"),
+    ("umnn", "nodes"),
+    ("maf-mog", "components"),
+    ("maf-rnn", "cell"),
+    ("gf", "reflections"),
+]
+
+
+@pytest.mark.parametrize(("name", "option"), PASS_THROUGH)
+def test_presets_reject_an_unknown_option_listing_the_valid_ones(name, option):
+    """A misspelt option fails at build time, before anything is built, with a TypeError that
+    names it and lists the options, the classes' keywords included."""
+    with pytest.raises(TypeError, match="hiden") as error:
+        build(name, 4, hiden=(8,))
+    message = str(error.value)
+    assert "options are" in message and "'transforms'" in message
+    assert "'hidden'" in message and f"'{option}'" in message
+    # Called directly (not through build), the preset rejects it the same way.
+    with pytest.raises(TypeError, match="hiden"):
+        preset(name)(4, hiden=(8,))
+
+
+def test_ffjord_names_a_misspelt_option():
+    with pytest.raises(TypeError, match=r"\['hiden'\].*'hidden'.*'adjoint'"):
+        build("ffjord", 2, hiden=(8,))
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [("maf", "map"), ("nice", "mask"), ("sylvester", "flip"), ("maf-rnn", "reverse")],
+)
+def test_presets_refuse_what_they_set_themselves(name, option):
+    with pytest.raises(TypeError, match=option):
+        build(name, 4, **{option: None})
+
+
+@pytest.mark.parametrize(
+    ("name", "option", "value", "count"),
+    [
+        ("planar", "iterations", 10, lambda f: f.transforms[0].iterations),
+        ("nsf", "bins", 5, lambda f: f.transforms[0].map.bins),
+        ("umnn", "nodes", 7, lambda f: f.transforms[0].map.map.nodes.numel()),
+        ("maf-mog", "components", 3, lambda f: f.base.model.conditional.components),
+    ],
+)
+def test_passed_options_reach_the_classes(name, option, value, count):
+    assert count(build(name, 3, transforms=1, **{option: value})) == value
+
+
+def test_ffjord_keeps_its_own_hidden_default():
+    """The preset's field has three hidden layers (the class's default has two)."""
+    widths = [layer.out_features for layer in build("ffjord", 2).transforms[0].net.layers]
+    assert widths == [64, 64, 64]
 
 
 @pytest.mark.parametrize("name", ["planar", "radial", "sylvester", "umnn", "naf", "bnaf"])

@@ -32,7 +32,9 @@ class LinearField(nn.Module):
 
 
 def linear_flow(matrix: Tensor, end: float, dtype: torch.dtype = F64, **kwargs) -> ContinuousFlow:  # noqa: ANN003
-    return ContinuousFlow(matrix.shape[0], time=end, field=LinearField(matrix), **kwargs).to(dtype=dtype)
+    return ContinuousFlow(matrix.shape[0], time=end, field=LinearField(matrix), **kwargs).to(
+        dtype=dtype
+    )
 
 
 def generic(features: int = 3, context: int = 0, seed: int = 0, **kwargs) -> ContinuousFlow:  # noqa: ANN003
@@ -108,7 +110,9 @@ def test_regularized_log_prob_matches_log_prob() -> None:
     c = torch.randn(6, 2, dtype=F64)
     lp, kinetic, frobenius = regularized_log_prob(flow, x, c)
     assert (lp - flow(c).log_prob(x)).abs().max() < 1e-8
-    assert kinetic.shape == frobenius.shape == (6,) and (kinetic > 0).all() and (frobenius > 0).all()
+    assert (
+        kinetic.shape == frobenius.shape == (6,) and (kinetic > 0).all() and (frobenius > 0).all()
+    )
     # Hutchinson's Frobenius estimate is unbiased too: mean of many draws vs the exact value.
     hutch = build("ffjord", 3, context=2, transforms=2, hidden=(8, 8), trace="hutchinson").double()
     hutch.load_state_dict(flow.state_dict())
@@ -227,21 +231,24 @@ def test_fixed_time_is_a_buffer() -> None:
     assert "time" in dict(t.named_buffers()) and "time" not in dict(t.named_parameters())
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"trace": "stochastic"}, "trace"),
-    ({"noise": "uniform"}, "noise"),
-    ({"method": "rk45"}, "method"),
-    ({"rtol": -1.0}, "rtol"),
-    ({"atol": 0.0}, "atol"),
-    ({"time": 0.0}, "time"),
-    ({"time": float("nan")}, "time"),
-    ({"hidden": ()}, "hidden"),
-    ({"activation": "relu"}, "activation"),
-    ({"options": "fast"}, "options"),
-    ({"adjoint": "yes"}, "adjoint"),
-    ({"train_time": 1}, "train_time"),
-    ({"transforms": 0}, "transforms"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"trace": "stochastic"}, "trace"),
+        ({"noise": "uniform"}, "noise"),
+        ({"method": "rk45"}, "method"),
+        ({"rtol": -1.0}, "rtol"),
+        ({"atol": 0.0}, "atol"),
+        ({"time": 0.0}, "time"),
+        ({"time": float("nan")}, "time"),
+        ({"hidden": ()}, "hidden"),
+        ({"activation": "relu"}, "activation"),
+        ({"options": "fast"}, "options"),
+        ({"adjoint": "yes"}, "adjoint"),
+        ({"train_time": 1}, "train_time"),
+        ({"transforms": 0}, "transforms"),
+    ],
+)
 def test_bad_options_raise(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build("ffjord", 3, **options)

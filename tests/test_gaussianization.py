@@ -22,7 +22,9 @@ from pyroflows.transforms.gaussianization import ndtri_log
 from pyroflows.transforms.orthogonal import householder_product, householder_vectors
 
 
-def logistic_params(m: GaussianizationMap, n: int, loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+def logistic_params(
+    m: GaussianizationMap, n: int, loc: float = 0.0, scale: float = 1.0
+) -> torch.Tensor:
     """Raw parameters of a single standard-logistic component (K = 1), shape (n, 3)."""
     one = torch.ones(n, 1, dtype=torch.float64)
     return m.raw_params(one, loc * one, scale * one)
@@ -58,14 +60,18 @@ def test_tails_stay_finite_and_exact(dtype, far):
     z, log_slope = m(x, params)
     assert torch.isfinite(z).all() and torch.isfinite(log_slope).all()
     lower = torch.special.log_ndtr(z[:2])
-    assert torch.allclose(lower, F.logsigmoid(x[:2]), rtol=1e-10 if dtype == torch.float64 else 1e-5)
+    assert torch.allclose(
+        lower, F.logsigmoid(x[:2]), rtol=1e-10 if dtype == torch.float64 else 1e-5
+    )
     assert torch.allclose(z[2:], -z[:2].flip(0))  # symmetric mixture, symmetric z
     x_back, _ = m.inverse(z, params)
     assert torch.allclose(x_back, x, rtol=1e-8 if dtype == torch.float64 else 1e-4)
 
 
 def test_ndtri_log_value_and_derivative():
-    lp = torch.tensor([-0.7, -5.0, -300.0, -706.0, -708.5, -2000.0], dtype=torch.float64, requires_grad=True)
+    lp = torch.tensor(
+        [-0.7, -5.0, -300.0, -706.0, -708.5, -2000.0], dtype=torch.float64, requires_grad=True
+    )
     z = ndtri_log(lp)
     assert torch.allclose(torch.special.log_ndtr(z), lp, rtol=1e-13, atol=0)
     assert torch.allclose(z[:2], torch.special.ndtri(lp[:2].exp()), atol=1e-14)
@@ -102,7 +108,9 @@ def test_rotation_is_orthogonal_with_zero_log_det(reflections):
 
 @pytest.mark.parametrize("reflections", [2, 3, 4, 6])
 def test_set_matrix_matches_up_to_column_signs(reflections):
-    w = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0]
+    w = torch.linalg.qr(
+        torch.randn(4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    )[0]
     t = HouseholderRotation(4, reflections).double()
     t.set_matrix(w)
     signs = (t.matrix() * w).sum(0)  # column-wise inner products: +-1 where the columns match
@@ -132,7 +140,9 @@ def test_fit_logistic_mixture_recovers_known_mixture():
     x = torch.where(first, -3 + 0.5 * logistic, 2 + 1.0 * logistic)[:, None]
     weights, loc, scale = fit_logistic_mixture(x, 2, steps=50)
     order = loc[0].argsort()
-    assert torch.allclose(weights[0, order], torch.tensor([0.3, 0.7], dtype=torch.float64), atol=0.01)
+    assert torch.allclose(
+        weights[0, order], torch.tensor([0.3, 0.7], dtype=torch.float64), atol=0.01
+    )
     assert torch.allclose(loc[0, order], torch.tensor([-3.0, 2.0], dtype=torch.float64), atol=0.05)
     assert torch.allclose(scale[0, order], torch.tensor([0.5, 1.0], dtype=torch.float64), atol=0.05)
 
@@ -168,8 +178,16 @@ def test_init_of_conditional_flow_uses_context():
 # -- bad input ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [{"components": 0}, {"reflections": 0}, {"transforms": 0},
-                                     {"hidden": ()}, {"log_scale_bound": 0.0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"components": 0},
+        {"reflections": 0},
+        {"transforms": 0},
+        {"hidden": ()},
+        {"log_scale_bound": 0.0},
+    ],
+)
 def test_bad_options_raise(options):
     with pytest.raises(ValueError):
         build("gf", 3, context=2, **options)
@@ -211,10 +229,12 @@ def test_set_mixture_rejects_bad_values_and_changes_nothing():
     layer = MarginalGaussianization(2, components=3)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     good = (torch.full((2, 3), 1 / 3), torch.zeros(2, 3), torch.ones(2, 3))
-    for index, bad, match in [(0, torch.tensor([[0.5, -0.1, 0.6], [1.0, 0.0, 0.0]]), "non-negative"),
-                              (0, torch.zeros(2, 3), "positive sum"),
-                              (1, torch.full((2, 3), math.nan), "NaN"),
-                              (2, torch.zeros(2, 3), "positive")]:
+    for index, bad, match in [
+        (0, torch.tensor([[0.5, -0.1, 0.6], [1.0, 0.0, 0.0]]), "non-negative"),
+        (0, torch.zeros(2, 3), "positive sum"),
+        (1, torch.full((2, 3), math.nan), "NaN"),
+        (2, torch.zeros(2, 3), "positive"),
+    ]:
         args = list(good)
         args[index] = bad
         with pytest.raises(ValueError, match=match):

@@ -135,7 +135,9 @@ def test_dimension_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="one log-density per row"):
         importance(lambda x: -(x**2), gaussian_flow([0.0, 0.0], torch.eye(2)), 10)
     with pytest.raises(ValueError, match="dimension mismatch"):
-        importance(conjugate_model, gaussian_flow([0.0, 0.0, 0.0], torch.eye(3)), 10, model_args=(Y,))
+        importance(
+            conjugate_model, gaussian_flow([0.0, 0.0, 0.0], torch.eye(3)), 10, model_args=(Y,)
+        )
     with pytest.raises(ValueError, match="defensive"):
         importance(two_mode_target, gaussian_flow([0.0, 0.0], torch.eye(2)), 10, defensive=1.0)
 
@@ -160,8 +162,13 @@ def exact_log_evidence():
     cov = torch.eye(n, dtype=torch.float64) + 4.0
     normal = dist.MultivariateNormal(torch.zeros(n, dtype=torch.float64), cov).log_prob(Y)
     a, b, m, s = 3.0, 2.0, len(K), float(K.sum())
-    gamma_poisson = (math.lgamma(a + s) - math.lgamma(a) + a * math.log(b) - (a + s) * math.log(b + m)
-                     - float(torch.lgamma(K + 1).sum()))
+    gamma_poisson = (
+        math.lgamma(a + s)
+        - math.lgamma(a)
+        + a * math.log(b)
+        - (a + s) * math.log(b + m)
+        - float(torch.lgamma(K + 1).sum())
+    )
     return float(normal) + gamma_poisson
 
 
@@ -203,7 +210,9 @@ def test_guide_proposals_generic_and_autocontinuous():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     auto = pyro.infer.autoguide.AutoMultivariateNormal(conjugate_model)
-    svi = pyro.infer.SVI(conjugate_model, auto, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
+    svi = pyro.infer.SVI(
+        conjugate_model, auto, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO()
+    )
     for _ in range(300):
         svi.step(Y)
     result = importance(conjugate_model, auto, 20_000, model_args=(Y,), seed=0)

@@ -36,7 +36,9 @@ def test_mask_known_values():
     # RGB with 6 maps per layer (two per colour): centre taps are block triangular.
     centre_a = pixelcnn_mask(6, 3, 3, "A", groups=3)[:, :, 1, 1]
     centre_b = pixelcnn_mask(6, 6, 3, "B", groups=3)[:, :, 1, 1]
-    assert torch.equal(centre_a, torch.tensor([[0.0, 0, 0]] * 2 + [[1.0, 0, 0]] * 2 + [[1.0, 1, 0]] * 2))
+    assert torch.equal(
+        centre_a, torch.tensor([[0.0, 0, 0]] * 2 + [[1.0, 0, 0]] * 2 + [[1.0, 1, 0]] * 2)
+    )
     expected_b = torch.kron(torch.tril(torch.ones(3, 3)), torch.ones(2, 2))
     assert torch.equal(centre_b, expected_b)
     # Off-centre taps ignore the channel groups.
@@ -57,8 +59,19 @@ def test_conditioner_dependence_pattern(channels):
     """Autograd Jacobian: output (c, i, j) depends exactly on earlier pixels / channels."""
     torch.manual_seed(0)
     shape = (channels, 4, 4)
-    net = perturb(PixelCNNConditioner(channels, 2, hidden=6 * channels, blocks=2, kernel_size=3,
-                                      first_kernel_size=3, context=2, activation="tanh"), 0.3).double()
+    net = perturb(
+        PixelCNNConditioner(
+            channels,
+            2,
+            hidden=6 * channels,
+            blocks=2,
+            kernel_size=3,
+            first_kernel_size=3,
+            context=2,
+            activation="tanh",
+        ),
+        0.3,
+    ).double()
     x, c = torch.randn(*shape, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
     J = torch.autograd.functional.jacobian(lambda v: net(v, c), x)  # (C, H, W, 2, C, H, W)
     depends = J.abs().amax(3) > 0
@@ -90,8 +103,16 @@ CASES = [  # likelihood, shape, levels
 def test_probabilities_sum_to_one(likelihood, shape, levels):
     """Known normaliser: summing exp(log_prob) over every possible image gives 1."""
     torch.manual_seed(1)
-    model = PixelCNN(shape, likelihood, levels=levels, mixtures=2, hidden=4 * shape[0], blocks=1,
-                     first_kernel_size=3, context=3)
+    model = PixelCNN(
+        shape,
+        likelihood,
+        levels=levels,
+        mixtures=2,
+        hidden=4 * shape[0],
+        blocks=1,
+        first_kernel_size=3,
+        context=3,
+    )
     model = perturb(model, 0.5).double()
     images = all_images(shape, levels)
     context = torch.randn(2, 1, 3, dtype=torch.float64)
@@ -102,19 +123,26 @@ def test_probabilities_sum_to_one(likelihood, shape, levels):
     assert not torch.allclose(log_p[0], log_p[1])  # the context matters
 
 
-@pytest.mark.parametrize(("likelihood", "shape", "levels"),
-                         [("bernoulli", (1, 2, 2), 2), ("categorical", (1, 1, 2), 4),
-                          ("logistic", (2, 1, 1), 4)])
+@pytest.mark.parametrize(
+    ("likelihood", "shape", "levels"),
+    [("bernoulli", (1, 2, 2), 2), ("categorical", (1, 1, 2), 4), ("logistic", (2, 1, 1), 4)],
+)
 def test_samples_follow_log_prob(likelihood, shape, levels):
     """Pearson chi-square of 4000 samples against exp(log_prob) over all 16 images."""
     torch.manual_seed(2)
-    model = perturb(PixelCNN(shape, likelihood, levels=levels, mixtures=2, hidden=4, blocks=1,
-                             first_kernel_size=3), 0.5).double()
+    model = perturb(
+        PixelCNN(
+            shape, likelihood, levels=levels, mixtures=2, hidden=4, blocks=1, first_kernel_size=3
+        ),
+        0.5,
+    ).double()
     images = all_images(shape, levels)
     expected = model().log_prob(images).exp().detach() * 4000
     samples = model().sample((4000,))
     assert samples.shape == (4000, *shape)
-    index = (samples.flatten(1).long() * levels ** torch.arange(samples[0].numel() - 1, -1, -1)).sum(-1)
+    index = (
+        samples.flatten(1).long() * levels ** torch.arange(samples[0].numel() - 1, -1, -1)
+    ).sum(-1)
     counts = torch.bincount(index, minlength=images.shape[0]).double()
     chi2 = ((counts - expected) ** 2 / expected).sum().item()
     assert chi2 < 37.7  # 99.9% quantile of chi-square with 15 degrees of freedom
@@ -173,3 +201,25 @@ def test_logistic_likelihood_gradients_stay_finite_for_wide_components():
     expected = torch.log(-torch.expm1(-x.detach().double()))
     assert torch.allclose(value.double(), expected, rtol=1e-5)
     assert torch.isfinite(x.grad).all()
+
+
+def test_registry_entry_and_protocol():
+    """PixelCNN is the density family's image entry of the one registry and meets the protocol."""
+    import pyroflows
+    from pyroflows import REGISTRY, DensityModel
+
+    entry = REGISTRY.entry("pixelcnn", "density")
+    assert entry.kind == "image" and "pixelcnn" in pyroflows.density.available("image")
+    model = pyroflows.density.build(
+        "pixelcnn", (1, 4, 4), 2, likelihood="categorical", levels=3, hidden=8, blocks=1
+    )
+    assert isinstance(model, PixelCNN) and isinstance(model, DensityModel)
+    assert model.event_shape == (1, 4, 4) and model.context_features == 2 and model.levels == 3
+    assert model.config == {
+        "name": "pixelcnn",
+        "features": (1, 4, 4),
+        "context": 2,
+        "options": {"likelihood": "categorical", "levels": 3, "hidden": 8, "blocks": 1},
+    }
+    with pytest.raises(TypeError, match="unknown options \\['bins'\\]"):
+        pyroflows.density.build("pixelcnn", (1, 4, 4), bins=3)

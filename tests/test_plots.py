@@ -49,7 +49,10 @@ def test_plot_density_is_a_normalised_density(flow):
     # Rows run along y: the pixel nearest a point holds that point's density.
     point = torch.tensor([[1.0, -0.5]])
     expected = flow().log_prob(point.to(next(flow.parameters()))).exp().item()
-    row, col = np.argmin(np.abs(np.linspace(-6, 6, 241) - -0.5)), np.argmin(np.abs(np.linspace(-8, 8, 241) - 1.0))
+    row, col = (
+        np.argmin(np.abs(np.linspace(-6, 6, 241) - -0.5)),
+        np.argmin(np.abs(np.linspace(-8, 8, 241) - 1.0)),
+    )
     assert image[row, col] == pytest.approx(expected, rel=0.05)
 
 
@@ -129,7 +132,9 @@ def test_plot_layers_forward_for_destructor_like_layers(data):
 
 
 def test_plot_layers_subsets_options_and_errors(flow, data):
-    fig = plots.plot_layers(list(flow.transforms), data, max_points=100, titles=list("abcd"), cols=2)
+    fig = plots.plot_layers(
+        list(flow.transforms), data, max_points=100, titles=list("abcd"), cols=2
+    )
     assert len(fig.axes) == 4 and offsets(fig.axes[0]).shape == (100, 2)
     assert [ax.get_title() for ax in fig.axes] == list("abcd")
     _, axes = plt.subplots(1, 4)
@@ -147,8 +152,10 @@ def test_plot_layers_subsets_options_and_errors(flow, data):
 
 
 def test_plot_loglik_curve():
-    history = [{"layer": k, "train_loglik": -3 + k / 2, "val_loglik": -3.1 + k / 3 - (k == 4)}
-               for k in range(5)]
+    history = [
+        {"layer": k, "train_loglik": -3 + k / 2, "val_loglik": -3.1 + k / 3 - (k == 4)}
+        for k in range(5)
+    ]
     ax = plots.plot_loglik_curve(history)
     lines = ax.get_lines()
     assert [line.get_label() for line in lines[:2]] == ["train", "validation"]
@@ -157,8 +164,12 @@ def test_plot_loglik_curve():
     best = lines[2]
     assert best.get_xdata()[0] == 3  # the best validation value, marked
     # A FitResult (epochs) and a history without validation.
-    result = FitResult(history=[{"epoch": 1, "train_loglik": -2.0, "val_loglik": float("nan")},
-                                {"epoch": 2, "train_loglik": -1.0, "val_loglik": float("nan")}])
+    result = FitResult(
+        history=[
+            {"epoch": 1, "train_loglik": -2.0, "val_loglik": float("nan")},
+            {"epoch": 2, "train_loglik": -1.0, "val_loglik": float("nan")},
+        ]
+    )
     ax = plots.plot_loglik_curve(result)
     assert [line.get_label() for line in ax.get_lines()] == ["train"]
     assert ax.get_xlabel() == "epoch"

@@ -25,9 +25,13 @@ def test_auto_normalizing_flow_recovers_a_conjugate_posterior(name):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     data = torch.randn(9, 2, generator=torch.Generator().manual_seed(0)) + torch.tensor([1.0, -2.0])
-    guide = AutoNormalizingFlow(conjugate_model, lambda dim: build(name, dim, transforms=2, hidden=(16, 16)).bijection)
+    guide = AutoNormalizingFlow(
+        conjugate_model, lambda dim: build(name, dim, transforms=2, hidden=(16, 16)).bijection
+    )
     # A decaying step size, so the last iterate is not dominated by SGD noise.
-    svi = SVI(conjugate_model, guide, ClippedAdam({"lr": 2e-2, "lrd": 0.993}), Trace_ELBO(num_particles=4))
+    svi = SVI(
+        conjugate_model, guide, ClippedAdam({"lr": 2e-2, "lrd": 0.993}), Trace_ELBO(num_particles=4)
+    )
     for _ in range(600):
         svi.step(data)
     samples = guide.get_posterior().sample((4000,))

@@ -21,7 +21,11 @@ def populations(n=4000, seed=0, shift=SHIFT):
     generator = torch.Generator().manual_seed(seed)
     x1 = torch.randn(n, 2, generator=generator, dtype=torch.float64)
     x2 = torch.randn(n, 2, generator=generator, dtype=torch.float64) + shift
-    y1 = x1[:, 0] + 0.5 * x1[:, 1] ** 2 + 0.1 * torch.randn(n, generator=generator, dtype=torch.float64)
+    y1 = (
+        x1[:, 0]
+        + 0.5 * x1[:, 1] ** 2
+        + 0.1 * torch.randn(n, generator=generator, dtype=torch.float64)
+    )
     return x1, x2, y1
 
 
@@ -52,8 +56,13 @@ def test_known_ratio_estimate_within_three_mcse():
 
 def test_fitted_flows_estimate_within_three_mcse():
     x1, x2, y1 = populations(n=3000, seed=1)
-    result = density_ratio(x1, x2, "maf", flow_options={"transforms": 2, "hidden": (16, 16)},
-                           fit_options={"epochs": 25, "seed": 0, "lr": 3e-3})
+    result = density_ratio(
+        x1,
+        x2,
+        "maf",
+        flow_options={"transforms": 2, "hidden": (16, 16)},
+        fit_options={"epochs": 25, "seed": 0, "lr": 3e-3},
+    )
     assert result.source_fit is not None and result.target_fit is not None
     assert result.khat < 0.7
     estimate, mcse = result.expectation(y1)

@@ -13,11 +13,20 @@ from pyroflows.transforms import AffineMap, RecurrentAutoregressive, SplineMap
 DT = torch.float64
 
 
-def layer(cell: str = "lstm", map: str = "affine", features: int = 5, context: int = 0,
-          step: int = 1, reverse: bool = False, seed: int = 0) -> RecurrentAutoregressive:
+def layer(
+    cell: str = "lstm",
+    map: str = "affine",
+    features: int = 5,
+    context: int = 0,
+    step: int = 1,
+    reverse: bool = False,
+    seed: int = 0,
+) -> RecurrentAutoregressive:
     torch.manual_seed(seed)
     m = AffineMap() if map == "affine" else SplineMap(4, 3.0)
-    t = RecurrentAutoregressive(features, m, context, hidden=(8, 6), cell=cell, step=step, reverse=reverse)
+    t = RecurrentAutoregressive(
+        features, m, context, hidden=(8, 6), cell=cell, step=step, reverse=reverse
+    )
     return perturb(t, 0.3, seed).to(DT)
 
 
@@ -26,7 +35,9 @@ def test_cells_match_torch_modules(cell):
     """Known answer: the explicit cell loop and the fused kernel equal nn.LSTM/GRU/RNN."""
     torch.manual_seed(0)
     ours = RecurrentLayer(3, 5, cell).to(DT)
-    ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](3, 5, batch_first=True).to(DT)
+    ref = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        3, 5, batch_first=True
+    ).to(DT)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(ref, f"{name}_l0").copy_(getattr(ours, name))
@@ -91,7 +102,10 @@ def test_dependence_pattern(reverse, step):
 
 
 def test_same_parameters_for_lengths_5_and_50():
-    short, long = build("maf-rnn", 5, transforms=2, hidden=(8,)), build("maf-rnn", 50, transforms=2, hidden=(8,))
+    short, long = (
+        build("maf-rnn", 5, transforms=2, hidden=(8,)),
+        build("maf-rnn", 50, transforms=2, hidden=(8,)),
+    )
     count = lambda f: sum(p.numel() for p in f.parameters())  # noqa: E731
     assert count(short) == count(long)
     perturb(short)

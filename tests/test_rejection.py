@@ -23,15 +23,19 @@ from pyroflows.transforms.triangular import LowerTriangularAffine
 LOG_Z = 1.3
 WEIGHTS = torch.tensor([0.3, 0.7], dtype=torch.float64)
 LOCS = torch.tensor([[-1.5, 0.5], [1.0, -0.5]], dtype=torch.float64)
-SCALE_TRILS = torch.stack([
-    torch.tensor([[0.6, 0.0], [0.3, 0.5]], dtype=torch.float64),
-    torch.tensor([[0.8, 0.0], [-0.4, 0.7]], dtype=torch.float64),
-])
+SCALE_TRILS = torch.stack(
+    [
+        torch.tensor([[0.6, 0.0], [0.3, 0.5]], dtype=torch.float64),
+        torch.tensor([[0.8, 0.0], [-0.4, 0.7]], dtype=torch.float64),
+    ]
+)
 
 
 def mixture() -> dist.MixtureSameFamily:
     """A known 2-D target: a two-component Gaussian mixture (exact samples are easy)."""
-    return dist.MixtureSameFamily(dist.Categorical(WEIGHTS), dist.MultivariateNormal(LOCS, scale_tril=SCALE_TRILS))
+    return dist.MixtureSameFamily(
+        dist.Categorical(WEIGHTS), dist.MultivariateNormal(LOCS, scale_tril=SCALE_TRILS)
+    )
 
 
 def log_target(x):
@@ -40,7 +44,9 @@ def log_target(x):
 
 def gaussian_flow(loc, scale_tril) -> Flow:
     loc = torch.as_tensor(loc, dtype=torch.float64)
-    return Flow([LowerTriangularAffine(loc.shape[0], loc, torch.as_tensor(scale_tril, dtype=torch.float64))]).double()
+    return Flow(
+        [LowerTriangularAffine(loc.shape[0], loc, torch.as_tensor(scale_tril, dtype=torch.float64))]
+    ).double()
 
 
 def energy_test(x, y, permutations=300, seed=0) -> float:
@@ -52,7 +58,9 @@ def energy_test(x, y, permutations=300, seed=0) -> float:
     generator = torch.Generator().manual_seed(seed)
     # Column 0 is the observed split, the others random permutations; as indicator vectors m,
     # sum_{a,a'} d = m'Dm, sum_{b,b'} d = (1-m)'D(1-m), sum_{a,b} d = m'D(1-m).
-    splits = [torch.arange(total)] + [torch.randperm(total, generator=generator) for _ in range(permutations)]
+    splits = [torch.arange(total)] + [
+        torch.randperm(total, generator=generator) for _ in range(permutations)
+    ]
     m = torch.zeros(total, len(splits), dtype=d.dtype)
     for j, index in enumerate(splits):
         m[index[:n], j] = 1.0
@@ -81,7 +89,9 @@ def test_samples_are_exact_and_acceptance_rate_matches():
         assert stats.ks_2samp(result.samples[:, j].numpy(), exact[:, j].numpy()).pvalue > 0.01
     # With a valid envelope the acceptance rate is Z / M.
     expected = math.exp(LOG_Z - result.log_M)
-    assert abs(result.acceptance_rate - expected) < 3 * math.sqrt(expected * (1 - expected) / result.num_proposed)
+    assert abs(result.acceptance_rate - expected) < 3 * math.sqrt(
+        expected * (1 - expected) / result.num_proposed
+    )
     assert abs(result.log_evidence - LOG_Z) < 3 * result.log_evidence_se
 
 
@@ -101,8 +111,13 @@ def test_given_log_M_and_model_target():
 def test_heavy_tailed_target_warns_about_envelope_violations():
     cauchy = dist.StudentT(torch.tensor(1.0, dtype=torch.float64))
     proposal = gaussian_flow([0.0, 0.0], torch.eye(2))
-    with pytest.warns(UserWarning, match="exceeded the envelope"), pytest.warns(UserWarning, match="unbounded"):
-        result = rejection_sample(lambda x: cauchy.log_prob(x).sum(-1), proposal, 2000, num_pilot=1000, seed=0)
+    with (
+        pytest.warns(UserWarning, match="exceeded the envelope"),
+        pytest.warns(UserWarning, match="unbounded"),
+    ):
+        result = rejection_sample(
+            lambda x: cauchy.log_prob(x).sum(-1), proposal, 2000, num_pilot=1000, seed=0
+        )
     assert result.envelope_violations > 0
     assert result.max_excess > 0
 
@@ -110,10 +125,18 @@ def test_heavy_tailed_target_warns_about_envelope_violations():
 def test_bounded_work_reports_the_acceptance_rate():
     far = gaussian_flow([8.0, 8.0], 0.5 * torch.eye(2))
     with pytest.raises(RejectionError, match="acceptance rate"):
-        rejection_sample(log_target, far, 100, log_M=0.0, max_proposals=20_000, batch_size=5000, seed=0)
+        rejection_sample(
+            log_target, far, 100, log_M=0.0, max_proposals=20_000, batch_size=5000, seed=0
+        )
     with pytest.raises(RejectionError, match="acceptance rate 0"):
-        rejection_sample(log_target, gaussian_flow([0.0, 0.0], torch.eye(2)), 10, log_M=40.0,
-                         max_proposals=5000, seed=0)
+        rejection_sample(
+            log_target,
+            gaussian_flow([0.0, 0.0], torch.eye(2)),
+            10,
+            log_M=40.0,
+            max_proposals=5000,
+            seed=0,
+        )
 
 
 def test_nan_targets_are_rejected_and_counted():
@@ -149,7 +172,9 @@ def test_flow_rejector_distribution():
     assert d.envelope_violations == 0
     # Its density is the target's, normalised by M times the acceptance rate.
     log_p = mixture().log_prob(x[:10])
-    assert torch.allclose(d.log_prob(x[:10]), log_p, atol=4 * d.acceptance_rate_se / d.acceptance_rate)
+    assert torch.allclose(
+        d.log_prob(x[:10]), log_p, atol=4 * d.acceptance_rate_se / d.acceptance_rate
+    )
     assert stats.ks_2samp(x[:, 0].numpy(), mixture().sample((3000,))[:, 0].numpy()).pvalue > 0.01
 
     def model():

@@ -33,7 +33,9 @@ def test_lipschitz_linear_scales_down_only():
     layer = LipschitzLinear(4, 6, coefficient=0.9).double()
     with torch.no_grad():
         layer.weight.mul_(100.0)
-    assert torch.linalg.matrix_norm(layer.normalized_weight(), 2).item() == pytest.approx(0.9, abs=1e-12)
+    assert torch.linalg.matrix_norm(layer.normalized_weight(), 2).item() == pytest.approx(
+        0.9, abs=1e-12
+    )
     with torch.no_grad():
         layer.weight.mul_(0.5e-3 / torch.linalg.matrix_norm(layer.weight, 2))
     assert torch.equal(layer.normalized_weight(), layer.weight)  # sigma = 0.5e-3 < c: untouched
@@ -57,19 +59,31 @@ def test_lipschitz_bound_holds_for_any_parameters(seed):
     g = randomize(LipschitzMLP(3, hidden=(16, 16), context=2, coefficient=c).double(), 3.0, seed)
     z = 3 * torch.randn(40, 3, dtype=D, generator=torch.Generator().manual_seed(seed))
     ctx = 3 * torch.randn(40, 2, dtype=D, generator=torch.Generator().manual_seed(seed + 10))
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v, ci=ci: g(v, ci), zi) for zi, ci in zip(z, ctx)])
+    jac = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v, ci=ci: g(v, ci), zi)
+            for zi, ci in zip(z, ctx)
+        ]
+    )
     sigma = torch.linalg.matrix_norm(jac, 2)
     assert sigma.max() < c**3 + 1e-12  # three normalised layers: Lip <= c^3 < c
     # A large-scale parameter vector saturates the bound on every layer.
     for layer in g.layers:
-        assert torch.linalg.matrix_norm(layer.normalized_weight(), 2).item() == pytest.approx(c, abs=1e-12)
+        assert torch.linalg.matrix_norm(layer.normalized_weight(), 2).item() == pytest.approx(
+            c, abs=1e-12
+        )
 
 
 def test_analytic_jacobian_matches_autograd():
     g = randomize(LipschitzMLP(4, hidden=(8, 5), context=2).double(), 1.0)
     z, ctx = torch.randn(6, 4, dtype=D), torch.randn(6, 2, dtype=D)
     _, weights, slopes = g.evaluate(z, ctx)
-    expected = torch.stack([torch.autograd.functional.jacobian(lambda v, ci=ci: g(v, ci), zi) for zi, ci in zip(z, ctx)])
+    expected = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v, ci=ci: g(v, ci), zi)
+            for zi, ci in zip(z, ctx)
+        ]
+    )
     assert torch.allclose(LipschitzMLP.jacobian(weights, slopes), expected, atol=1e-14)
 
 
@@ -116,7 +130,9 @@ def test_high_dimensional_path():
     z = torch.randn(8, 70, dtype=D)
     x, _ = t.call_and_ladj(z)
     assert (t.inverse_and_ladj(x)[0] - z).abs().max() < 1e-10
-    jac_inv = torch.autograd.functional.jacobian(lambda v: t.inverse_and_ladj(v)[0], x[:1].detach())[0, :, 0]
+    jac_inv = torch.autograd.functional.jacobian(
+        lambda v: t.inverse_and_ladj(v)[0], x[:1].detach()
+    )[0, :, 0]
     jac_fwd = torch.autograd.functional.jacobian(lambda v: t.call_and_ladj(v)[0], z[:1])[0, :, 0]
     assert (jac_inv @ jac_fwd - torch.eye(70, dtype=D)).abs().max() < 1e-10
 
@@ -173,16 +189,22 @@ def test_roulette_gradient_is_unbiased():
     exact_t = _block("exact")
     exact = grad(exact_t.call_and_ladj(z)[1].sum(), list(exact_t.parameters()))
     _, weights, slopes = exact_t.net.evaluate(z)
-    first_term = grad(torch.diagonal(LipschitzMLP.jacobian(weights, slopes), dim1=-2, dim2=-1).sum(),
-                      list(exact_t.parameters()))
+    first_term = grad(
+        torch.diagonal(LipschitzMLP.jacobian(weights, slopes), dim1=-2, dim2=-1).sum(),
+        list(exact_t.parameters()),
+    )
     direction = [e - f for e, f in zip(exact, first_term)]  # gradient of the terms k >= 2
     project = lambda grads: sum((g * d).sum() for g, d in zip(grads, direction)).item()  # noqa: E731
     rows = z.expand(50, -1)
     for logdet, unbiased in [("roulette", True), ("series", False)]:
         t = _block(logdet, n_terms=1, extra_terms=1.5)
         torch.manual_seed(2)
-        draws = torch.tensor([project(grad(t.call_and_ladj(rows)[1].mean(), list(t.parameters())))
-                              for _ in range(400)])
+        draws = torch.tensor(
+            [
+                project(grad(t.call_and_ladj(rows)[1].mean(), list(t.parameters())))
+                for _ in range(400)
+            ]
+        )
         se = draws.std().item() / math.sqrt(draws.numel())
         assert (abs(draws.mean().item() - project(exact)) < 3 * se) == unbiased, logdet
 
@@ -195,7 +217,9 @@ def test_series_mean_is_the_truncated_series_and_converges():
     partial = []
     for k in range(1, 41):
         power = power @ jac[0]
-        partial.append((partial[-1] if partial else 0.0) + (-1) ** (k + 1) / k * torch.trace(power).item())
+        partial.append(
+            (partial[-1] if partial else 0.0) + (-1) ** (k + 1) / k * torch.trace(power).item()
+        )
     # Known answer of the expectation: the 3-term series, by Hutchinson's identity.
     torch.manual_seed(3)
     draws = _draws(t, z, calls=600, batch=20)
@@ -239,7 +263,11 @@ def test_stochastic_presets_round_trip_and_estimate():
 def test_preset_variants():
     torch.manual_seed(0)
     x = torch.randn(6, 2, dtype=D)
-    for options in [{"fast": "sampling"}, {"actnorm": False}, {"lipschitz": 0.5, "newton": 0, "iterations": 80}]:
+    for options in [
+        {"fast": "sampling"},
+        {"actnorm": False},
+        {"coefficient": 0.5, "newton": 0, "iterations": 80},
+    ]:
         flow = build("resflow", 2, context=1, transforms=2, hidden=(8,), **options).double()
         c = torch.randn(6, 1, dtype=D)
         T = flow.transform(c)
@@ -251,24 +279,31 @@ def test_preset_variants():
 # -- options ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("options", "match"), [
-    ({"logdet": "bogus"}, "logdet"),
-    ({"lipschitz": 1.0}, "lipschitz"),
-    ({"lipschitz": 0}, "lipschitz"),
-    ({"lipschitz": True}, "lipschitz"),
-    ({"n_terms": 0}, "n_terms"),
-    ({"roulette": "binomial"}, "roulette"),
-    ({"extra_terms": 0.0}, "extra_terms"),
-    ({"fast": "both"}, "fast"),
-    ({"actnorm": "yes"}, "actnorm"),
-    ({"iterations": -1}, "iterations"),
-    ({"newton": 1.5}, "newton"),
-    ({"hidden": ()}, "hidden"),
-    ({"transforms": 0}, "transforms"),
-])
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"logdet": "bogus"}, "logdet"),
+        ({"coefficient": 1.0}, "coefficient"),
+        ({"coefficient": 0}, "coefficient"),
+        ({"coefficient": True}, "coefficient"),
+        ({"n_terms": 0}, "n_terms"),
+        ({"roulette": "binomial"}, "roulette"),
+        ({"extra_terms": 0.0}, "extra_terms"),
+        ({"fast": "both"}, "fast"),
+        ({"iterations": -1}, "iterations"),
+        ({"newton": 1.5}, "newton"),
+        ({"hidden": ()}, "hidden"),
+        ({"transforms": 0}, "transforms"),
+    ],
+)
 def test_bad_options_raise(options, match):
     with pytest.raises(ValueError, match=match):
         build("resflow", 3, **options)
+
+
+def test_actnorm_must_be_a_flag():
+    with pytest.raises(TypeError, match="actnorm"):
+        build("resflow", 3, actnorm="yes")
 
 
 def test_newton_needs_a_dense_jacobian():

@@ -45,8 +45,11 @@ def deep_stack(depth: int, context: int, seed: int = 0) -> list:
     layers = [ElementwiseAffine(D), ActNorm(D)]
     for i in range(depth):
         layers.append(LULinear(D, permute=True, seed=i) if i % 2 else Reverse(D))
-        layers.append(Coupling(D, maps[i % 3](), alternating_mask(D, i), context if i % 2 == 0 else 0,
-                               (16, 16)))
+        layers.append(
+            Coupling(
+                D, maps[i % 3](), alternating_mask(D, i), context if i % 2 == 0 else 0, (16, 16)
+            )
+        )
     layers.append(Inverse(Elementwise(AffineMap(), D)))
     stack = perturb(torch.nn.ModuleList(layers), scale=0.1, seed=seed).double()
     stack[1].initialize(torch.randn(256, D, dtype=torch.float64) * 2 + 1)  # ActNorm
@@ -68,10 +71,18 @@ def test_same_outputs_and_gradients_as_plain_stack(inverse: bool, context: int) 
     plain, rev = Compose(layers), ReversibleCompose(layers)
     generator = torch.Generator().manual_seed(1)
     # A data-shaped input broadcast against a (7, C) batch of contexts: (5, 1, D) -> (5, 7, D).
-    h = torch.randn(5, 1 if context else 7, D, generator=generator, dtype=torch.float64).requires_grad_()
-    c = torch.randn(7, context, generator=generator, dtype=torch.float64).requires_grad_() if context else None
-    weights = (torch.randn(5, 7, D, generator=generator, dtype=torch.float64),
-               torch.randn(5, 7, generator=generator, dtype=torch.float64))
+    h = torch.randn(
+        5, 1 if context else 7, D, generator=generator, dtype=torch.float64
+    ).requires_grad_()
+    c = (
+        torch.randn(7, context, generator=generator, dtype=torch.float64).requires_grad_()
+        if context
+        else None
+    )
+    weights = (
+        torch.randn(5, 7, D, generator=generator, dtype=torch.float64),
+        torch.randn(5, 7, generator=generator, dtype=torch.float64),
+    )
     out, ladj, grads = run(plain, h, c, inverse, weights)
     out_r, ladj_r, grads_r = run(rev, h, c, inverse, weights)
     assert torch.equal(out_r, out) and torch.equal(ladj_r, ladj)
@@ -129,7 +140,9 @@ def test_saved_activations_are_flat_in_depth() -> None:
     x = torch.randn(64, D, dtype=torch.float64)
     for depth in (2, 4, 8):
         for reversible in (False, True):
-            flow = build("realnvp", D, transforms=depth, hidden=(16, 16), reversible=reversible).double()
+            flow = build(
+                "realnvp", D, transforms=depth, hidden=(16, 16), reversible=reversible
+            ).double()
             with SavedTensorMeter(exclude=flow.parameters()) as meter:
                 flow().log_prob(x).mean().backward()
             assert meter.current == 0  # everything saved was released by the backward pass
@@ -141,8 +154,11 @@ def test_saved_activations_are_flat_in_depth() -> None:
 
 
 def test_refuses_layers_without_exact_inverse() -> None:
-    for layer, name in [(Planar(D), "Planar"), (Coupling(D, UMNNMap(hidden=(4,))), "Coupling"),
-                        (MaskedAutoregressive(D, AffineMap()), "MaskedAutoregressive")]:
+    for layer, name in [
+        (Planar(D), "Planar"),
+        (Coupling(D, UMNNMap(hidden=(4,))), "Coupling"),
+        (MaskedAutoregressive(D, AffineMap()), "MaskedAutoregressive"),
+    ]:
         with pytest.raises(TypeError, match=f"part 1, {name}"):
             ReversibleCompose([LULinear(D), layer])
     with pytest.raises(TypeError, match="Bijection"):
@@ -152,7 +168,9 @@ def test_refuses_layers_without_exact_inverse() -> None:
     # A layer opts in (or out) with an ``exact_inverse`` attribute.
     planar = Planar(D)
     planar.exact_inverse = True
-    assert is_exactly_invertible(planar) and is_exactly_invertible(Compose([LULinear(D), Reverse(D)]))
+    assert is_exactly_invertible(planar) and is_exactly_invertible(
+        Compose([LULinear(D), Reverse(D)])
+    )
     coupling = Coupling(D, AffineMap())
     coupling.exact_inverse = False
     assert not is_exactly_invertible(Inverse(coupling))
@@ -174,7 +192,9 @@ def test_actnorm_initialisation() -> None:
 
 
 def test_save_load_and_no_grad_path(tmp_path) -> None:  # noqa: ANN001
-    flow = perturb(build("nsf-coupling", D, context=C, transforms=3, hidden=(8, 8), reversible=True))
+    flow = perturb(
+        build("nsf-coupling", D, context=C, transforms=3, hidden=(8, 8), reversible=True)
+    )
     x, c = torch.randn(6, D), torch.randn(6, C)
     with torch.no_grad():
         expected = flow(c).log_prob(x)
@@ -194,8 +214,13 @@ def test_checkpoints_bound_the_reconstruction_error() -> None:
     weights = (torch.randn(32, D), torch.randn(32))
     for inverse in (True, False):
         _, _, grads = run(Compose(layers), x.clone().requires_grad_(), c, inverse, weights)
-        _, _, grads_1 = run(ReversibleCompose(layers, checkpoint_every=1), x.clone().requires_grad_(), c,
-                            inverse, weights)
+        _, _, grads_1 = run(
+            ReversibleCompose(layers, checkpoint_every=1),
+            x.clone().requires_grad_(),
+            c,
+            inverse,
+            weights,
+        )
         assert all(torch.equal(a, b) for a, b in zip(grads, grads_1))
     layers = deep_stack(8, C)
     x, c = x.double().requires_grad_(), c.detach().double().requires_grad_()
@@ -230,5 +255,7 @@ def test_compiles_without_graph_breaks() -> None:
 
     compiled = torch.compile(log_prob, backend="eager", fullgraph=True)
     assert torch.allclose(compiled(x, c), log_prob(x, c))
-    xs, lp = torch.compile(lambda c: flow(c).rsample_and_log_prob((5,)), backend="eager", fullgraph=True)(c)
+    xs, lp = torch.compile(
+        lambda c: flow(c).rsample_and_log_prob((5,)), backend="eager", fullgraph=True
+    )(c)
     assert xs.shape == (5, 4, D) and torch.isfinite(lp).all()

@@ -27,7 +27,7 @@ def _perturbed(policy: FlowPolicy, seed: int = 0, scale: float = 0.3) -> FlowPol
 
 def test_log_dtanh_matches_the_direct_formula() -> None:
     u = torch.linspace(-8, 8, 101, dtype=torch.float64)
-    assert torch.allclose(log_dtanh(u), torch.log1p(-torch.tanh(u) ** 2), atol=1e-10)
+    assert torch.allclose(log_dtanh(u), torch.log1p(-(torch.tanh(u) ** 2)), atol=1e-10)
     # Far tails: log(1 - tanh^2 u) = log 4 - 2|u| + O(e^{-2|u|}); the direct formula gives -inf.
     big = torch.tensor([-60.0, 60.0, 1e4])
     assert torch.allclose(log_dtanh(big), math.log(4) - 2 * big.abs(), rtol=1e-6)
@@ -63,8 +63,9 @@ def test_squash_stays_in_box_and_finite_at_the_bounds(dtype: torch.dtype) -> Non
 
 def test_density_integrates_to_one_and_matches_samples_1d() -> None:
     torch.manual_seed(0)
-    policy = _perturbed(FlowPolicy(2, 1, -1.5, 0.5, hidden=(16, 16),
-                                   flow_options={"hidden": (16, 16)})).double()
+    policy = _perturbed(
+        FlowPolicy(2, 1, -1.5, 0.5, hidden=(16, 16), flow_options={"hidden": (16, 16)})
+    ).double()
     obs = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=torch.float64)
     d = policy(obs)
     edges = torch.linspace(-1.5, 0.5, 20 * 1000 + 1, dtype=torch.float64)
@@ -86,8 +87,13 @@ def test_density_integrates_to_one_and_matches_samples_1d() -> None:
 
 def test_density_integrates_to_one_and_matches_samples_2d() -> None:
     torch.manual_seed(1)
-    policy = _perturbed(FlowPolicy(3, 2, [-1.0, 0.0], [1.0, 2.0], hidden=(16, 16),
-                                   flow_options={"hidden": (16, 16)}), seed=1, scale=0.15).double()
+    policy = _perturbed(
+        FlowPolicy(
+            3, 2, [-1.0, 0.0], [1.0, 2.0], hidden=(16, 16), flow_options={"hidden": (16, 16)}
+        ),
+        seed=1,
+        scale=0.15,
+    ).double()
     d = policy(torch.tensor([0.2, -0.4, 0.9], dtype=torch.float64))
     g = 400
     ex = torch.linspace(-1.0, 1.0, g + 1, dtype=torch.float64)
@@ -128,8 +134,10 @@ def test_entropy_estimate_matches_quadrature() -> None:
 @pytest.mark.parametrize("name", pyroflows.flows.available("vector"))
 def test_any_conditional_registry_flow(name: str) -> None:
     torch.manual_seed(0)
-    policy = _perturbed(FlowPolicy(4, 2, -1.0, 1.0, flow=name, hidden=(16,),
-                                   flow_options={"hidden": (8, 8)}), scale=0.1).double()
+    policy = _perturbed(
+        FlowPolicy(4, 2, -1.0, 1.0, flow=name, hidden=(16,), flow_options={"hidden": (8, 8)}),
+        scale=0.1,
+    ).double()
     d = policy(torch.randn(5, 4, dtype=torch.float64))
     a, lp = d.rsample_and_log_prob(torch.Size([3]))
     assert a.shape == (3, 5, 2) and lp.shape == (3, 5)
@@ -230,12 +238,15 @@ def test_bad_observations_raise() -> None:
         policy(torch.zeros(3)).log_prob(torch.zeros(3))
 
 
-@pytest.mark.parametrize(("low", "high", "match"), [
-    (1.0, 1.0, "low must be < high"),
-    ([0.0, 2.0], [1.0, 1.0], r"dimensions \[1\]"),
-    (-np.inf, 1.0, "finite"),
-    ([0.0, 0.0, 0.0], 1.0, "shape"),
-])
+@pytest.mark.parametrize(
+    ("low", "high", "match"),
+    [
+        (1.0, 1.0, "low must be < high"),
+        ([0.0, 2.0], [1.0, 1.0], r"dimensions \[1\]"),
+        (-np.inf, 1.0, "finite"),
+        ([0.0, 0.0, 0.0], 1.0, "shape"),
+    ],
+)
 def test_bad_bounds_raise(low, high, match: str) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=match):
         FlowPolicy(3, 2, low, high)
@@ -254,3 +265,17 @@ def test_bad_options_raise() -> None:
         FlowPolicy(3, 2, -1.0, 1.0, flow_options={"colour": 1})
     with pytest.raises(ValueError, match="num_samples"):
         FlowPolicy(3, 2, -1.0, 1.0)(torch.zeros(3)).entropy(0)
+
+
+def test_option_checks_name_the_argument() -> None:
+    from pyroflows.rl.sac import SACConfig
+
+    with pytest.raises(ValueError, match="act_dim must be an integer >= 1"):
+        FlowPolicy(3, True, -1.0, 1.0)
+    with pytest.raises(ValueError, match="hidden must be a non-empty tuple"):
+        FlowPolicy(3, 2, -1.0, 1.0, hidden=(16, 0))
+    assert FlowPolicy(np.int64(3), 2, -1.0, 1.0, flow=None, hidden=(8,)).obs_dim == 3
+    with pytest.raises(ValueError, match="learning_starts must be an integer >= 1"):
+        SACConfig(learning_starts=0)
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
+        SACConfig(alpha=0.0)

@@ -17,11 +17,22 @@ gym = pytest.importorskip("gymnasium")
 def test_reference_sac_smoke_run_writes_its_learning_curve(tmp_path) -> None:  # noqa: ANN001
     from pyroflows.rl.sac import SAC, SACConfig
 
-    config = SACConfig(total_steps=300, learning_starts=100, batch_size=32, eval_every=150,
-                       eval_episodes=1, final_eval_episodes=2, critic_hidden=(32, 32),
-                       progress=False, seed=0)
-    agent = SAC("Pendulum-v1", config=config,
-                policy_kwargs={"hidden": (32, 32), "flow_options": {"hidden": (16, 16)}})
+    config = SACConfig(
+        total_steps=300,
+        learning_starts=100,
+        batch_size=32,
+        eval_every=150,
+        eval_episodes=1,
+        final_eval_episodes=2,
+        critic_hidden=(32, 32),
+        progress=False,
+        seed=0,
+    )
+    agent = SAC(
+        "Pendulum-v1",
+        config=config,
+        policy_kwargs={"hidden": (32, 32), "flow_options": {"hidden": (16, 16)}},
+    )
     before = [p.detach().clone() for p in agent.policy.parameters()]
     result = agent.train(tmp_path, name="smoke")
     assert result.csv_path.exists() and result.png_path.exists()
@@ -51,9 +62,14 @@ def test_sb3_sac_learns_with_a_flow_actor(tmp_path) -> None:  # noqa: ANN001
     from pyroflows.rl.sb3 import FlowActor, FlowSACPolicy
 
     torch.manual_seed(0)
-    model = sb3.SAC(FlowSACPolicy, "Pendulum-v1", learning_starts=50, batch_size=32, seed=0,
-                    policy_kwargs={"net_arch": [32, 32], "flow": "nsf",
-                                   "flow_options": {"hidden": (16, 16)}})
+    model = sb3.SAC(
+        FlowSACPolicy,
+        "Pendulum-v1",
+        learning_starts=50,
+        batch_size=32,
+        seed=0,
+        policy_kwargs={"net_arch": [32, 32], "flow": "nsf", "flow_options": {"hidden": (16, 16)}},
+    )
     assert isinstance(model.actor, FlowActor)
     before = [p.detach().clone() for p in model.actor.parameters()]
     model.learn(100)
@@ -97,10 +113,17 @@ def test_torchrl_sac_loss_trains_the_flow() -> None:
 
     loss = SACLoss(actor, ValueOperator(Q(), in_keys=["observation", "action"]), action_spec=spec)
     n = 8
-    td = TensorDict({"observation": torch.randn(n, 3), "action": torch.rand(n, 2) * 4 - 2,
-                     ("next", "observation"): torch.randn(n, 3), ("next", "reward"): torch.randn(n, 1),
-                     ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
-                     ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool)}, batch_size=[n])
+    td = TensorDict(
+        {
+            "observation": torch.randn(n, 3),
+            "action": torch.rand(n, 2) * 4 - 2,
+            ("next", "observation"): torch.randn(n, 3),
+            ("next", "reward"): torch.randn(n, 1),
+            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+        },
+        batch_size=[n],
+    )
     out = loss(td)
     (out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]).backward()
     flow_grads = [p.grad for name, p in loss.named_parameters() if "policy.flow" in name]

@@ -71,7 +71,9 @@ def test_map_is_increasing(gen, device, dtype):
 
 def test_spline_tails_are_identity_and_finite_everywhere(gen, device, dtype):
     m = SplineMap(bins=8, bound=2.0)
-    extremes = torch.tensor([-1e30, -1e6, -2.0000001, 2.0000001, 1e6, 1e30], device=device, dtype=dtype)
+    extremes = torch.tensor(
+        [-1e30, -1e6, -2.0000001, 2.0000001, 1e6, 1e30], device=device, dtype=dtype
+    )
     u = extremes.reshape(-1, 1)
     params = 3 * randn(6, 1, m.num_params, gen=gen, device=device, dtype=dtype)
     v, ladj = m(u, params)
@@ -89,7 +91,9 @@ def test_spline_is_continuous_at_the_bound(gen, device, dtype):
     m = SplineMap(bins=4, bound=1.5)
     params = randn(1, 1, m.num_params, gen=gen, device=device, dtype=dtype).expand(4, 1, -1)
     eps = 1e-7
-    u = torch.tensor([[-1.5 - eps], [-1.5 + eps], [1.5 - eps], [1.5 + eps]], device=device, dtype=dtype)
+    u = torch.tensor(
+        [[-1.5 - eps], [-1.5 + eps], [1.5 - eps], [1.5 + eps]], device=device, dtype=dtype
+    )
     v, ladj = m(u, params)
     assert (v[0] - v[1]).abs() < 1e-5 and (v[2] - v[3]).abs() < 1e-5
     assert ladj.abs().max() < 1e-4  # boundary derivatives are pinned to 1
@@ -122,6 +126,7 @@ def test_affine_map_scale_is_bounded(device, dtype):
 
 # -- bijections -----------------------------------------------------------------------------------
 
+
 def bijections(features: int = 4) -> list:
     return [
         ElementwiseAffine(features),
@@ -132,8 +137,13 @@ def bijections(features: int = 4) -> list:
         Permutation([1, 3, 0, 2]),
         Reverse(features),
         random_permutation(features, seed=1),
-        Coupling(features, SplineMap(bins=3), mask=[True, True, False, False], hidden=(8,),
-                 conditioner="resnet"),
+        Coupling(
+            features,
+            SplineMap(bins=3),
+            mask=[True, True, False, False],
+            hidden=(8,),
+            conditioner="resnet",
+        ),
         Inverse(MaskedAutoregressive(features, AffineMap(), hidden=(8, 8), residual=True)),
         Compose([LULinear(features), Coupling(features, AffineMap(), context=2, hidden=(8,))]),
     ]
@@ -160,7 +170,9 @@ def test_lu_weight_matches_forward(gen):
     t = perturb(LULinear(3, permute=True))
     z = torch.randn(4, 3, generator=gen)
     assert torch.allclose(t(z), z @ t.weight().T, atol=1e-5)
-    assert torch.allclose(t.log_abs_det_jacobian(z, t(z)), torch.linalg.slogdet(t.weight())[1].expand(4), atol=1e-5)
+    assert torch.allclose(
+        t.log_abs_det_jacobian(z, t(z)), torch.linalg.slogdet(t.weight())[1].expand(4), atol=1e-5
+    )
 
 
 def test_actnorm_initialises_from_first_inverse_batch_only(gen):
@@ -222,3 +234,90 @@ def test_bad_constructor_arguments():
 def test_caching_is_refused_not_silently_ignored():
     with pytest.raises(NotImplementedError, match="do not cache"):
         LULinear(2).with_cache(1)
+
+
+# -- option checks (one helper, pyroflows.checks, behind every constructor) --------------------
+
+
+def test_check_real_accepts_open_interval_numbers_only():
+    import numpy as np
+
+    from pyroflows.checks import check_real
+
+    assert check_real("coefficient", np.float32(0.5), 0, 1) == 0.5
+    assert check_real("time", 3) == 3.0 and isinstance(check_real("time", 3), float)
+    for bad in (True, 0, 1.0, float("nan"), "0.5", None):
+        with pytest.raises(ValueError, match=r"coefficient must be a number in \(0, 1\)"):
+            check_real("coefficient", bad, 0, 1)
+    with pytest.raises(ValueError, match="time must be a positive finite number"):
+        check_real("time", float("inf"))
+
+
+def _bad_options():  # noqa: ANN202
+    from pyroflows.transforms.continuous import ContinuousFlow
+    from pyroflows.transforms.gaussianization import GaussianizationMap
+    from pyroflows.transforms.neural_autoregressive import BlockNeuralAutoregressive, SigmoidalMap
+    from pyroflows.transforms.orthogonal import HouseholderRotation
+    from pyroflows.transforms.recurrent import RecurrentAutoregressive
+    from pyroflows.transforms.residual import ResidualBlock
+    from pyroflows.transforms.reversible import ReversibleCompose
+    from pyroflows.transforms.sylvester import Sylvester
+    from pyroflows.transforms.umnn import UMNNMap
+
+    return [
+        (lambda: SplineMap(bins=True), "bins must be an integer >= 1"),
+        (lambda: SplineMap(bound=float("inf")), "bound must be a positive finite number"),
+        (lambda: SplineMap(min_derivative=1.0), r"min_derivative must be a number in \(0, 1\)"),
+        (lambda: AffineMap(log_scale_bound=float("nan")), "log_scale_bound"),
+        (lambda: GaussianizationMap(components=0), "components must be an integer >= 1"),
+        (lambda: SigmoidalMap(depth=1.5), "depth must be an integer >= 1"),
+        (lambda: SigmoidalMap(min_slope=0.0), "min_slope"),
+        (lambda: BlockNeuralAutoregressive(2, param_scale=True), "param_scale"),
+        (lambda: HouseholderRotation(3, reflections=0), "reflections must be an integer >= 1"),
+        (lambda: Sylvester(3, reflections=-1), "reflections must be an integer >= 0"),
+        (lambda: Sylvester(3, hidden=()), "hidden"),
+        (lambda: UMNNMap(embedding=True), "embedding must be an integer >= 1"),
+        (lambda: UMNNMap(log_slope_bound=0), "log_slope_bound"),
+        (lambda: ResidualBlock(3, logdet="approx"), "logdet must be one of"),
+        (lambda: ResidualBlock(3, roulette="binomial"), "roulette must be one of"),
+        (lambda: ResidualBlock(3, extra_terms=0.0), "extra_terms"),
+        (lambda: ResidualBlock(3, coefficient=1.0), "coefficient"),
+        (lambda: ReversibleCompose([LULinear(2)], checkpoint_every=-1), "checkpoint_every"),
+        (lambda: RecurrentAutoregressive(4, AffineMap(), step=0), "step must be an integer >= 1"),
+        (lambda: RecurrentAutoregressive(4, AffineMap(), cell="lstm2"), "cell must be one of"),
+        (lambda: ContinuousFlow(2, time=float("inf")), "time must be a positive finite number"),
+        (lambda: ContinuousFlow(2, rtol=0.0), "rtol"),
+        (lambda: ContinuousFlow(2, trace="approx"), "trace must be one of"),
+        (lambda: ContinuousFlow(2, activation="relu"), "activation must be one of"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_options())))
+def test_bad_options_name_the_argument(case):
+    make, match = _bad_options()[case]
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_numpy_integers_are_counts():
+    import numpy as np
+
+    from pyroflows.transforms.orthogonal import HouseholderRotation
+
+    assert SplineMap(bins=np.int64(4)).num_params == 11
+    assert HouseholderRotation(3, reflections=np.int32(2)).reflections == 2
+
+
+def test_fixed_and_trainable_values_keep_their_layout():
+    # One helper stores the values of ElementwiseAffine and LowerTriangularAffine: parameters
+    # or buffers, in the default dtype, never aliasing the caller's tensor.
+    from pyroflows.transforms import LowerTriangularAffine
+
+    loc = torch.ones(2, dtype=torch.float64)
+    fixed = ElementwiseAffine(2, loc=loc, trainable=False)
+    assert set(dict(fixed.named_buffers())) == {"loc", "log_scale"} and not list(fixed.parameters())
+    assert fixed.loc.dtype == torch.get_default_dtype()
+    loc += 1
+    assert torch.equal(fixed.loc, torch.ones(2))
+    tri = LowerTriangularAffine(2)
+    assert {n for n, _ in tri.named_parameters()} == {"loc", "off_diag", "log_diag"}

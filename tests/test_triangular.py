@@ -75,8 +75,13 @@ def test_state_dict_round_trip_and_flow():
     flow = Flow([fresh]).double()
     x = flow().sample((2000,))
     assert x.shape == (2000, 3)
-    assert torch.allclose(flow().log_prob(x[:3]), torch.distributions.MultivariateNormal(
-        fresh.loc, scale_tril=fresh.scale_tril()).log_prob(x[:3]), atol=1e-10)
+    assert torch.allclose(
+        flow().log_prob(x[:3]),
+        torch.distributions.MultivariateNormal(fresh.loc, scale_tril=fresh.scale_tril()).log_prob(
+            x[:3]
+        ),
+        atol=1e-10,
+    )
 
 
 def test_bad_arguments():

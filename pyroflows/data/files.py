@@ -111,14 +111,20 @@ def _load_npz(p: Path, name: str, key: str | None) -> Any:
         if key is None:
             if len(keys) != 1:
                 listing = ", ".join(keys) if keys else "none"
-                raise ValueError(f"{name}: holds {len(keys)} arrays ({listing}); say which with a key")
+                raise ValueError(
+                    f"{name}: holds {len(keys)} arrays ({listing}); say which with a key"
+                )
             key = keys[0]
         elif key not in keys:
-            raise ValueError(f"{name}: no array named {key!r}; it holds: {', '.join(keys) or 'none'}")
+            raise ValueError(
+                f"{name}: no array named {key!r}; it holds: {', '.join(keys) or 'none'}"
+            )
         try:
             return archive[key]
         except ValueError as error:
-            raise ValueError(f"{name}: array {key!r} holds Python objects, not numbers ({error})") from None
+            raise ValueError(
+                f"{name}: array {key!r} holds Python objects, not numbers ({error})"
+            ) from None
         except (OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{name}: array {key!r} is unreadable ({error})") from None
 
@@ -181,8 +187,12 @@ def _load_text(p: Path, name: str) -> np.ndarray:
     # Fast path: numpy's C parser. Anything it rejects is parsed again below, slowly, to say
     # exactly what is wrong and where.
     try:
-        values = np.loadtxt(io.StringIO("\n".join(lines[i] for i in content)),
-                            delimiter="," if comma else None, ndmin=2, dtype=np.float64)
+        values = np.loadtxt(
+            io.StringIO("\n".join(lines[i] for i in content)),
+            delimiter="," if comma else None,
+            ndmin=2,
+            dtype=np.float64,
+        )
         if values.shape[0] == len(content) and np.isfinite(values).all():
             return values
     except ValueError:
@@ -201,7 +211,9 @@ def _load_text(p: Path, name: str) -> np.ndarray:
             value = _number(cell)
             if value is None:
                 what = "an empty cell" if not cell else f"{cell[:40]!r} is not a number"
-                hint = " (a header row must have no numeric cells)" if row == 0 and not header else ""
+                hint = (
+                    " (a header row must have no numeric cells)" if row == 0 and not header else ""
+                )
                 raise ValueError(f"{name}: line {i + 1}, column {j + 1}: {what}{hint}")
             values[row, j] = value
     bad = ~np.isfinite(values).all(axis=1)

@@ -42,7 +42,9 @@ class MNISTNotFoundError(FileNotFoundError):
     """Raised when the MNIST ``.npz`` files are not where they were looked for."""
 
 
-def load_mnist(split: str = "train", path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(
+    split: str = "train", path: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Load MNIST images (n, 28, 28) uint8 and labels (n,) from an ``.npz`` file.
 
     Args:
@@ -67,14 +69,23 @@ def load_mnist(split: str = "train", path: str | os.PathLike | None = None) -> t
         if "images" not in archive:
             raise ValueError(f"{file} has no 'images' array (found {list(archive.keys())})")
         images = np.asarray(archive["images"])
-        labels = np.asarray(archive["labels"]) if "labels" in archive else np.zeros(len(images), np.uint8)
+        labels = (
+            np.asarray(archive["labels"])
+            if "labels" in archive
+            else np.zeros(len(images), np.uint8)
+        )
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{file}: expected uint8 images (n, 28, 28), got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"{file}: expected uint8 images (n, 28, 28), got {images.dtype} {images.shape}"
+        )
     return images, labels
 
 
-def dequantize(images: np.ndarray | Tensor, seed: int | torch.Generator | None = 0,
-               dtype: torch.dtype = torch.float64) -> Tensor:
+def dequantize(
+    images: np.ndarray | Tensor,
+    seed: int | torch.Generator | None = 0,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """Flatten uint8 images and add uniform noise: ``(k + U(0,1)) / 256`` in ``(0, 1)``.
 
     Returns (n, pixels). The scaling by 1/256 has log-Jacobian ``-pixels * log 256`` (see
@@ -83,7 +94,11 @@ def dequantize(images: np.ndarray | Tensor, seed: int | torch.Generator | None =
     values = torch.as_tensor(np.asarray(images)).reshape(len(images), -1).to(dtype)
     if values.min() < 0 or values.max() > 255:
         raise ValueError("images must hold integer pixel values in 0..255")
-    generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(0 if seed is None else seed)
+    generator = (
+        seed
+        if isinstance(seed, torch.Generator)
+        else torch.Generator().manual_seed(0 if seed is None else seed)
+    )
     noise = torch.rand(values.shape, generator=generator, dtype=dtype)
     return (values + noise) / 256
 
@@ -100,8 +115,13 @@ def logit_transform(x: Tensor, alpha: float = 1e-6) -> tuple[Tensor, Tensor]:
     return y, ladj
 
 
-def preprocess(images: np.ndarray | Tensor, seed: int | torch.Generator | None = 0, logit: bool = True,
-               alpha: float = 1e-6, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+def preprocess(
+    images: np.ndarray | Tensor,
+    seed: int | torch.Generator | None = 0,
+    logit: bool = True,
+    alpha: float = 1e-6,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
     """Dequantise (and logit-transform) images.
 
     Returns:

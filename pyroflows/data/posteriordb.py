@@ -66,9 +66,11 @@ def _candidates() -> list[Path]:
     out = []
     if os.environ.get(ENV_VAR):
         out.append(Path(os.environ[ENV_VAR]))
-    out += [Path.cwd() / ".." / "shared" / "data" / "posteriordb",
-            Path.cwd() / "shared" / "data" / "posteriordb",
-            here.parents[3] / "shared" / "data" / "posteriordb"]
+    out += [
+        Path.cwd() / ".." / "shared" / "data" / "posteriordb",
+        Path.cwd() / "shared" / "data" / "posteriordb",
+        here.parents[3] / "shared" / "data" / "posteriordb",
+    ]
     return out
 
 
@@ -89,8 +91,11 @@ def find_root(root: str | os.PathLike | None = None) -> Path:
         if path.is_dir():
             return path.resolve()
     raise FileNotFoundError(
-        "no posteriordb folder found; pass root=... or set $" + ENV_VAR + " (searched: "
-        + ", ".join(os.fspath(p) for p in tried) + ")"
+        "no posteriordb folder found; pass root=... or set $"
+        + ENV_VAR
+        + " (searched: "
+        + ", ".join(os.fspath(p) for p in tried)
+        + ")"
     )
 
 
@@ -114,7 +119,9 @@ def load_posterior(name: str, root: str | os.PathLike | None = None) -> Posterio
     if not data_file.is_file():
         raise FileNotFoundError(f"no posterior {name!r}: {os.fspath(data_file)!r} is missing")
     with open(data_file) as handle:
-        data = {k: np.asarray(v) if isinstance(v, list) else v for k, v in json.load(handle).items()}
+        data = {
+            k: np.asarray(v) if isinstance(v, list) else v for k, v in json.load(handle).items()
+        }
     info: dict[str, Any] = {}
     if (folder / "info.json").is_file():
         with open(folder / "info.json") as handle:

@@ -13,7 +13,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["TOY_DATASETS", "checkerboard", "circles", "eight_gaussians", "moons", "pinwheel", "spirals", "toy"]
+__all__ = [
+    "TOY_DATASETS",
+    "checkerboard",
+    "circles",
+    "eight_gaussians",
+    "moons",
+    "pinwheel",
+    "spirals",
+    "toy",
+]
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -40,8 +49,9 @@ def moons(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.1) ->
     return ((points - torch.tensor([0.5, 0.25])) * 2).to(torch.get_default_dtype())
 
 
-def eight_gaussians(n: int, seed: int | torch.Generator | None = 0, radius: float = 2.0,
-                    std: float = 0.2) -> Tensor:
+def eight_gaussians(
+    n: int, seed: int | torch.Generator | None = 0, radius: float = 2.0, std: float = 0.2
+) -> Tensor:
     """Eight isotropic Gaussians of std ``std`` evenly spaced on a circle of ``radius``."""
     _check_n(n)
     g = _generator(seed)
@@ -66,8 +76,14 @@ def checkerboard(n: int, seed: int | torch.Generator | None = 0) -> Tensor:
     return torch.stack([x1, x2], -1).to(torch.get_default_dtype())
 
 
-def pinwheel(n: int, seed: int | torch.Generator | None = 0, arms: int = 5,
-             radial_std: float = 0.3, tangential_std: float = 0.1, rate: float = 0.25) -> Tensor:
+def pinwheel(
+    n: int,
+    seed: int | torch.Generator | None = 0,
+    arms: int = 5,
+    radial_std: float = 0.3,
+    tangential_std: float = 0.1,
+    rate: float = 0.25,
+) -> Tensor:
     """A pinwheel of ``arms`` curved Gaussian arms (Johnson et al. 2016)."""
     _check_n(n)
     g = _generator(seed)
@@ -123,5 +139,7 @@ def toy(name: str, n: int, seed: int | torch.Generator | None = 0) -> Tensor:
     try:
         make = TOY_DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown toy data set {name!r}; choose one of {sorted(TOY_DATASETS)}") from None
+        raise ValueError(
+            f"unknown toy data set {name!r}; choose one of {sorted(TOY_DATASETS)}"
+        ) from None
     return make(n, seed)

@@ -1,12 +1,13 @@
 """Autoregressive density models as Pyro distributions: ``build(name, features, context=0,
-**options)`` and ``available()``.
+**options)`` and ``available(kind=None)`` (a view of the one registry,
+:data:`pyroflows.registry.REGISTRY`; ``"pixelcnn"`` is its image entry).
 
 A model is an ``nn.Module``; ``model(context)`` returns a Pyro ``TorchDistribution`` with an
 exact ``log_prob`` and sequential sampling, usable in ``pyro.sample`` and as a flow's base
 (:class:`DensityBase`).
 """
 
-from . import made, nade  # noqa: F401  (registers the models)
+from . import made, nade, pixelcnn  # noqa: F401  (registers the models)
 from .base import (
     AutoregressiveDistribution,
     AutoregressiveModel,
@@ -19,7 +20,7 @@ from .base import (
 )
 from .made import MADEDensity
 from .nade import NADE
-from .pixelcnn import PixelCNN, PixelCNNDistribution  # image model, not in the vector registry
+from .pixelcnn import PixelCNN, PixelCNNDistribution
 from .registry import available, build, preset, register
 
 __all__ = [

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from ..checks import check_context, check_features
+from ..checks import check_context, check_count, check_features, check_real
 from ..nn import check_order
 from ..transforms.elementwise import soft_clamp
 
@@ -38,7 +38,9 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def make_orders(features: int, order: str | Sequence, orderings: int = 1, seed: int = 0) -> list[Tensor]:
+def make_orders(
+    features: int, order: str | Sequence, orderings: int = 1, seed: int = 0
+) -> list[Tensor]:
     """Orderings as permutations (``order[i]`` is the position of feature ``i``).
 
     Args:
@@ -51,13 +53,14 @@ def make_orders(features: int, order: str | Sequence, orderings: int = 1, seed: 
 
     Raises ValueError for an unknown name or a list that is not a permutation.
     """
-    if not isinstance(orderings, int) or isinstance(orderings, bool) or orderings < 1:
-        raise ValueError(f"orderings must be a positive integer, got {orderings!r}")
+    check_count("orderings", orderings)
     if isinstance(order, str):
         if order == "random":
             if orderings > math.factorial(min(features, 20)):
-                raise ValueError(f"{features} features have only {math.factorial(features)} "
-                                 f"orderings; got orderings={orderings}")
+                raise ValueError(
+                    f"{features} features have only {math.factorial(features)} "
+                    f"orderings; got orderings={orderings}"
+                )
             generator = torch.Generator().manual_seed(seed)
             drawn: dict[tuple[int, ...], Tensor] = {}
             while len(drawn) < orderings:  # distinct orderings
@@ -65,12 +68,16 @@ def make_orders(features: int, order: str | Sequence, orderings: int = 1, seed: 
                 drawn.setdefault(tuple(perm.tolist()), perm)
             return list(drawn.values())
         if orderings != 1:
-            raise ValueError(f"orderings={orderings} needs order='random' or a list of permutations")
+            raise ValueError(
+                f"orderings={orderings} needs order='random' or a list of permutations"
+            )
         if order == "natural":
             return [torch.arange(features)]
         if order == "reversed":
             return [torch.arange(features).flip(0)]
-        raise ValueError(f"order must be 'natural', 'reversed', 'random' or a permutation, got {order!r}")
+        raise ValueError(
+            f"order must be 'natural', 'reversed', 'random' or a permutation, got {order!r}"
+        )
     if orderings != 1:
         raise ValueError(f"orderings={orderings} needs order='random' or a list of permutations")
     if isinstance(order, Tensor):
@@ -118,9 +125,7 @@ class Gaussian(Conditional):
 
     def __init__(self, log_scale_bound: float = 7.0) -> None:
         super().__init__()
-        if not log_scale_bound > 0:
-            raise ValueError(f"log_scale_bound must be positive, got {log_scale_bound!r}")
-        self.log_scale_bound = float(log_scale_bound)
+        self.log_scale_bound = check_real("log_scale_bound", log_scale_bound)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         mu, log_sigma = params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
@@ -134,10 +139,10 @@ class Gaussian(Conditional):
 class MixtureOfGaussians(Conditional):
     r"""A :math:`K`-component mixture :math:`\sum_k \alpha_k \mathcal N(\mu_k, \sigma_k^2)`
     with parameters ``[logits (K), means (K), raw log-scales (K)]`` (MADE MoG, Papamakarios
-    et al. 2017; RNADE, Uria et al. 2013).
+    et al. 2017; RNADE, Uria et al. 2013, https://arxiv.org/abs/1306.0186).
 
     Sampling draws the component by the Gumbel-max trick and is **implicitly reparametrised**
-    (Figurnov, Mohamed & Mnih, NeurIPS 2018): with :math:`F` the conditional's CDF, the sample
+    (Figurnov, Mohamed & Mnih, NeurIPS 2018, https://arxiv.org/abs/1805.08498): with :math:`F` the conditional's CDF, the sample
     :math:`x` solves :math:`F(x; \theta) = u` for a fixed :math:`u`, so
     :math:`\partial x / \partial\theta = -(\partial F / \partial\theta) / p(x; \theta)`, which
     the returned tensor carries (its value is the exact sample).
@@ -149,15 +154,13 @@ class MixtureOfGaussians(Conditional):
             which breaks the symmetry between components.
     """
 
-    def __init__(self, components: int = 10, log_scale_bound: float = 7.0, spread: float = 1.0) -> None:
+    def __init__(
+        self, components: int = 10, log_scale_bound: float = 7.0, spread: float = 1.0
+    ) -> None:
         super().__init__()
-        if not isinstance(components, int) or isinstance(components, bool) or components < 1:
-            raise ValueError(f"components must be a positive integer, got {components!r}")
-        if not log_scale_bound > 0:
-            raise ValueError(f"log_scale_bound must be positive, got {log_scale_bound!r}")
-        self.components = components
+        self.components = check_count("components", components)
         self.num_params = 3 * components
-        self.log_scale_bound = float(log_scale_bound)
+        self.log_scale_bound = check_real("log_scale_bound", log_scale_bound)
         self.spread = float(spread)
 
     def init_bias(self) -> Tensor:
@@ -177,12 +180,16 @@ class MixtureOfGaussians(Conditional):
 
     def sample(self, params: Tensor) -> Tensor:
         log_w, mu, log_sigma = self._split(params)
-        gumbel = -torch.log(-torch.log(torch.rand_like(log_w).clamp_min(torch.finfo(log_w.dtype).tiny)))
+        gumbel = -torch.log(
+            -torch.log(torch.rand_like(log_w).clamp_min(torch.finfo(log_w.dtype).tiny))
+        )
         pick = (log_w + gumbel).argmax(-1, keepdim=True)
         mu_k, sigma_k = mu.gather(-1, pick)[..., 0], log_sigma.gather(-1, pick)[..., 0].exp()
         x0 = (mu_k + sigma_k * torch.randn_like(mu_k)).detach()
         # Implicit reparametrisation: value x0, gradient -dF/dtheta / p(x0).
-        cdf = (log_w.exp() * torch.special.ndtr((x0.unsqueeze(-1) - mu) * torch.exp(-log_sigma))).sum(-1)
+        cdf = (
+            log_w.exp() * torch.special.ndtr((x0.unsqueeze(-1) - mu) * torch.exp(-log_sigma))
+        ).sum(-1)
         density = self.log_prob(params, x0).exp().detach()
         return x0 - (cdf - cdf.detach()) / density
 
@@ -231,6 +238,11 @@ class AutoregressiveModel(nn.Module):
     context_features: int
     conditional: Conditional
 
+    @property
+    def event_shape(self) -> torch.Size:
+        """``(features,)``, as the :class:`~pyroflows.protocol.DensityModel` protocol asks."""
+        return torch.Size((self.features,))
+
     def forward(self, context: Tensor | None = None) -> AutoregressiveDistribution:
         """The distribution :math:`p(x \\mid c)`; batch shape ``context.shape[:-1]`` (``()``
         without context), event shape ``(features,)``. ValueError for a missing, unexpected or
@@ -262,7 +274,9 @@ class AutoregressiveDistribution(dist.TorchDistribution):
 
     arg_constraints: dict = {}
 
-    def __init__(self, model: AutoregressiveModel, context: Tensor | None, batch_shape: torch.Size) -> None:
+    def __init__(
+        self, model: AutoregressiveModel, context: Tensor | None, batch_shape: torch.Size
+    ) -> None:
         self.model = model
         self.context = context
         super().__init__(torch.Size(batch_shape), torch.Size([model.features]), validate_args=False)
@@ -291,6 +305,13 @@ class AutoregressiveDistribution(dist.TorchDistribution):
             )
         return self.model._sample(self._extended_shape(sample_shape), self.context)
 
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`rsample` and the samples' ``log_prob`` (the DensityModel protocol)."""
+        x = self.rsample(sample_shape)
+        return x, self.log_prob(x)
+
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         with torch.no_grad():
             return self.model._sample(self._extended_shape(sample_shape), self.context)
@@ -317,9 +338,13 @@ class DensityBase(nn.Module):
     def __init__(self, model: AutoregressiveModel) -> None:
         super().__init__()
         if not isinstance(model, AutoregressiveModel):
-            raise TypeError(f"DensityBase takes an autoregressive density model, got {type(model).__name__}")
+            raise TypeError(
+                f"DensityBase takes an autoregressive density model, got {type(model).__name__}"
+            )
         if model.context_features:
-            raise ValueError("a flow's base takes no context: build the density model with context=0")
+            raise ValueError(
+                "a flow's base takes no context: build the density model with context=0"
+            )
         self.model = model
         self.features = model.features
 

@@ -26,7 +26,7 @@ __all__ = ["MADEDensity", "made", "made_bernoulli", "made_mog"]
 
 class MADEDensity(AutoregressiveModel):
     r"""An autoregressive density whose conditionals' parameters come from a MADE (Germain,
-    Gregor, Murray & Larochelle, ICML 2015):
+    Gregor, Murray & Larochelle, ICML 2015, https://arxiv.org/abs/1502.03509):
 
     .. math:: \log p_\pi(x \mid c) = \sum_i \log q\big(x_i;\ \theta_i(x_{\pi_{<\pi(i)}}, c)\big),
 
@@ -88,8 +88,16 @@ class MADEDensity(AutoregressiveModel):
         self.conditional = conditional
         nets = []
         for o in orders:
-            net = MADE(features, conditional.num_params, hidden, context, o, activation, residual,
-                       zero_output=True)
+            net = MADE(
+                features,
+                conditional.num_params,
+                hidden,
+                context,
+                o,
+                activation,
+                residual,
+                zero_output=True,
+            )
             with torch.no_grad():
                 net.output.bias.copy_(conditional.init_bias().repeat(features))
             nets.append(net)
@@ -108,7 +116,9 @@ class MADEDensity(AutoregressiveModel):
         """The orderings (``order[i]`` is the position of feature ``i``)."""
         return [net.order for net in self.nets]
 
-    def conditional_params(self, x: Tensor, context: Tensor | None = None, ordering: int = 0) -> Tensor:
+    def conditional_params(
+        self, x: Tensor, context: Tensor | None = None, ordering: int = 0
+    ) -> Tensor:
         """Every feature's conditional parameters under ordering ``ordering``:
         (..., d) -> (..., d, P); row ``i`` depends only on features before ``i``."""
         return self.nets[ordering](x, context)
@@ -119,7 +129,9 @@ class MADEDensity(AutoregressiveModel):
             return terms[0]
         return torch.logsumexp(torch.stack(terms), 0) - math.log(len(terms))
 
-    def _sample_ordering(self, net: MADE, steps: list[int], shape: torch.Size, context: Tensor | None) -> Tensor:
+    def _sample_ordering(
+        self, net: MADE, steps: list[int], shape: torch.Size, context: Tensor | None
+    ) -> Tensor:
         ref = net.output.weight
         x = torch.zeros(shape, dtype=ref.dtype, device=ref.device)
         positions = torch.arange(self.features, device=ref.device)
@@ -129,7 +141,10 @@ class MADEDensity(AutoregressiveModel):
         return x
 
     def _sample(self, shape: torch.Size, context: Tensor | None) -> Tensor:
-        draws = [self._sample_ordering(net, steps, shape, context) for net, steps in zip(self.nets, self._steps)]
+        draws = [
+            self._sample_ordering(net, steps, shape, context)
+            for net, steps in zip(self.nets, self._steps)
+        ]
         if len(draws) == 1:
             return draws[0]
         pick = torch.randint(len(draws), shape[:-1], device=draws[0].device)
@@ -157,7 +172,7 @@ def made(
     log_scale_bound: float = 7.0,
 ) -> MADEDensity:
     r"""MADE with Gaussian conditionals (Germain et al. 2015; the "MADE" of Papamakarios,
-    Pavlakou & Murray, NeurIPS 2017): :math:`x_i \mid x_{<i} \sim \mathcal N(\mu_i, \sigma_i^2)`.
+    Pavlakou & Murray, NeurIPS 2017, https://arxiv.org/abs/1705.07057): :math:`x_i \mid x_{<i} \sim \mathcal N(\mu_i, \sigma_i^2)`.
     Equal to a one-layer MAF; exact ``log_prob`` in one pass, reparametrised sampling in
     ``features`` passes.
 
@@ -165,8 +180,18 @@ def made(
     ``tied`` (see :class:`MADEDensity`), ``log_scale_bound`` (soft bound on
     :math:`|\log\sigma_i|`).
     """
-    return MADEDensity(features, Gaussian(log_scale_bound), context, hidden, order, orderings,
-                       seed, activation, residual, tied)
+    return MADEDensity(
+        features,
+        Gaussian(log_scale_bound),
+        context,
+        hidden,
+        order,
+        orderings,
+        seed,
+        activation,
+        residual,
+        tied,
+    )
 
 
 @register("made-mog")
@@ -191,8 +216,18 @@ def made_mog(
 
     Options: as :func:`made`, plus ``components`` (:math:`K`, 10 in the paper).
     """
-    return MADEDensity(features, MixtureOfGaussians(components, log_scale_bound), context, hidden,
-                       order, orderings, seed, activation, residual, tied)
+    return MADEDensity(
+        features,
+        MixtureOfGaussians(components, log_scale_bound),
+        context,
+        hidden,
+        order,
+        orderings,
+        seed,
+        activation,
+        residual,
+        tied,
+    )
 
 
 @register("made-bernoulli")
@@ -225,5 +260,6 @@ def made_bernoulli(
         >>> model().sample((3,)).shape
         torch.Size([3, 4])
     """
-    return MADEDensity(features, Bernoulli(), context, hidden, order, orderings, seed, activation,
-                       residual, tied)
+    return MADEDensity(
+        features, Bernoulli(), context, hidden, order, orderings, seed, activation, residual, tied
+    )

@@ -22,8 +22,8 @@ def _activation(name: str) -> nn.Module:
 
 
 class NADE(AutoregressiveModel):
-    r"""Neural autoregressive density estimator (Larochelle & Murray, AISTATS 2011), with any
-    one-dimensional conditional (RNADE: Uria, Murray & Larochelle, NeurIPS 2013).
+    r"""Neural autoregressive density estimator (Larochelle & Murray, AISTATS 2011, https://proceedings.mlr.press/v15/larochelle11a.html), with any
+    one-dimensional conditional (RNADE: Uria, Murray & Larochelle, NeurIPS 2013, https://arxiv.org/abs/1306.0186).
 
     With the features taken in the ordering's positions :math:`t = 1..d`, every conditional
     shares one hidden layer whose weights are tied across positions:
@@ -101,7 +101,10 @@ class NADE(AutoregressiveModel):
         x_pos = x[..., self._steps]
         contrib = x_pos.unsqueeze(-1) * self.W.T  # (..., d, H)
         cumulative = torch.cumsum(contrib, -2)
-        a = torch.cat([torch.zeros_like(cumulative[..., :1, :]), cumulative[..., :-1, :]], -2) + self.c
+        a = (
+            torch.cat([torch.zeros_like(cumulative[..., :1, :]), cumulative[..., :-1, :]], -2)
+            + self.c
+        )
         if self.U is not None:
             a = a + self.U(context).unsqueeze(-2)
         if self.rho is not None:
@@ -170,5 +173,13 @@ def rnade(
     Options: ``hidden``, ``components``, ``order``, ``seed``, ``activation`` (``"relu"``, as
     in Uria et al.'s experiments; ``"sigmoid"`` is the paper's formula), ``log_scale_bound``.
     """
-    return NADE(features, MixtureOfGaussians(components, log_scale_bound), context, hidden, order,
-                seed, activation, rescale=True)
+    return NADE(
+        features,
+        MixtureOfGaussians(components, log_scale_bound),
+        context,
+        hidden,
+        order,
+        seed,
+        activation,
+        rescale=True,
+    )

@@ -1,6 +1,6 @@
 r"""PixelCNN density model for images (van den Oord, Kalchbrenner & Kavukcuoglu, "Pixel
 Recurrent Neural Networks", ICML 2016; discretised logistic mixture from Salimans, Karpathy,
-Chen & Kingma, "PixelCNN++", ICLR 2017).
+Chen & Kingma, "PixelCNN++", ICLR 2017, https://arxiv.org/abs/1701.05517).
 
 .. math::
     \log p(x \mid c) = \sum_{i,j,k} \log p\big(x_{k,i,j} \mid \theta_{k,i,j}(x_{:,<(i,j)},
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from ..checks import check_count
+from ..checks import check_choice, check_count
 from ..nn.masked_conv import PixelCNNConditioner
-from ..transforms.image import check_shape
+from ..transforms.base import check_image_shape
+from .registry import register
 
-__all__ = ["LIKELIHOODS", "PixelCNN", "PixelCNNDistribution"]
+__all__ = ["LIKELIHOODS", "PixelCNN", "PixelCNNDistribution", "pixelcnn"]
 
 #: Pixel conditionals: binary images, categorical over ``levels`` values, or a discretised
 #: mixture of logistics over ``levels`` values.
@@ -89,28 +90,32 @@ class PixelCNN(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        shape = check_shape(shape)
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        shape = check_image_shape(shape)
+        check_choice("likelihood", likelihood, LIKELIHOODS)
         check_count("levels", levels, 2)
         check_count("mixtures", mixtures, 1)
         self.shape = shape
+        self.event_shape = torch.Size(shape)  # the DensityModel protocol
         self.likelihood = likelihood
         self.levels = 2 if likelihood == "bernoulli" else levels
         self.mixtures = mixtures
         self.context_features = context
         params = {"bernoulli": 1, "categorical": levels, "logistic": 3 * mixtures}[likelihood]
-        self.net = PixelCNNConditioner(shape[0], params, hidden, blocks, kernel_size,
-                                       first_kernel_size, context, activation)
+        self.net = PixelCNNConditioner(
+            shape[0], params, hidden, blocks, kernel_size, first_kernel_size, context, activation
+        )
 
     def forward(self, context: Tensor | None = None) -> PixelCNNDistribution:
         """The distribution :math:`p(x \\mid c)`; batch shape ``context.shape[:-1]``."""
         if self.context_features == 0 and context is not None:
             raise ValueError("this PixelCNN takes no context (it was built with context=0)")
-        if self.context_features and (context is None or context.dim() == 0
-                                      or context.shape[-1] != self.context_features):
+        if self.context_features and (
+            context is None or context.dim() == 0 or context.shape[-1] != self.context_features
+        ):
             got = None if context is None else tuple(context.shape)
-            raise ValueError(f"this PixelCNN needs a context (..., {self.context_features}), got {got}")
+            raise ValueError(
+                f"this PixelCNN needs a context (..., {self.context_features}), got {got}"
+            )
         batch_shape = torch.Size() if context is None else context.shape[:-1]
         return PixelCNNDistribution(self, context, batch_shape)
 
@@ -134,8 +139,11 @@ class PixelCNN(nn.Module):
         upper, lower = (y + delta - mu) * inv_s, (y - delta - mu) * inv_s
         interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + _log1mexp(upper - lower)
         k = x.unsqueeze(-1)
-        log_mass = torch.where(k <= 0, F.logsigmoid(upper),
-                               torch.where(k >= self.levels - 1, F.logsigmoid(-lower), interior))
+        log_mass = torch.where(
+            k <= 0,
+            F.logsigmoid(upper),
+            torch.where(k >= self.levels - 1, F.logsigmoid(-lower), interior),
+        )
         return torch.logsumexp(logits.log_softmax(-1) + log_mass, -1)
 
     def sample_values(self, params: Tensor) -> Tensor:
@@ -184,7 +192,9 @@ class PixelCNNDistribution(dist.TorchDistribution):
     ) -> None:
         self.model = model
         self.context = context
-        super().__init__(torch.Size(batch_shape), torch.Size(model.shape), validate_args=validate_args)
+        super().__init__(
+            torch.Size(batch_shape), torch.Size(model.shape), validate_args=validate_args
+        )
 
     @constraints.dependent_property(is_discrete=True, event_dim=3)
     def support(self) -> constraints.Constraint:
@@ -201,17 +211,23 @@ class PixelCNNDistribution(dist.TorchDistribution):
                 f"got {tuple(value.shape)}"
             )
         if self._validate_args and not bool(self.support.check(value).all()):
-            allowed = "0 or 1" if self.model.likelihood == "bernoulli" else f"integers 0..{self.model.levels - 1}"
+            allowed = (
+                "0 or 1"
+                if self.model.likelihood == "bernoulli"
+                else f"integers 0..{self.model.levels - 1}"
+            )
             raise ValueError(f"image values must be {allowed}")
 
-    def _params(self, x: Tensor) -> Tensor:
+    def pixel_params(self, x: Tensor) -> Tensor:
+        """The network's per-pixel distribution parameters for images ``x`` (masked: each
+        pixel's depend only on the pixels before it)."""
         dtype = next(self.model.parameters()).dtype
         return self.model.net(self.model.scale_input(x.to(dtype)), self.context)
 
     def pixel_log_prob(self, value: Tensor) -> Tensor:
         """Per-value log conditionals :math:`\\log p(x_{k,i,j} \\mid \\dots)`, shape (..., C, H, W)."""
         self._check(value)
-        params = self._params(value)
+        params = self.pixel_params(value)
         x = value.to(params.dtype).expand(params.shape[:-1])
         return self.model.value_log_prob(params, x)
 
@@ -222,12 +238,14 @@ class PixelCNNDistribution(dist.TorchDistribution):
     @torch.no_grad()
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         param = next(self.model.parameters())
-        x = torch.zeros(self._extended_shape(torch.Size(sample_shape)), dtype=param.dtype, device=param.device)
+        x = torch.zeros(
+            self._extended_shape(torch.Size(sample_shape)), dtype=param.dtype, device=param.device
+        )
         C, H, W = self.model.shape
         for i in range(H):
             for j in range(W):
                 for k in range(C):
-                    params = self._params(x)[..., k, i, j, :]
+                    params = self.pixel_params(x)[..., k, i, j, :]
                     x[..., k, i, j] = self.model.sample_values(params)
         return x
 
@@ -237,3 +255,14 @@ class PixelCNNDistribution(dist.TorchDistribution):
         if context is not None:
             context = context.expand(*batch_shape, context.shape[-1])
         return PixelCNNDistribution(self.model, context, batch_shape, self._validate_args)
+
+
+@register("pixelcnn", event_dims=3)
+def pixelcnn(shape: tuple[int, int, int], context: int = 0, **options: object) -> PixelCNN:
+    """The registry entry of :class:`PixelCNN` (density family, image kind):
+    ``pyroflows.density.build("pixelcnn", (C, H, W), context, **options)``; the options are
+    :class:`PixelCNN`'s keywords (``likelihood``, ``levels``, ``hidden``, ...)."""
+    return PixelCNN(shape, context=context, **options)  # type: ignore[arg-type]
+
+
+pixelcnn.passes_options_to = PixelCNN  # type: ignore[attr-defined]  # its keywords are the options

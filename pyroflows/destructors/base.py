@@ -1,26 +1,35 @@
-r"""The destructor abstraction (Inouye & Ravikumar, "Deep density destructors", ICML 2018).
+r"""The destructor abstraction (Inouye & Ravikumar, "Deep density destructors", ICML 2018, https://proceedings.mlr.press/v80/inouye18a.html).
 
 A *density destructor* is an invertible map :math:`D` from data to the unit cube
 :math:`[0,1]^d` such that :math:`D(X)` is uniform when :math:`X` follows the destructor's
 density :math:`p`; its Jacobian determinant *is* that density,
 :math:`|\det J_D(x)| = p(x)`.
 
-In pyroflows a destructor is a :class:`~pyroflows.transforms.Bijection` whose forward direction
-goes data :math:`\to` cube: ``call_and_ladj(x)`` returns ``(D(x), log p(x))`` and
+In pyroflows a destructor is a :class:`~pyroflows.transforms.Bijection` whose call goes
+data :math:`\to` cube: ``call_and_ladj(x)`` returns ``(D(x), log p(x))`` and
 ``inverse_and_ladj(u)`` returns ``(D^{-1}(u), -log p(D^{-1}(u)))``. On top of the bijection
 protocol every destructor offers
 
 * ``fit(x, weights=None) -> self``: closed form, EM or greedy fitting, without gradients, on
   the data's device and dtype; inputs are validated first and a failed fit restores the
   previous state, so nothing is ever half-updated;
-* ``transform(x)``, ``inverse(u)``, ``log_prob(x)``, ``sample(n)``: checked public methods
-  (clear errors for NaN/inf, wrong shapes, data outside the domain, ``u`` outside
-  ``[0, 1]``, an unfitted destructor);
+* ``to_uniform(x)`` (data to the cube), ``from_uniform(u)`` (the cube to data),
+  ``log_prob(x)``, ``sample(n)``: checked public methods (clear errors for NaN/inf, wrong
+  shapes, data outside the domain, ``u`` outside ``[0, 1]``, an unfitted destructor);
 * ``domain``: what input it accepts, ``"real"`` (any finite vector) or ``"unit"`` (the cube).
   It is a genuine torch constraint (so Pyro and ``TransformedDistribution`` can use it) that
   also compares equal to its name: ``d.domain == "unit"``; ``d.domain_kind`` is the plain
   string;
 * ``as_flow(base="uniform" | "normal")``: a :class:`~pyroflows.Flow` with the same density.
+
+**Directions.** ``fast_direction`` means what it means for every pyroflows transform: which of
+``call_and_ladj`` (``"forward"``) and ``inverse_and_ladj`` (``"inverse"``) is a single pass, the
+one :meth:`~pyroflows.transforms.Bijection.log_abs_det_jacobian` computes through. A
+destructor's call is :math:`D` (data to cube), so the flow transform of its density, base to
+data, is ``Inverse(destructor)`` (what :meth:`Destructor.as_flow` builds), whose direction is
+swapped. For example a mixture's :math:`D` is closed form and :math:`D^{-1}` bisects: the
+mixture says ``"forward"``, and its flow transform says ``"inverse"`` (density is the single
+pass, as for MAF).
 
 Fitted state lives in parameters (what gradient fine-tuning may change) and buffers (fixed
 structure), so ``.to(device)``, ``state_dict`` and pickling work as for any module.
@@ -34,82 +43,35 @@ finite point.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
-from torch.distributions import constraints
 
 from ..checks import check_features
 from ..core import Flow
 from ..nn.device import module_device_dtype
 from ..transforms.base import Bijection, Inverse
-from .special import normal_cdf, normal_icdf, normal_log_pdf
+from .cube import StandardNormalCdf, UnitCube
+from .domain import REAL, UNIT
 
-__all__ = [
-    "REAL",
-    "UNIT",
-    "Chain",
-    "Destructor",
-    "DomainConstraint",
-    "IdentityDestructor",
-    "InverseNormalCdf",
-    "StandardNormalCdf",
-    "UnitCube",
-    "check_no_constant_columns",
-]
+__all__ = ["Destructor", "IdentityDestructor", "check_no_constant_columns", "mark_fitted"]
 
 
-class DomainConstraint(constraints.Constraint):
-    """A destructor's input domain: ``"real"`` (finite vectors) or ``"unit"`` (``[0,1]^d``).
-
-    A torch constraint with ``event_dim = 1`` that also compares equal to its name, so
-    ``destructor.domain == "unit"`` reads naturally while ``TransformedDistribution`` still sees
-    a constraint.
-    """
-
-    event_dim = 1
-    is_discrete = False
-
-    def __init__(self, kind: str) -> None:
-        if kind not in ("real", "unit"):
-            raise ValueError(f"a destructor domain is 'real' or 'unit', got {kind!r}")
-        self.kind = kind
-        super().__init__()
-
-    def check(self, value: Tensor) -> Tensor:
-        if self.kind == "unit":
-            return ((value >= 0) & (value <= 1)).all(-1)
-        return torch.isfinite(value).all(-1)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, str):
-            return other == self.kind
-        return isinstance(other, DomainConstraint) and other.kind == self.kind
-
-    def __hash__(self) -> int:
-        return hash(("pyroflows-domain", self.kind))
-
-    def __str__(self) -> str:
-        return self.kind
-
-    def __repr__(self) -> str:
-        return f"DomainConstraint({self.kind!r})"
-
-
-REAL = DomainConstraint("real")
-UNIT = DomainConstraint("unit")
-
-
-def check_no_constant_columns(x: Tensor, weights: Tensor | None = None, what: str = "data",
-                              rel: float | None = None) -> Tensor:
-    """Weighted column variances of ``x``; raise a ValueError naming constant columns.
+def check_no_constant_columns(
+    x: Tensor, weights: Tensor | None = None, what: str = "data", rel: float | None = None
+) -> Tensor:
+    """Weighted column variances (features,) of ``x`` (n, features); raise a ValueError naming
+    constant columns.
 
     A column counts as constant when its range (max - min) is below ``rel`` (default 100
     machine epsilons of the dtype) times its largest absolute value (at least 1).
+
+    Example:
+        >>> check_no_constant_columns(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
+        Traceback (most recent call last):
+        ValueError: data has 1 zero-variance column(s) [1]: ...
     """
     rel = 100 * torch.finfo(x.dtype).eps if rel is None else rel
     w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if weights is None else weights
@@ -127,15 +89,31 @@ def check_no_constant_columns(x: Tensor, weights: Tensor | None = None, what: st
     return var
 
 
+def mark_fitted(module: nn.Module) -> None:
+    """Set the ``fitted`` flag of ``module`` and of every destructor inside it."""
+    for sub in module.modules():
+        if isinstance(sub, Destructor):
+            sub.fitted.fill_(True)
+
+
 class Destructor(Bijection):
     """Base class of density destructors: data :math:`\\to [0,1]^d`, log-det = log-density.
 
-    Subclasses implement ``call_and_ladj``, ``inverse_and_ladj`` and ``_fit(x, w)`` (``x``
-    already validated, ``w`` normalised weights summing to one, under ``torch.no_grad``), set
-    :attr:`domain` (:data:`REAL` or :data:`UNIT`) and may override :meth:`min_points`.
+    Subclasses implement ``call_and_ladj`` (data to cube, with :math:`\\log p(x)`),
+    ``inverse_and_ladj`` and ``_fit(x, w)`` (``x`` already validated, ``w`` normalised weights
+    summing to one, under ``torch.no_grad``), set :attr:`domain` (:data:`REAL` or
+    :data:`UNIT`), set ``fast_direction = "forward"`` when only :math:`D` is a single pass
+    (see the module docstring), and may override :meth:`min_points`.
 
     Args:
         features: dimension :math:`d` of the data.
+
+    Example:
+        >>> from pyroflows.destructors import GaussianDestructor
+        >>> d = GaussianDestructor(2).fit(torch.randn(500, 2, dtype=torch.float64))
+        >>> u = d.to_uniform(torch.zeros(4, 2, dtype=torch.float64))   # (4, 2) in [0, 1]^2
+        >>> torch.allclose(d.from_uniform(u), torch.zeros(4, 2, dtype=torch.float64))
+        True
     """
 
     domain = REAL
@@ -156,7 +134,7 @@ class Destructor(Bijection):
         """Fewest training points ``fit`` accepts (default 2; ``features + 1`` for covariances)."""
         return 2
 
-    # -- public API ------------------------------------------------------------------------------
+    # -- checks shared by the public methods -----------------------------------------------------
 
     @property
     def domain_kind(self) -> str:
@@ -171,7 +149,9 @@ class Destructor(Bijection):
             try:
                 tensor = torch.as_tensor(np.asarray(x, dtype=np.float64))
             except (TypeError, ValueError) as error:
-                raise TypeError(f"{what} must be a tensor or an array of numbers: {error}") from None
+                raise TypeError(
+                    f"{what} must be a tensor or an array of numbers: {error}"
+                ) from None
         if not tensor.is_floating_point():
             tensor = tensor.to(dtype)
         check_features(tensor, self.features, what)
@@ -195,6 +175,15 @@ class Destructor(Bijection):
     def _check_fitted(self) -> None:
         if not bool(self.fitted):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet: call .fit(data) first")
+
+    def _checked(self, x: Any, what: str, unit: bool) -> Tensor:
+        """``x`` as a tensor on this destructor's device and dtype, after every input check."""
+        self._check_fitted()
+        x = self._as_input(x, what)
+        self._check_values(x, what, unit)
+        return x
+
+    # -- public API ------------------------------------------------------------------------------
 
     def fit(self, x: Tensor | np.ndarray, weights: Tensor | np.ndarray | None = None) -> Destructor:
         """Fit the destructor's density to ``x`` (n, features); returns ``self``.
@@ -234,39 +223,35 @@ class Destructor(Bijection):
         try:
             with torch.no_grad():
                 self._fit(x.detach(), w)
-                _mark_fitted(self)
+                mark_fitted(self)
         except BaseException:
             self.load_state_dict(state)
             raise
         return self
 
-    def transform(self, x: Tensor | np.ndarray) -> Tensor:
-        """Map data (..., features) to the unit cube (checked: finite, inside the domain)."""
-        self._check_fitted()
-        x = self._as_input(x, "input")
-        self._check_values(x, "input", self.domain == "unit")
+    def to_uniform(self, x: Tensor | np.ndarray) -> Tensor:
+        """:math:`u = D(x)`: data (..., features) to the unit cube (checked: finite, inside the
+        domain); uniform when ``x`` follows the fitted density."""
+        x = self._checked(x, "input", self.domain == "unit")
         return self.call_and_ladj(x)[0]
 
     def log_prob(self, x: Tensor | np.ndarray) -> Tensor:
-        """Log-density (...,) of data (..., features) (checked like :meth:`transform`)."""
-        self._check_fitted()
-        x = self._as_input(x, "input")
-        self._check_values(x, "input", self.domain == "unit")
+        """Log-density (...,) of data (..., features) (checked like :meth:`to_uniform`)."""
+        x = self._checked(x, "input", self.domain == "unit")
         return self.call_and_ladj(x)[1]
 
-    def inverse(self, u: Tensor | np.ndarray) -> Tensor:
-        """Map points of the unit cube back to data space.
+    def from_uniform(self, u: Tensor | np.ndarray) -> Tensor:
+        """:math:`x = D^{-1}(u)`: points (..., features) of the unit cube back to data space.
 
         Values outside ``[0, 1]`` (or NaN) raise ``ValueError``; values on the cube's faces are
         clamped to the nearest interior point where the inverse needs it (documented clamp).
         """
-        self._check_fitted()
-        u = self._as_input(u, "inverse input")
-        self._check_values(u, "inverse input", True)
+        u = self._checked(u, "uniform input", True)
         return self.inverse_and_ladj(u)[0]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` points: uniform points of the cube mapped through :meth:`inverse`."""
+        """Draw ``n`` points (n, features): uniform points of the cube through
+        :meth:`from_uniform`."""
         self._check_fitted()
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -303,68 +288,18 @@ class Destructor(Bijection):
         return f"features={self.features}, domain={self.domain_kind!r}"
 
 
-def _mark_fitted(module: nn.Module) -> None:
-    for sub in module.modules():
-        if isinstance(sub, Destructor):
-            sub.fitted.fill_(True)
-
-
-class _ClosedUniform(dist.Uniform):
-    """Uniform whose log-density is finite on the closed interval (destructors reach 1.0)."""
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        inside = (value >= self.low) & (value <= self.high)
-        log_density = -(self.high - self.low).log()
-        shape = torch.broadcast_shapes(value.shape, log_density.shape)
-        return torch.where(inside, log_density.expand(shape),
-                           torch.full(shape, -torch.inf, dtype=value.dtype, device=value.device))
-
-
-class UnitCube(nn.Module):
-    """Uniform base on :math:`[0,1]^d` that follows the module's device and dtype (buffers)."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.features = features
-        self.register_buffer("low", torch.zeros(features))
-        self.register_buffer("high", torch.ones(features))
-
-    def forward(self, batch_shape: torch.Size = torch.Size()) -> dist.TorchDistribution:
-        base = _ClosedUniform(self.low, self.high, validate_args=False).to_event(1)
-        return base.expand(batch_shape) if batch_shape else base
-
-
-class StandardNormalCdf(Bijection):
-    r""":math:`u = \Phi(z)` elementwise: real :math:`\to` unit cube (not fitted, no parameters)."""
-
-    codomain = UNIT
-
-    def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return normal_cdf(z), normal_log_pdf(z).sum(-1)
-
-    def inverse_and_ladj(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z = normal_icdf(u)
-        return z, -normal_log_pdf(z).sum(-1)
-
-
-class InverseNormalCdf(Bijection):
-    r""":math:`z = \Phi^{-1}(u)` elementwise: unit cube :math:`\to` real (clamped at the faces)."""
-
-    domain = UNIT
-
-    def call_and_ladj(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z = normal_icdf(u)
-        return z, -normal_log_pdf(z).sum(-1)
-
-    def inverse_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return normal_cdf(z), normal_log_pdf(z).sum(-1)
-
-
 class IdentityDestructor(Destructor):
     """The uniform density on the cube: :math:`D(u) = u`, log-density 0.
 
     What a deep destructor puts in place of a layer that would lower the training likelihood
     (the talk's monotonicity argument: the identity is always available).
+
+    Args:
+        features: dimension.
+
+    Example:
+        >>> IdentityDestructor(2).log_prob(torch.full((3, 2), 0.5))
+        tensor([0., 0., 0.])
     """
 
     domain = UNIT
@@ -381,56 +316,3 @@ class IdentityDestructor(Destructor):
 
     def inverse_and_ladj(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return u, u.new_zeros(u.shape[:-1])
-
-
-class Chain(Destructor):
-    """Bijections applied in order, the last mapping onto the cube; fitted part by part.
-
-    ``Chain([InverseNormalCdf(d), PCARotation(d), NormalCdfDestructor(d)])`` is a destructor
-    on the cube: each fittable part (one with ``_fit``) is fitted on the output of the parts
-    before it, and the sum of the log-determinants is the chain's log-density. The chain's
-    domain is its first part's.
-
-    Args:
-        parts: pyroflows bijections, data side first; the last must map onto the cube.
-    """
-
-    def __init__(self, parts: Sequence[Bijection]) -> None:
-        parts = list(parts)
-        if not parts:
-            raise ValueError("Chain needs at least one part")
-        features = parts[0].features
-        if any(p.features != features for p in parts):
-            raise ValueError(f"all parts must have the same features, got {[p.features for p in parts]}")
-        if parts[-1].codomain is not UNIT and parts[-1].codomain != "unit":
-            raise ValueError("the last part of a Chain must map onto the unit cube")
-        super().__init__(features)
-        self.parts = nn.ModuleList(parts)
-        first = parts[0].domain
-        self.domain = UNIT if first == "unit" else REAL
-        if any(getattr(p, "fast_direction", "both") == "forward" for p in parts):
-            self.fast_direction = "forward"
-
-    def min_points(self) -> int:
-        return max((p.min_points() for p in self.parts if hasattr(p, "min_points")), default=2)
-
-    def _fit(self, x: Tensor, w: Tensor) -> None:
-        for part in self.parts:
-            if hasattr(part, "_fit"):
-                part._fit(x, w)
-                _mark_fitted(part)
-            x = part.call_and_ladj(x)[0]
-
-    def call_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[:-1])
-        for part in self.parts:
-            x, ladj = part.call_and_ladj(x)
-            total = total + ladj
-        return x, total
-
-    def inverse_and_ladj(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = u.new_zeros(u.shape[:-1])
-        for part in reversed(self.parts):
-            u, ladj = part.inverse_and_ladj(u)
-            total = total + ladj
-        return u, total

@@ -1,4 +1,4 @@
-r"""The Gaussian-copula layer of the reference's MNIST experiment (Inouye & Ravikumar 2018).
+r"""The Gaussian-copula layer of the reference's MNIST experiment (Inouye & Ravikumar 2018, https://proceedings.mlr.press/v80/inouye18a.html).
 
 On the cube: histogram marginals :math:`\to \Phi^{-1} \to` PCA rotation :math:`\to`
 independent Gaussians :math:`\to` back to the cube,
@@ -15,13 +15,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Chain, InverseNormalCdf
+from .chain import Chain
+from .cube import InverseNormalCdf
 from .independent import HistogramDestructor, NormalCdfDestructor
+from .registry import register
 from .rotation import PCARotation
 
 __all__ = ["CopulaDestructor"]
 
 
+@register("copula")
 class CopulaDestructor(Chain):
     """Histogram marginals, :math:`\\Phi^{-1}`, PCA, independent Gaussians, :math:`\\Phi`.
 
@@ -51,16 +54,30 @@ class CopulaDestructor(Chain):
         True
     """
 
-    def __init__(self, features: int, bins: int = 40, alpha: float = 1.0, smooth: bool = True,
-                 shrinkage: str | float | None = "oas") -> None:
-        if not (shrinkage is None or shrinkage == "oas" or (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1)):
-            raise ValueError(f"shrinkage must be 'oas', a number in [0, 1] or None, got {shrinkage!r}")
-        super().__init__([
-            HistogramDestructor(features, bins=bins, alpha=alpha, smooth=smooth),
-            InverseNormalCdf(features),
-            PCARotation(features),
-            NormalCdfDestructor(features),
-        ])
+    def __init__(
+        self,
+        features: int,
+        bins: int = 40,
+        alpha: float = 1.0,
+        smooth: bool = True,
+        shrinkage: str | float | None = "oas",
+    ) -> None:
+        if not (
+            shrinkage is None
+            or shrinkage == "oas"
+            or (isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1)
+        ):
+            raise ValueError(
+                f"shrinkage must be 'oas', a number in [0, 1] or None, got {shrinkage!r}"
+            )
+        super().__init__(
+            [
+                HistogramDestructor(features, bins=bins, alpha=alpha, smooth=smooth),
+                InverseNormalCdf(features),
+                PCARotation(features),
+                NormalCdfDestructor(features),
+            ]
+        )
 
         self.shrinkage = shrinkage
 
@@ -77,7 +94,9 @@ class CopulaDestructor(Chain):
             d = self.features
             n = 1.0 / float(w.square().sum())  # effective sample size
             tr, tr2 = var.sum(), var.square().sum()
-            rho = ((1 - 2 / d) * tr2 + tr * tr) / ((n + 1 - 2 / d) * (tr2 - tr * tr / d)).clamp_min(1e-300)
+            rho = ((1 - 2 / d) * tr2 + tr * tr) / ((n + 1 - 2 / d) * (tr2 - tr * tr / d)).clamp_min(
+                1e-300
+            )
             rho = rho.clamp(0, 1)
         else:
             rho = torch.as_tensor(float(self.shrinkage), dtype=var.dtype, device=var.device)

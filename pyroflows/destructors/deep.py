@@ -1,4 +1,4 @@
-r"""Deep destructors: shallow destructors stacked greedily (Inouye & Ravikumar 2018).
+r"""Deep destructors: shallow destructors stacked greedily (Inouye & Ravikumar 2018, https://proceedings.mlr.press/v80/inouye18a.html).
 
 Layer :math:`t` is fitted to the output :math:`x^{t-1} = D^{t-1}(x)` of the layers before it,
 and :math:`D^t = d^t \circ D^{t-1}`. The deep density is the product of the layers' densities
@@ -22,18 +22,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..checks import check_count
 from ..nn.device import module_device_dtype
 from ..transforms.base import Bijection
-from .base import (
-    REAL,
-    UNIT,
-    Chain,
-    Destructor,
-    IdentityDestructor,
-    InverseNormalCdf,
-    StandardNormalCdf,
-)
-from .registry import build
+from .base import Destructor, IdentityDestructor
+from .chain import Chain, Stack
+from .cube import InverseNormalCdf, StandardNormalCdf
+from .domain import REAL, UNIT
+from .registry import build, register
 from .rotation import PCARotation, RandomRotation
 
 __all__ = ["DeepDestructor"]
@@ -41,7 +37,8 @@ __all__ = ["DeepDestructor"]
 _INIT, _LAYER, _IDENTITY = 0, 1, 2
 
 
-class DeepDestructor(Destructor):
+@register("deep")
+class DeepDestructor(Stack):
     r"""Greedy deep destructor with the depth picked on held-out log-likelihood.
 
     ``fit`` grows layers one at a time, each fitted (in closed form, by EM or greedily) to the
@@ -104,13 +101,14 @@ class DeepDestructor(Destructor):
         progress: bool | None = None,
     ) -> None:
         super().__init__(features)
-        if not isinstance(max_layers, int) or max_layers < 1:
-            raise ValueError(f"max_layers must be a positive integer, got {max_layers!r}")
+        max_layers = check_count("max_layers", max_layers)
         if isinstance(validation, bool) or not (
             (isinstance(validation, int) and (validation == 0 or validation >= 2))
             or (isinstance(validation, float) and 0 <= validation < 1)
         ):
-            raise ValueError(f"validation must be a fraction in [0, 1) or a number of folds >= 2, got {validation!r}")
+            raise ValueError(
+                f"validation must be a fraction in [0, 1) or a number of folds >= 2, got {validation!r}"
+            )
         if rotation not in (None, "random", "pca"):
             raise ValueError(f"rotation must be None, 'random' or 'pca', got {rotation!r}")
         if not isinstance(layer, str) and not callable(layer):
@@ -122,7 +120,9 @@ class DeepDestructor(Destructor):
         if isinstance(init, str):
             init = build(init, features)
         if init is not None and (not isinstance(init, Destructor) or init.features != features):
-            raise TypeError(f"init must be a registry name, a Destructor on {features} features, or None")
+            raise TypeError(
+                f"init must be a registry name, a Destructor on {features} features, or None"
+            )
         # A plain attribute, not a submodule: the template is copied for every fit.
         object.__setattr__(self, "_init_template", init)
         self.domain = UNIT if init is None else init.domain
@@ -131,7 +131,11 @@ class DeepDestructor(Destructor):
         self.history: list[dict[str, float]] = []
 
     def extra_repr(self) -> str:
-        name = self.layer if isinstance(self.layer, str) else getattr(self.layer, "__name__", "factory")
+        name = (
+            self.layer
+            if isinstance(self.layer, str)
+            else getattr(self.layer, "__name__", "factory")
+        )
         return f"features={self.features}, layer={name!r}, layers={len(self.layers)}, domain={self.domain_kind!r}"
 
     # -- layers --------------------------------------------------------------------------------
@@ -145,8 +149,11 @@ class DeepDestructor(Destructor):
                 raise TypeError("the layer factory must return a Destructor with the same features")
         parts: list[Bijection] = []
         if self.rotation is not None:
-            rotate = RandomRotation(self.features, seed=self.seed + index) if self.rotation == "random" \
+            rotate = (
+                RandomRotation(self.features, seed=self.seed + index)
+                if self.rotation == "random"
                 else PCARotation(self.features)
+            )
             parts += [InverseNormalCdf(self.features), rotate]
             if core.domain == "unit":
                 parts.append(StandardNormalCdf(self.features))
@@ -166,7 +173,9 @@ class DeepDestructor(Destructor):
         return self._new_layer(index)
 
     def min_points(self) -> int:
-        probes = [self._new_layer(0)] + ([self._init_template] if self._init_template is not None else [])
+        probes = [self._new_layer(0)] + (
+            [self._init_template] if self._init_template is not None else []
+        )
         return max(p.min_points() for p in probes)
 
     # -- fitting -------------------------------------------------------------------------------
@@ -178,14 +187,25 @@ class DeepDestructor(Destructor):
             if self.validation == 0:
                 return []
             folds = order.tensor_split(self.validation)
-            return [(torch.cat([f for j, f in enumerate(folds) if j != i]), folds[i]) for i in range(len(folds))]
+            return [
+                (torch.cat([f for j, f in enumerate(folds) if j != i]), folds[i])
+                for i in range(len(folds))
+            ]
         if self.validation == 0:
             return []
         n_val = max(1, int(round(self.validation * n)))
         return [(order[n_val:], order[:n_val])]
 
-    def _grow(self, x: Tensor, w: Tensor, xv: Tensor | None, wv: Tensor | None, depth: int,
-              stop_early: bool, bar: tqdm | None) -> tuple[list[Destructor], list[int], list[dict[str, float]]]:
+    def _grow(
+        self,
+        x: Tensor,
+        w: Tensor,
+        xv: Tensor | None,
+        wv: Tensor | None,
+        depth: int,
+        stop_early: bool,
+        bar: tqdm | None,
+    ) -> tuple[list[Destructor], list[int], list[dict[str, float]]]:
         """Fit up to ``depth`` layers on (x, w); score on (xv, wv) when given."""
         w = w / w.sum()
         wv = None if wv is None else wv / wv.sum()
@@ -203,8 +223,16 @@ class DeepDestructor(Destructor):
                 val = float(wv @ lv)
             layers.append(first)
             codes.append(_INIT)
-        history.append({"layer": 0, "train_loglik": train, "val_loglik": val if xv is not None else math.nan,
-                        "gain": train, "accepted": True, "seconds": time.perf_counter() - start})
+        history.append(
+            {
+                "layer": 0,
+                "train_loglik": train,
+                "val_loglik": val if xv is not None else math.nan,
+                "gain": train,
+                "accepted": True,
+                "seconds": time.perf_counter() - start,
+            }
+        )
         stale = 0
         for index in range(1, depth + 1):
             start = time.perf_counter()
@@ -216,7 +244,9 @@ class DeepDestructor(Destructor):
                 # The identity is always available and never lowers the likelihood.
                 layer, u, gain = self._make(_IDENTITY, index), x, 0.0
             if train + gain < train:
-                raise RuntimeError("deep destructor: training log-likelihood decreased (monotonicity violated)")
+                raise RuntimeError(
+                    "deep destructor: training log-likelihood decreased (monotonicity violated)"
+                )
             train, x = train + gain, u
             score_gain = gain
             if xv is not None:
@@ -225,8 +255,16 @@ class DeepDestructor(Destructor):
                 val = val + score_gain
             layers.append(layer)
             codes.append(_LAYER if accepted else _IDENTITY)
-            history.append({"layer": index, "train_loglik": train, "val_loglik": val if xv is not None else math.nan,
-                            "gain": gain, "accepted": accepted, "seconds": time.perf_counter() - start})
+            history.append(
+                {
+                    "layer": index,
+                    "train_loglik": train,
+                    "val_loglik": val if xv is not None else math.nan,
+                    "gain": gain,
+                    "accepted": accepted,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(train=f"{train:.4g}", val=f"{val:.4g}" if xv is not None else "-")
@@ -244,23 +282,40 @@ class DeepDestructor(Destructor):
         splits = self._splits(n, x.device)
         need = self.min_points()
         if splits and min(len(tr) for tr, _ in splits) < need:
-            raise ValueError(f"too few points ({n}) for validation={self.validation!r}: each training part "
-                             f"needs at least {need}")
-        bar = tqdm(total=self.max_layers * max(1, len(splits)), desc="deep destructor",
-                   disable=None if self.progress is None else not self.progress)
+            raise ValueError(
+                f"too few points ({n}) for validation={self.validation!r}: each training part "
+                f"needs at least {need}"
+            )
+        bar = tqdm(
+            total=self.max_layers * max(1, len(splits)),
+            desc="deep destructor",
+            disable=None if self.progress is None else not self.progress,
+        )
         try:
             if not splits:
                 layers, codes, history = self._grow(x, w, None, None, self.max_layers, True, bar)
             else:
-                runs = [self._grow(x[tr], w[tr], x[va], w[va], self.max_layers, True, bar) for tr, va in splits]
+                runs = [
+                    self._grow(x[tr], w[tr], x[va], w[va], self.max_layers, True, bar)
+                    for tr, va in splits
+                ]
                 length = max(len(r[2]) for r in runs)
-                curves = np.array([[r[2][min(i, len(r[2]) - 1)]["val_loglik"] for i in range(length)] for r in runs])
+                curves = np.array(
+                    [
+                        [r[2][min(i, len(r[2]) - 1)]["val_loglik"] for i in range(length)]
+                        for r in runs
+                    ]
+                )
                 mean_val = curves.mean(0)
                 depth = int(np.argmax(mean_val))
                 if len(splits) == 1 and not self.refit:
                     # Keep the layers of the single run up to the best held-out depth.
                     keep = depth + (self._init_template is not None)
-                    layers, codes, history = runs[0][0][:keep], runs[0][1][:keep], runs[0][2][: depth + 1]
+                    layers, codes, history = (
+                        runs[0][0][:keep],
+                        runs[0][1][:keep],
+                        runs[0][2][: depth + 1],
+                    )
                 else:
                     bar.reset(total=depth)
                     bar.set_description("deep destructor (refit)")
@@ -279,79 +334,28 @@ class DeepDestructor(Destructor):
 
     def _set_layers(self, layers: list[Destructor]) -> None:
         self.layers = nn.ModuleList(layers)
-        slow_inverse = any(getattr(m, "fast_direction", "both") == "forward" for m in self.modules() if m is not self)
-        self.fast_direction = "forward" if slow_inverse else "both"
+
+    def stack(self) -> nn.ModuleList:
+        return self.layers
 
     # -- state_dict: rebuild the layers a saved destructor had ----------------------------------
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,  # noqa: ANN001
-                              unexpected_keys, error_msgs) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict,
+        prefix,
+        local_metadata,
+        strict,
+        missing_keys,  # noqa: ANN001
+        unexpected_keys,
+        error_msgs,
+    ) -> None:
         key = prefix + "layer_codes"
         if key in state_dict:
             codes = state_dict[key].tolist()
             if codes != self.layer_codes.tolist():
                 self._set_layers([self._make(c, i) for i, c in enumerate(codes)])
                 self.layer_codes = state_dict[key].clone().to(self.layer_codes.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    # -- the bijection -------------------------------------------------------------------------
-
-    def call_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[:-1])
-        for layer in self.layers:
-            x, ladj = layer.call_and_ladj(x)
-            total = total + ladj
-        return x, total
-
-    def inverse_and_ladj(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = u.new_zeros(u.shape[:-1])
-        for layer in reversed(self.layers):
-            u, ladj = layer.inverse_and_ladj(u)
-            total = total + ladj
-        return u, total
-
-    # -- after the greedy fit ------------------------------------------------------------------
-
-    def fine_tune(self, data: Tensor | np.ndarray, weights: Tensor | np.ndarray | None = None,
-                  **options: Any):  # noqa: ANN201
-        """Train all layers jointly by gradient from the greedy start (maximum likelihood).
-
-        Runs :func:`pyroflows.infer.fit` on :meth:`as_flow` (which shares this destructor's
-        parameters), so the options are ``fit``'s: ``epochs``, ``batch_size``, ``lr``,
-        ``validation`` (default 0.1; early stopping keeps the best parameters), ``patience``,
-        ``seed``, ``progress``, .... Rotations stay fixed (buffers); histogram, Gaussian,
-        mixture and tree-split parameters move.
-
-        The greedy start competes too: with a validation split, if no epoch beats the greedy
-        destructor's held-out log-likelihood (on the same split ``fit`` holds out), the greedy
-        parameters are restored and the result's ``kept_greedy`` is ``True``.
-
-        Returns:
-            ``fit``'s :class:`~pyroflows.infer.FitResult`, plus ``greedy_val_loglik`` and
-            ``kept_greedy`` attributes.
-        """
-        from ..infer.fitting.fit import fit
-
-        self._check_fitted()
-        x = self._as_input(data, "fine-tuning data")
-        if x.dim() != 2:
-            raise ValueError(f"fine-tuning data must have shape (n, {self.features}), got {tuple(x.shape)}")
-        self._check_values(x, "fine-tuning data", self.domain == "unit")
-        options.setdefault("validation", 0.1)
-        greedy = copy.deepcopy(self)
-        result = fit(self.as_flow(), x, weights=weights, **options)
-        greedy_val = math.nan
-        if len(result.val_index):
-            # Score the greedy start on the very points fit held out, with fit's weighting.
-            index = result.val_index.to(x.device)
-            w = torch.ones(len(index), dtype=x.dtype, device=x.device) if weights is None else \
-                torch.as_tensor(weights, dtype=x.dtype, device=x.device)[index]
-            with torch.no_grad():
-                loglik = torch.cat([greedy.call_and_ladj(c)[1] for c in x[index].split(4096)])
-            greedy_val = float((w * loglik).sum() / w.sum())
-        result.greedy_val_loglik = greedy_val
-        result.kept_greedy = bool(math.isfinite(greedy_val) and not result.best_val_loglik > greedy_val)
-        if result.kept_greedy:
-            self.load_state_dict(greedy.state_dict())
-        return result
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import REAL, Destructor, check_no_constant_columns
+from .base import Destructor, check_no_constant_columns
+from .domain import REAL
+from .registry import register
 from .special import normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = ["GaussianDestructor", "weighted_covariance"]
@@ -22,6 +24,7 @@ def weighted_covariance(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return mean, (centred * w[:, None]).T @ centred
 
 
+@register("gaussian")
 class GaussianDestructor(Destructor):
     r"""Multivariate Gaussian destructor :math:`u = \Phi(L^{-1}(x - \mu))`.
 
@@ -59,7 +62,9 @@ class GaussianDestructor(Destructor):
     def _fit(self, x: Tensor, w: Tensor) -> None:
         check_no_constant_columns(x, w)
         mean, cov = weighted_covariance(x, w)
-        cov = cov + self.reg * cov.diagonal().mean() * torch.eye(self.features, dtype=x.dtype, device=x.device)
+        cov = cov + self.reg * cov.diagonal().mean() * torch.eye(
+            self.features, dtype=x.dtype, device=x.device
+        )
         L, info = torch.linalg.cholesky_ex(cov)
         if int(info) != 0:
             raise ValueError("the data's covariance is singular (collinear columns); increase reg")

@@ -19,14 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_count
 from ..numerics.bisection import monotone_inverse
 from ..transforms.splines import rq_bin_forward, rq_bin_inverse
-from .base import REAL, UNIT, Destructor, check_no_constant_columns
+from .base import Destructor, check_no_constant_columns
+from .domain import REAL, UNIT
+from .registry import register
 from .special import beta_log_pdf, betainc, normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = ["BetaDestructor", "HistogramDestructor", "NormalCdfDestructor"]
 
 
+@register("histogram")
 class HistogramDestructor(Destructor):
     r"""Per-dimension histogram density on :math:`[0,1]` with ``bins`` equal-width bins.
 
@@ -57,19 +61,22 @@ class HistogramDestructor(Destructor):
     Example:
         >>> x = torch.rand(500, 2, dtype=torch.float64) ** 2
         >>> d = HistogramDestructor(2, bins=20).fit(x)
-        >>> u = d.transform(x)
+        >>> u = d.to_uniform(x)
         >>> bool((u >= 0).all() and (u <= 1).all())
         True
     """
 
     domain = UNIT
 
-    def __init__(self, features: int, bins: int = 40, alpha: float = 1.0, smooth: bool = False) -> None:
+    def __init__(
+        self, features: int, bins: int = 40, alpha: float = 1.0, smooth: bool = False
+    ) -> None:
         super().__init__(features)
-        if not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
+        bins = check_count("bins", bins)
         if not alpha > 0:
-            raise ValueError(f"alpha must be positive (it keeps every bin's density above 0), got {alpha!r}")
+            raise ValueError(
+                f"alpha must be positive (it keeps every bin's density above 0), got {alpha!r}"
+            )
         self.bins = bins
         self.alpha = float(alpha)
         self.smooth = bool(smooth)
@@ -77,7 +84,9 @@ class HistogramDestructor(Destructor):
         self.register_buffer("offsets", torch.arange(features) * bins)
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, bins={self.bins}, alpha={self.alpha}, smooth={self.smooth}"
+        return (
+            f"features={self.features}, bins={self.bins}, alpha={self.alpha}, smooth={self.smooth}"
+        )
 
     def _fit(self, x: Tensor, w: Tensor) -> None:
         n, K = x.shape[0], self.bins
@@ -93,7 +102,9 @@ class HistogramDestructor(Destructor):
         p = log_p.exp()
         cdf = F.pad(torch.cumsum(p, -1), (1, 0))
         density = p * self.bins
-        slopes = torch.cat([density[:, :1], 0.5 * (density[:, 1:] + density[:, :-1]), density[:, -1:]], -1)
+        slopes = torch.cat(
+            [density[:, :1], 0.5 * (density[:, 1:] + density[:, :-1]), density[:, -1:]], -1
+        )
         return log_p, cdf, slopes
 
     def _gather(self, k: Tensor, log_p: Tensor, cdf: Tensor, slopes: Tensor) -> tuple[Tensor, ...]:
@@ -123,8 +134,9 @@ class HistogramDestructor(Destructor):
         log_p, cdf, slopes = self._tables()
         uc = u.clamp(0, 1)
         flat_u = uc.reshape(-1, self.features)
-        k = torch.searchsorted(cdf[:, 1:-1].detach().contiguous(), flat_u.detach().T.contiguous(),
-                               right=True).T.reshape(u.shape)
+        k = torch.searchsorted(
+            cdf[:, 1:-1].detach().contiguous(), flat_u.detach().T.contiguous(), right=True
+        ).T.reshape(u.shape)
         lp, y0, d0, d1 = self._gather(k, log_p, cdf, slopes)
         if not self.smooth:
             x = ((k + (uc - y0) * torch.exp(-lp)) / K).clamp(0, 1)
@@ -135,6 +147,7 @@ class HistogramDestructor(Destructor):
         return x, -log_deriv.sum(-1)
 
 
+@register("normal-cdf")
 class NormalCdfDestructor(Destructor):
     r"""Independent Gaussians: :math:`u_i = \Phi((x_i - \mu_i) / \sigma_i)`.
 
@@ -167,14 +180,15 @@ class NormalCdfDestructor(Destructor):
         return x, -(normal_log_pdf(z) - self.log_scale).sum(-1)
 
 
+@register("beta")
 class BetaDestructor(Destructor):
     r"""Independent Beta densities: :math:`u_i = I_{x_i}(a_i, b_i)` (regularised incomplete Beta).
 
     Fitting starts from the moment estimates and takes Newton steps on the (weighted)
     log-likelihood in :math:`(\log a, \log b)`. Inputs are clamped into the open interval
     ``[tiny, 1 - eps/2]`` before the log-density (a documented clamp: the faces have
-    probability zero). The inverse is a batched bisection with implicit gradients.
-    Domain: ``"unit"``.
+    probability zero). The inverse is a batched bisection with implicit gradients, so only
+    :math:`D` is one pass: ``fast_direction = "forward"``. Domain: ``"unit"``.
 
     Args:
         features: dimension.
@@ -182,6 +196,7 @@ class BetaDestructor(Destructor):
     """
 
     domain = UNIT
+    fast_direction = "forward"
 
     def __init__(self, features: int, newton_steps: int = 30) -> None:
         super().__init__(features)
@@ -203,7 +218,11 @@ class BetaDestructor(Destructor):
         s1, s2 = w @ torch.log(xo), w @ torch.log1p(-xo)
 
         def loglik(a: Tensor, b: Tensor) -> Tensor:
-            return (a - 1) * s1 + (b - 1) * s2 - (torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b))
+            return (
+                (a - 1) * s1
+                + (b - 1) * s2
+                - (torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b))
+            )
 
         for _ in range(self.newton_steps):
             psi_ab, tri_ab = torch.digamma(a + b), torch.polygamma(1, a + b)
@@ -240,7 +259,10 @@ class BetaDestructor(Destructor):
         x = monotone_inverse(
             lambda v: betainc(a, b, v),
             lambda v: beta_log_pdf(self._open(v), a, b).exp(),
-            uc, zero, one, newton=True,
+            uc,
+            zero,
+            one,
+            newton=True,
         )
         x = self._open(x)
         return x, -beta_log_pdf(x, a, b).sum(-1)

@@ -24,22 +24,28 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count
 from ..numerics.bisection import monotone_inverse
-from .base import REAL, Destructor, check_no_constant_columns
+from .base import Destructor, check_no_constant_columns
+from .domain import REAL
 from .gaussian import weighted_covariance
+from .registry import register
 from .special import normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = ["MixtureDestructor"]
 
 
+@register("mixture")
 class MixtureDestructor(Destructor):
     r"""Full-covariance Gaussian mixture with ``components`` components, mapped by Rosenblatt.
 
     Fitting: k-means++ seeding then weighted EM (``max_iter`` steps or until the mean
     log-likelihood changes by less than ``tol``), with ``reg`` times the data's average
     variance added to each covariance's diagonal. Mixture logits, means and Cholesky factors
-    are parameters. **Fast direction: forward** (density and ``transform``); ``inverse`` and
-    ``sample`` bisect per dimension. Domain: ``"real"``.
+    are parameters. ``fast_direction = "forward"``: :math:`D`
+    (``to_uniform``, ``log_prob``) is one pass, while ``from_uniform`` and ``sample`` bisect
+    per dimension (so the flow transform ``Inverse(d)`` of ``as_flow`` is fast for density,
+    like MAF). Domain: ``"real"``.
 
     Args:
         features: dimension.
@@ -52,18 +58,24 @@ class MixtureDestructor(Destructor):
     Example:
         >>> x = torch.cat([torch.randn(500, 2), torch.randn(500, 2) + 4]).double()
         >>> d = MixtureDestructor(2, components=2).fit(x)
-        >>> torch.allclose(d.inverse(d.transform(x[:5])), x[:5], atol=1e-6)
+        >>> torch.allclose(d.from_uniform(d.to_uniform(x[:5])), x[:5], atol=1e-6)
         True
     """
 
     domain = REAL
     fast_direction = "forward"
 
-    def __init__(self, features: int, components: int = 8, max_iter: int = 200, tol: float = 1e-6,
-                 reg: float = 1e-6, seed: int = 0) -> None:
+    def __init__(
+        self,
+        features: int,
+        components: int = 8,
+        max_iter: int = 200,
+        tol: float = 1e-6,
+        reg: float = 1e-6,
+        seed: int = 0,
+    ) -> None:
         super().__init__(features)
-        if not isinstance(components, int) or components < 1:
-            raise ValueError(f"components must be a positive integer, got {components!r}")
+        components = check_count("components", components)
         self.components = components
         self.max_iter, self.tol, self.reg, self.seed = max_iter, tol, float(reg), seed
         K, d = components, features
@@ -166,13 +178,17 @@ class MixtureDestructor(Destructor):
             s = scale[:, j]
             weights = torch.softmax(before, -1)
 
-            def cdf(t: Tensor, mean: Tensor = mean, s: Tensor = s, weights: Tensor = weights) -> Tensor:
+            def cdf(
+                t: Tensor, mean: Tensor = mean, s: Tensor = s, weights: Tensor = weights
+            ) -> Tensor:
                 return (weights * normal_cdf((t[:, None] - mean) / s)).sum(-1)
 
-            def pdf(t: Tensor, mean: Tensor = mean, s: Tensor = s, weights: Tensor = weights) -> Tensor:
+            def pdf(
+                t: Tensor, mean: Tensor = mean, s: Tensor = s, weights: Tensor = weights
+            ) -> Tensor:
                 return (weights * torch.exp(normal_log_pdf((t[:, None] - mean) / s)) / s).sum(-1)
 
-            quantiles = mean.detach() + s.detach() * q[:, j:j + 1].detach()
+            quantiles = mean.detach() + s.detach() * q[:, j : j + 1].detach()
             lo, hi = quantiles.amin(-1), quantiles.amax(-1)
             width = (hi - lo).clamp_min(1e-3 * s.detach().min())
             x_j = monotone_inverse(cdf, pdf, u[:, j], lo - 1e-3 * width, hi + 1e-3 * width)

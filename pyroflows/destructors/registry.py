@@ -1,26 +1,26 @@
-"""The destructor registry: ``build(name, features, **options)`` and ``available()``."""
+"""The destructors' view of the one registry (:data:`pyroflows.registry.REGISTRY`, family
+``"destructor"``): ``register``, ``build(name, features, **options)`` and ``available()``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from ..registry import Registry
+from ..registry import REGISTRY
 from .base import Destructor
 
 __all__ = ["available", "build", "register"]
 
-_DESTRUCTORS: Registry[Callable[..., Destructor]] = Registry("destructor", conditional=False)
-
 
 def register(name: str) -> Callable[[Callable[..., Destructor]], Callable[..., Destructor]]:
-    """Decorator adding ``factory(features, **options) -> Destructor`` under ``name``."""
-    return _DESTRUCTORS.register(name)
+    """Decorator adding ``factory(features, **options) -> Destructor`` (usually the class
+    itself) under ``name``."""
+    return REGISTRY.register(name, "destructor")
 
 
-def available() -> list[str]:
-    """Names of the registered destructors, sorted."""
-    return _DESTRUCTORS.available()
+def available(kind: str | None = None) -> list[str]:
+    """Names of the registered destructors, sorted (all are of kind ``"vector"``)."""
+    return REGISTRY.available("destructor", kind)
 
 
 def build(name: str, features: int, **options: Any) -> Destructor:
@@ -37,4 +37,4 @@ def build(name: str, features: int, **options: Any) -> Destructor:
         >>> d.sample(3).shape
         torch.Size([3, 2])
     """
-    return _DESTRUCTORS.checked(name, features, 0, options)(features, **options)
+    return REGISTRY.build(name, "destructor", features, **options)

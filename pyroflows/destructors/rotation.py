@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..transforms.base import Bijection
-from .base import REAL
+from .domain import REAL
 from .gaussian import weighted_covariance
 
 __all__ = ["FixedRotation", "PCARotation", "RandomRotation", "random_orthogonal"]

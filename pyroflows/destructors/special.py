@@ -18,7 +18,14 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["betainc", "beta_log_pdf", "clamp_open_unit", "normal_cdf", "normal_icdf", "normal_log_pdf"]
+__all__ = [
+    "betainc",
+    "beta_log_pdf",
+    "clamp_open_unit",
+    "normal_cdf",
+    "normal_icdf",
+    "normal_log_pdf",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

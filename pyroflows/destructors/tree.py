@@ -8,7 +8,7 @@ mixed with the uniform, :math:`p = (1-\lambda) p_\text{tree} + \lambda`, so no r
 density. Leaf :math:`l` has mass :math:`m_l`.
 
 The destructor maps each leaf's box affinely onto a box of the cube whose volume is
-:math:`m_l` (Inouye & Ravikumar 2018): walking down the tree, a node split at :math:`t` on
+:math:`m_l` (Inouye & Ravikumar 2018, https://proceedings.mlr.press/v80/inouye18a.html): walking down the tree, a node split at :math:`t` on
 dimension :math:`s` splits its cube box on the same dimension at the fraction
 :math:`q = m_\text{left} / m_\text{node}`. Within a leaf the map is diagonal affine, so the
 Jacobian determinant is :math:`m_l / \text{vol}_l = p(x)` and the inverse is exact (walk the
@@ -29,11 +29,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import UNIT, Destructor
+from ..checks import check_count
+from .base import Destructor
+from .domain import UNIT
+from .registry import register
 
 __all__ = ["TreeDestructor"]
 
 
+@register("tree")
 class TreeDestructor(Destructor):
     """Density-estimation tree on :math:`[0,1]^d` as a destructor (domain ``"unit"``).
 
@@ -53,15 +57,18 @@ class TreeDestructor(Destructor):
 
     domain = UNIT
 
-    def __init__(self, features: int, max_leaves: int = 32, max_depth: int = 12, min_leaf: int = 20,
-                 uniform_weight: float = 0.01) -> None:
+    def __init__(
+        self,
+        features: int,
+        max_leaves: int = 32,
+        max_depth: int = 12,
+        min_leaf: int = 20,
+        uniform_weight: float = 0.01,
+    ) -> None:
         super().__init__(features)
-        if not isinstance(max_leaves, int) or max_leaves < 1:
-            raise ValueError(f"max_leaves must be a positive integer, got {max_leaves!r}")
-        if not isinstance(max_depth, int) or max_depth < 0:
-            raise ValueError(f"max_depth must be a non-negative integer, got {max_depth!r}")
-        if not isinstance(min_leaf, int) or min_leaf < 1:
-            raise ValueError(f"min_leaf must be a positive integer, got {min_leaf!r}")
+        max_leaves = check_count("max_leaves", max_leaves)
+        max_depth = check_count("max_depth", max_depth, 0)
+        min_leaf = check_count("min_leaf", min_leaf)
         if not 0 <= uniform_weight < 1:
             raise ValueError(f"uniform_weight must lie in [0, 1), got {uniform_weight!r}")
         self.max_leaves, self.max_depth, self.min_leaf = max_leaves, max_depth, min_leaf
@@ -75,8 +82,10 @@ class TreeDestructor(Destructor):
         self.split_logit = nn.Parameter(torch.zeros(nodes))
 
     def extra_repr(self) -> str:
-        return (f"features={self.features}, max_leaves={self.max_leaves}, max_depth={self.max_depth}, "
-                f"min_leaf={self.min_leaf}, uniform_weight={self.uniform_weight}")
+        return (
+            f"features={self.features}, max_leaves={self.max_leaves}, max_depth={self.max_depth}, "
+            f"min_leaf={self.min_leaf}, uniform_weight={self.uniform_weight}"
+        )
 
     # -- fitting -------------------------------------------------------------------------------
 
@@ -92,9 +101,11 @@ class TreeDestructor(Destructor):
         frac = ((thresholds - lo) / (hi - lo)).clamp(1e-300, 1)
         wl, wr = cw[:-1], total - cw[:-1]
         tiny = torch.finfo(x.dtype).tiny
-        gain = (wl * torch.log(wl.clamp_min(tiny) / frac)
-                + wr * torch.log(wr.clamp_min(tiny) / (1 - frac).clamp_min(1e-300))
-                - total * torch.log(total.clamp_min(tiny)))
+        gain = (
+            wl * torch.log(wl.clamp_min(tiny) / frac)
+            + wr * torch.log(wr.clamp_min(tiny) / (1 - frac).clamp_min(1e-300))
+            - total * torch.log(total.clamp_min(tiny))
+        )
         count = torch.arange(1, m, device=x.device)[:, None]
         valid = (count >= self.min_leaf) & (m - count >= self.min_leaf) & (values[1:] > values[:-1])
         gain = torch.where(valid, gain, torch.full_like(gain, -math.inf))
@@ -110,8 +121,13 @@ class TreeDestructor(Destructor):
         left = list(range(nodes))
         right = list(range(nodes))
         is_leaf = [True] * nodes
-        lo0, hi0 = torch.zeros(d, dtype=x.dtype, device=x.device), torch.ones(d, dtype=x.dtype, device=x.device)
-        info: dict[int, tuple[Tensor, Tensor, Tensor, int]] = {0: (torch.arange(x.shape[0], device=x.device), lo0, hi0, 0)}
+        lo0, hi0 = (
+            torch.zeros(d, dtype=x.dtype, device=x.device),
+            torch.ones(d, dtype=x.dtype, device=x.device),
+        )
+        info: dict[int, tuple[Tensor, Tensor, Tensor, int]] = {
+            0: (torch.arange(x.shape[0], device=x.device), lo0, hi0, 0)
+        }
         heap: list[tuple[float, int, int, float]] = []
 
         def consider(node: int) -> None:
@@ -131,7 +147,13 @@ class TreeDestructor(Destructor):
             l_node, r_node = used, used + 1
             used += 2
             leaves += 1
-            feature[node], threshold[node], left[node], right[node], is_leaf[node] = dim, t, l_node, r_node, False
+            feature[node], threshold[node], left[node], right[node], is_leaf[node] = (
+                dim,
+                t,
+                l_node,
+                r_node,
+                False,
+            )
             hi_left, lo_right = hi.clone(), lo.clone()
             hi_left[dim], lo_right[dim] = t, t
             info[l_node] = (index[go_left], lo, hi_left, depth + 1)

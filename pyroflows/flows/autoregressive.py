@@ -2,91 +2,87 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from ..checks import check_choice, check_count
 from ..core import Flow
-from ..transforms import (
-    AffineMap,
-    Bijection,
-    ElementwiseMap,
-    Inverse,
-    MaskedAutoregressive,
-    SplineMap,
-)
-from .registry import check_transforms, register
+from ..transforms import AffineMap, ElementwiseMap, Inverse, MaskedAutoregressive, SplineMap
+from .building import passes_options_to, split_options
+from .registry import register
 
 __all__ = ["iaf", "maf", "nsf"]
+
+ORDERS = ("reverse", "random")
 
 
 def orderings(features: int, transforms: int, order: str) -> list[torch.Tensor]:
     """Per-layer autoregressive orderings: ``"reverse"`` alternates natural and reversed,
     ``"random"`` draws seeded permutations."""
+    check_choice("order", order, ORDERS)
     if order == "reverse":
         natural = torch.arange(features)
         return [natural if i % 2 == 0 else natural.flip(0) for i in range(transforms)]
-    if order == "random":
-        generator = torch.Generator().manual_seed(0)
-        return [torch.randperm(features, generator=generator) for _ in range(transforms)]
-    raise ValueError(f"order must be 'reverse' or 'random', got {order!r}")
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randperm(features, generator=generator) for _ in range(transforms)]
 
 
 def _autoregressive(
     features: int,
     context: int,
     transforms: int,
-    make_map: Callable[[], ElementwiseMap],
-    hidden: Sequence[int],
     order: str,
-    activation: str,
-    residual: bool,
+    make_map: Callable[[], ElementwiseMap],
+    options: dict[str, Any],
 ) -> list[MaskedAutoregressive]:
-    check_transforms(transforms)
-    return [
-        MaskedAutoregressive(features, make_map(), context, tuple(hidden), o, activation, residual)
-        for o in orderings(features, transforms, order)
-    ]
+    """``transforms`` :class:`MaskedAutoregressive` layers of ``make_map()`` maps in the preset's
+    ``order``, each taking ``options`` (the class's keywords)."""
+    orders = orderings(features, check_count("transforms", transforms, 1), order)
+    return [MaskedAutoregressive(features, make_map(), context, order=o, **options) for o in orders]
+
+
+def _affine_layers(
+    preset: Callable[..., Flow],
+    features: int,
+    context: int,
+    transforms: int,
+    order: str,
+    options: dict[str, Any],
+) -> list[MaskedAutoregressive]:
+    """The affine layers of MAF and IAF, for a preset passing its options to
+    ``(MaskedAutoregressive, AffineMap)``."""
+    layer, affine = split_options(preset, options)
+    return _autoregressive(features, context, transforms, order, lambda: AffineMap(**affine), layer)
 
 
 @register("maf")
+@passes_options_to(MaskedAutoregressive, AffineMap, fixed=("map",))
 def maf(
-    features: int,
-    context: int = 0,
-    transforms: int = 5,
-    hidden: Sequence[int] = (64, 64),
-    order: str = "reverse",
-    activation: str = "relu",
-    residual: bool = False,
-    log_scale_bound: float = 3.0,
+    features: int, context: int = 0, transforms: int = 5, order: str = "reverse", **options: Any
 ) -> Flow:
-    """Masked autoregressive flow (Papamakarios, Pavlakou & Murray, NeurIPS 2017).
+    r"""Masked autoregressive flow (Papamakarios, Pavlakou & Murray, NeurIPS 2017, https://arxiv.org/abs/1705.07057).
 
-    Affine autoregressive layers :math:`x_i = z_i e^{s_i(x_{<i}, c)} + t_i(x_{<i}, c)` with
-    MADE conditioners. **Fast direction: density** (``log_prob`` is one pass per layer);
-    sampling takes ``features`` passes per layer.
+    ``transforms`` affine autoregressive layers
+    :math:`x_i = z_i e^{s_i(x_{<i}, c)} + t_i(x_{<i}, c)` with MADE conditioners. **Fast
+    direction: density** (``log_prob`` is one pass per layer); sampling takes ``features``
+    passes per layer.
 
-    Options: ``transforms``, ``hidden``, ``order`` (``"reverse"`` alternates natural and
-    reversed orderings, ``"random"`` draws seeded random ones), ``activation``, ``residual``
-    (residual MADE), ``log_scale_bound``.
+    ``order``: ``"reverse"`` alternates natural and reversed orderings between layers,
+    ``"random"`` draws seeded random ones. Every other option goes to each layer, a
+    :class:`~pyroflows.transforms.MaskedAutoregressive` (``hidden``, ``activation``,
+    ``residual``), or to its :class:`~pyroflows.transforms.AffineMap` (``log_scale_bound``).
     """
-    layers = _autoregressive(features, context, transforms, lambda: AffineMap(log_scale_bound),
-                             hidden, order, activation, residual)
-    return Flow(layers)
+    return Flow(_affine_layers(maf, features, context, transforms, order, options))
 
 
 @register("iaf")
+@passes_options_to(MaskedAutoregressive, AffineMap, fixed=("map",))
 def iaf(
-    features: int,
-    context: int = 0,
-    transforms: int = 5,
-    hidden: Sequence[int] = (64, 64),
-    order: str = "reverse",
-    activation: str = "relu",
-    residual: bool = False,
-    log_scale_bound: float = 3.0,
+    features: int, context: int = 0, transforms: int = 5, order: str = "reverse", **options: Any
 ) -> Flow:
-    """Inverse autoregressive flow (Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling,
+    r"""Inverse autoregressive flow (Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling,
     NeurIPS 2016).
 
     The inverses of MAF layers: :math:`x_i = (z_i - t_i(z_{<i}, c)) e^{-s_i(z_{<i}, c)}`.
@@ -94,36 +90,31 @@ def iaf(
     what variational inference needs); ``log_prob`` of external data takes ``features``
     passes per layer.
 
-    Options: as :func:`maf`.
+    Options: as :func:`maf` (:class:`~pyroflows.transforms.MaskedAutoregressive` and
+    :class:`~pyroflows.transforms.AffineMap` take all but ``transforms`` and ``order``).
     """
-    layers: list[Bijection] = _autoregressive(features, context, transforms,
-                                              lambda: AffineMap(log_scale_bound),
-                                              hidden, order, activation, residual)
+    layers = _affine_layers(iaf, features, context, transforms, order, options)
     return Flow([Inverse(layer) for layer in layers])
 
 
 @register("nsf")
+@passes_options_to(MaskedAutoregressive, SplineMap, fixed=("map",))
 def nsf(
-    features: int,
-    context: int = 0,
-    transforms: int = 3,
-    hidden: Sequence[int] = (64, 64),
-    bins: int = 8,
-    bound: float = 5.0,
-    order: str = "reverse",
-    activation: str = "relu",
-    residual: bool = False,
+    features: int, context: int = 0, transforms: int = 3, order: str = "reverse", **options: Any
 ) -> Flow:
     """Neural spline flow, autoregressive form (Durkan, Bekasov, Murray & Papamakarios, "Neural
     Spline Flows", NeurIPS 2019: RQ-NSF (AR)).
 
-    Rational-quadratic spline autoregressive layers on ``[-bound, bound]`` with identity tails
-    (inputs outside the interval pass through unchanged, never NaN), MADE conditioners.
-    **Fast direction: density**; sampling takes ``features`` passes per layer.
+    ``transforms`` rational-quadratic spline autoregressive layers on ``[-bound, bound]`` with
+    identity tails (inputs outside the interval pass through unchanged, never NaN), MADE
+    conditioners, in the ``order`` of :func:`maf`. **Fast direction: density**; sampling takes
+    ``features`` passes per layer.
 
-    Options: ``transforms``, ``hidden``, ``bins``, ``bound``, ``order``, ``activation``,
-    ``residual``.
+    Every other option goes to each layer, a
+    :class:`~pyroflows.transforms.MaskedAutoregressive` (``hidden``, ``activation``,
+    ``residual``), or to its :class:`~pyroflows.transforms.SplineMap` (``bins``, ``bound``).
     """
-    layers = _autoregressive(features, context, transforms, lambda: SplineMap(bins, bound),
-                             hidden, order, activation, residual)
-    return Flow(layers)
+    layer, spline = split_options(nsf, options)
+    return Flow(
+        _autoregressive(features, context, transforms, order, lambda: SplineMap(**spline), layer)
+    )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,31 +10,18 @@ from torch import Tensor
 
 from ..core import Flow
 from ..transforms.continuous import ContinuousFlow
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["ffjord", "regularized_log_prob"]
 
 
 @register("ffjord")
-def ffjord(
-    features: int,
-    context: int = 0,
-    transforms: int = 1,
-    hidden: Sequence[int] = (64, 64, 64),
-    activation: str = "tanh",
-    time: float = 1.0,
-    train_time: bool = True,
-    trace: str = "auto",
-    noise: str = "rademacher",
-    method: str = "dopri5",
-    rtol: float | None = None,
-    atol: float | None = None,
-    options: Mapping[str, Any] | None = None,
-    adjoint: bool = False,
-) -> Flow:
+@passes_options_to(ContinuousFlow)
+def ffjord(features: int, context: int = 0, transforms: int = 1, **options: Any) -> Flow:
     r"""FFJORD (Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud, "FFJORD: Free-form
     Continuous Dynamics for Scalable Reversible Generative Models", ICLR 2019), the continuous
-    normalizing flow of Neural ODEs (Chen et al., NeurIPS 2018).
+    normalizing flow of Neural ODEs (Chen et al., NeurIPS 2018, https://arxiv.org/abs/1806.07366).
 
     ``transforms`` stacked :class:`~pyroflows.transforms.continuous.ContinuousFlow` blocks, each
     the time-:math:`T` map of :math:`dz/dt = f(z, t; c)` with a free-form MLP :math:`f`:
@@ -51,33 +37,31 @@ def ffjord(
     (Hutchinson); memory grows with NFE under direct backpropagation and is constant with
     ``adjoint=True``.
 
-    Options: ``transforms`` (CNF blocks), ``hidden`` and ``activation`` (``"tanh"``,
-    ``"softplus"``, ``"silu"``) of the field, ``time`` (:math:`T`) and ``train_time``,
-    ``trace`` (``"auto"``: exact for :math:`d \le 8`; ``"exact"``; ``"hutchinson"``) and
-    ``noise`` (``"rademacher"``/``"gaussian"``), ``method``, ``rtol``, ``atol`` (``None``:
-    :math:`10^{-10}` in float64, :math:`10^{-5}` in float32), ``options`` (passed to
-    torchdiffeq), ``adjoint``. For RNODE regularisation (kinetic energy and Jacobian
-    Frobenius penalties, Finlay et al. 2020) train on :func:`regularized_log_prob`.
+    The other options go to each :class:`~pyroflows.transforms.continuous.ContinuousFlow`
+    block (field ``hidden`` and ``activation``, ``time``, ``train_time``, ``trace``,
+    ``noise``, solver ``method``, ``rtol``, ``atol``, ``options``, ``adjoint``).
+    The preset's ``hidden`` defaults to ``(64, 64, 64)`` (the class's to ``(64, 64)``).
+    For RNODE regularisation (kinetic energy and Jacobian Frobenius penalties, Finlay et al.
+    2020) train on :func:`regularized_log_prob`.
 
     Example:
         >>> flow = pyroflows.flows.build("ffjord", features=2, hidden=(16, 16))
         >>> flow().log_prob(torch.zeros(3, 2)).shape
         torch.Size([3])
     """
-    check_transforms(transforms)
-    return Flow([
-        ContinuousFlow(features, context, tuple(hidden), activation, time, train_time, trace, noise,
-                       method, rtol, atol, options, adjoint)
-        for _ in range(transforms)
-    ])
+    (block,) = split_options(ffjord, options)
+    block.setdefault("hidden", (64, 64, 64))
+    return Flow(stack(transforms, lambda i: ContinuousFlow(features, context, **block)))
 
 
-def regularized_log_prob(flow: Flow, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def regularized_log_prob(
+    flow: Flow, x: Tensor, context: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""``(log p(x | c), kinetic, frobenius)``: a flow's density and the RNODE penalties summed
     over its :class:`~pyroflows.transforms.continuous.ContinuousFlow` blocks (other layers add
     nothing), from one inverse solve per block.
 
-    The penalties (Finlay et al., "How to train your neural ODE", ICML 2020) are
+    The penalties (Finlay et al., "How to train your neural ODE", ICML 2020, https://arxiv.org/abs/2002.02798) are
     :math:`K = \sum_b \int \|f_b\|^2 dt` and :math:`B = \sum_b \int \|\partial f_b/\partial z\|_F^2 dt`;
     train with ``loss = -(lp - lam_k * K - lam_b * B).mean()``.
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
+from ..checks import check_flag
 from ..core import Flow
 from ..transforms import (
     AdditiveMap,
@@ -17,7 +19,8 @@ from ..transforms import (
     alternating_mask,
 )
 from ..transforms.reversible import ReversibleCompose
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["nice", "nsf_coupling", "realnvp"]
 
@@ -27,121 +30,87 @@ def _couplings(
     context: int,
     transforms: int,
     make_map: Callable[[], ElementwiseMap],
-    hidden: Sequence[int],
-    conditioner: str,
-    activation: str,
+    options: dict[str, Any],
     lu: bool = False,
 ) -> list[Bijection]:
+    """``transforms`` :class:`Coupling` layers with alternating masks, each taking ``options``;
+    with ``lu``, an LU-parametrised linear layer between consecutive ones."""
     if features < 2:
         raise ValueError("coupling flows need at least 2 features; for 1-D data use 'maf' or 'nsf'")
-    check_transforms(transforms)
-    layers = []
-    for i in range(transforms):
-        if lu and i > 0:
-            layers.append(LULinear(features, permute=True, seed=i))
-        layers.append(
-            Coupling(features, make_map(), alternating_mask(features, i), context,
-                     tuple(hidden), conditioner, activation)
-        )
-    return layers
+    mix = (lambda i: LULinear(features, permute=True, seed=i)) if check_flag("lu", lu) else None
+    return stack(
+        transforms,
+        lambda i: Coupling(features, make_map(), alternating_mask(features, i), context, **options),
+        between=mix,
+    )
 
 
-def _stack(layers: list[Bijection], reversible: bool) -> Flow:
+def _flow(layers: list[Bijection], reversible: bool) -> Flow:
     """The flow of ``layers``; ``reversible=True`` wraps them in one :class:`ReversibleCompose`."""
-    if not isinstance(reversible, bool):
-        raise TypeError(f"reversible must be True or False, got {reversible!r}")
-    return Flow([ReversibleCompose(layers)] if reversible else layers)
+    return Flow([ReversibleCompose(layers)] if check_flag("reversible", reversible) else layers)
 
 
 @register("nice")
+@passes_options_to(Coupling, fixed=("map", "mask"))
 def nice(
-    features: int,
-    context: int = 0,
-    transforms: int = 4,
-    hidden: Sequence[int] = (64, 64),
-    conditioner: str = "mlp",
-    activation: str = "relu",
-    reversible: bool = False,
+    features: int, context: int = 0, transforms: int = 4, reversible: bool = False, **options: Any
 ) -> Flow:
-    """NICE (Dinh, Krueger & Bengio, "NICE: Non-linear Independent Components Estimation", 2014).
+    """NICE (Dinh, Krueger & Bengio, "NICE: Non-linear Independent Components Estimation", 2014, https://arxiv.org/abs/1410.8516).
 
-    Additive couplings :math:`x_B = z_B + t(z_A, c)` with alternating masks, after a learnable
-    diagonal scaling :math:`\\operatorname{diag}(e^{s})` at the base side (the only layer that
-    changes volume). Fast in both directions.
-
-    Options: ``transforms`` couplings, conditioner ``hidden`` widths, ``conditioner``
-    (``"mlp"``/``"resnet"``), ``activation``, ``reversible``.
+    ``transforms`` additive couplings :math:`x_B = z_B + t(z_A, c)` with alternating masks,
+    after a learnable diagonal scaling :math:`\\operatorname{diag}(e^{s})` at the base side (the
+    only layer that changes volume). Fast in both directions. The other options go to each
+    :class:`~pyroflows.transforms.Coupling` (``hidden``, ``conditioner``, ``activation``).
 
     ``reversible=True`` wraps the stack in a
     :class:`~pyroflows.transforms.ReversibleCompose`: the backward pass rebuilds each layer's
-    input from its output (RevNet, Gomez et al. 2017), so activation memory stays flat as
+    input from its output (RevNet, Gomez et al. 2017, https://arxiv.org/abs/1707.04585), so activation memory stays flat as
     ``transforms`` grows, for more time per step; outputs are identical and gradients agree
     to rounding.
     """
-    layers = _couplings(features, context, transforms, AdditiveMap, hidden, conditioner, activation)
-    return _stack([ElementwiseAffine(features), *layers], reversible)
+    (coupling,) = split_options(nice, options)
+    layers = _couplings(features, context, transforms, AdditiveMap, coupling)
+    return _flow([ElementwiseAffine(features), *layers], reversible)
 
 
 @register("realnvp")
+@passes_options_to(Coupling, AffineMap, fixed=("map", "mask"))
 def realnvp(
-    features: int,
-    context: int = 0,
-    transforms: int = 6,
-    hidden: Sequence[int] = (64, 64),
-    conditioner: str = "mlp",
-    activation: str = "relu",
-    log_scale_bound: float = 3.0,
-    reversible: bool = False,
+    features: int, context: int = 0, transforms: int = 6, reversible: bool = False, **options: Any
 ) -> Flow:
-    """RealNVP (Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017).
+    """RealNVP (Dinh, Sohl-Dickstein & Bengio, "Density estimation using Real NVP", ICLR 2017, https://arxiv.org/abs/1605.08803).
 
-    Affine couplings :math:`x_B = z_B e^{s(z_A, c)} + t(z_A, c)` with alternating masks.
-    Fast in both directions.
-
-    Options: ``transforms``, ``hidden``, ``conditioner``, ``activation``,
-    ``log_scale_bound`` (soft bound on each layer's log-scale), ``reversible``.
-
-    ``reversible=True`` wraps the stack in a
-    :class:`~pyroflows.transforms.ReversibleCompose`: the backward pass rebuilds each layer's
-    input from its output (RevNet, Gomez et al. 2017), so activation memory stays flat as
-    ``transforms`` grows, for more time per step; outputs are identical and gradients agree
-    to rounding.
+    ``transforms`` affine couplings :math:`x_B = z_B e^{s(z_A, c)} + t(z_A, c)` with
+    alternating masks. Fast in both directions. The other options go to each
+    :class:`~pyroflows.transforms.Coupling` (``hidden``, ``conditioner``, ``activation``) or
+    its :class:`~pyroflows.transforms.AffineMap` (``log_scale_bound``). ``reversible`` as in
+    :func:`nice`.
     """
-    layers = _couplings(features, context, transforms, lambda: AffineMap(log_scale_bound),
-                        hidden, conditioner, activation)
-    return _stack(layers, reversible)
+    coupling, affine = split_options(realnvp, options)
+    layers = _couplings(features, context, transforms, lambda: AffineMap(**affine), coupling)
+    return _flow(layers, reversible)
 
 
 @register("nsf-coupling")
+@passes_options_to(Coupling, SplineMap, fixed=("map", "mask"))
 def nsf_coupling(
     features: int,
     context: int = 0,
     transforms: int = 4,
-    hidden: Sequence[int] = (64, 64),
-    bins: int = 8,
-    bound: float = 5.0,
-    conditioner: str = "mlp",
-    activation: str = "relu",
     lu: bool = True,
     reversible: bool = False,
+    **options: Any,
 ) -> Flow:
     """Neural spline flow, coupling form (Durkan, Bekasov, Murray & Papamakarios, "Neural Spline
     Flows", NeurIPS 2019: RQ-NSF (C)).
 
-    Rational-quadratic spline couplings on ``[-bound, bound]`` with identity tails outside,
-    alternating masks, and (``lu=True``) an LU-parametrised linear layer between couplings, as
-    in the paper. Fast in both directions.
-
-    Options: ``transforms``, ``hidden``, ``bins``, ``bound``, ``conditioner``, ``activation``,
-    ``lu``, ``reversible``.
-
-    ``reversible=True`` wraps the stack in a
-    :class:`~pyroflows.transforms.ReversibleCompose`: the backward pass rebuilds each layer's
-    input from its output (RevNet, Gomez et al. 2017), so activation memory stays flat as
-    ``transforms`` grows, for more time per step; outputs are identical and gradients agree
-    to rounding.
+    ``transforms`` rational-quadratic spline couplings on ``[-bound, bound]`` with identity
+    tails outside, alternating masks, and (``lu=True``) an LU-parametrised linear layer between
+    couplings, as in the paper. Fast in both directions. The other options go to each
+    :class:`~pyroflows.transforms.Coupling` (``hidden``, ``conditioner``, ``activation``) or
+    its :class:`~pyroflows.transforms.SplineMap` (``bins``, ``bound``). ``reversible`` as in
+    :func:`nice`.
     """
-    layers = _couplings(features, context, transforms, lambda: SplineMap(bins, bound),
-                        hidden, conditioner, activation, lu=lu)
-    return _stack(layers, reversible)
-
+    coupling, spline = split_options(nsf_coupling, options)
+    layers = _couplings(features, context, transforms, lambda: SplineMap(**spline), coupling, lu)
+    return _flow(layers, reversible)

@@ -1,4 +1,4 @@
-r"""Gaussianization flows (Meng, Song, Song & Ermon, "Gaussianization Flows", AISTATS 2020): the
+r"""Gaussianization flows (Meng, Song, Song & Ermon, "Gaussianization Flows", AISTATS 2020, https://arxiv.org/abs/2003.01941): the
 ``gf`` preset and its greedy, layer-by-layer data initialisation :func:`init_gf`.
 
 In the density direction (data to noise) the flow alternates trainable marginal
@@ -19,7 +19,7 @@ the classic algorithm would, then trains all layers jointly by maximum likelihoo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,26 +29,17 @@ from ..checks import as_data
 from ..core import Flow
 from ..destructors.rotation import random_orthogonal
 from ..nn.device import module_device_dtype
-from ..transforms import Bijection
 from ..transforms.gaussianization import MarginalGaussianization
 from ..transforms.orthogonal import HouseholderRotation
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["fit_logistic_mixture", "gf", "init_gf"]
 
 
 @register("gf")
-def gf(
-    features: int,
-    context: int = 0,
-    transforms: int = 4,
-    hidden: Sequence[int] = (64, 64),
-    components: int = 8,
-    reflections: int | None = None,
-    activation: str = "relu",
-    log_scale_bound: float = 6.0,
-    iterations: int | None = None,
-) -> Flow:
+@passes_options_to(MarginalGaussianization, HouseholderRotation)
+def gf(features: int, context: int = 0, transforms: int = 4, **options: Any) -> Flow:
     r"""Gaussianization flow (Meng, Song, Song & Ermon, "Gaussianization Flows", AISTATS 2020).
 
     ``transforms`` marginal Gaussianization layers
@@ -62,25 +53,26 @@ def gf(
     Initialise from data with :func:`init_gf`, then train jointly with
     :func:`pyroflows.infer.fit`.
 
-    Options: ``transforms`` (marginal layers), ``components`` (:math:`K` logistics per
-    feature), ``reflections`` (Householder vectors per rotation, default ``features``),
-    ``hidden`` and ``activation`` of the context networks (used only with ``context > 0``),
-    ``log_scale_bound`` (:math:`|\log s| \le B`), ``iterations`` (bisection steps).
+    The other options go to each marginal layer, a
+    :class:`~pyroflows.transforms.gaussianization.MarginalGaussianization` (``components``,
+    ``hidden`` and ``activation`` of the context networks, ``log_scale_bound``,
+    ``iterations``), or to each rotation, a
+    :class:`~pyroflows.transforms.orthogonal.HouseholderRotation` (``reflections``).
     """
-    check_transforms(transforms)
-    layers: list[Bijection] = []
-    for i in range(transforms):
-        if i and features > 1:
-            layers.append(HouseholderRotation(features, reflections))
-        layers.append(MarginalGaussianization(features, context, components, tuple(hidden), activation,
-                                              log_scale_bound, iterations))
+    marginal, rotation = split_options(gf, options)
+    # A rotation of one feature is the identity: none is placed then.
+    rotate = (lambda i: HouseholderRotation(features, **rotation)) if features > 1 else None
+    layers = stack(
+        transforms, lambda i: MarginalGaussianization(features, context, **marginal), between=rotate
+    )
     # Listed base side first: the first marginal layer of the density direction is the last.
     return Flow(layers[::-1])
 
 
 @torch.no_grad()
-def fit_logistic_mixture(u: Tensor, components: int, steps: int = 10,
-                         min_scale: float = 1e-2) -> tuple[Tensor, Tensor, Tensor]:
+def fit_logistic_mixture(
+    u: Tensor, components: int, steps: int = 10, min_scale: float = 1e-2
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""Fit a :math:`K`-component logistic mixture to every column of ``u`` (n, d) at once.
 
     Locations start at the quantiles :math:`(k - 1/2)/K` with equal weights and a common scale
@@ -104,11 +96,18 @@ def fit_logistic_mixture(u: Tensor, components: int, steps: int = 10,
     loc = quantiles(probs).T.contiguous()
     spread = quantiles(torch.tensor([0.1, 0.9], dtype=torch.float64))
     floor = (min_scale * u.std(0)).clamp_min(torch.finfo(u.dtype).tiny)[:, None]
-    scale = torch.maximum(((spread[1] - spread[0]) / components)[:, None].expand(d, components), floor)
+    scale = torch.maximum(
+        ((spread[1] - spread[0]) / components)[:, None].expand(d, components), floor
+    )
     log_w = torch.full((d, components), -math.log(components), dtype=u.dtype, device=u.device)
     for _ in range(steps):
         y = (u[..., None] - loc) / scale
-        log_pdf = log_w - scale.log() + torch.nn.functional.logsigmoid(y) + torch.nn.functional.logsigmoid(-y)
+        log_pdf = (
+            log_w
+            - scale.log()
+            + torch.nn.functional.logsigmoid(y)
+            + torch.nn.functional.logsigmoid(-y)
+        )
         r = torch.softmax(log_pdf, -1)  # (n, d, K)
         mass = r.sum(0).clamp_min(torch.finfo(u.dtype).tiny)
         loc = (r * u[..., None]).sum(0) / mass
@@ -120,8 +119,15 @@ def fit_logistic_mixture(u: Tensor, components: int, steps: int = 10,
 
 
 @torch.no_grad()
-def init_gf(flow: Flow, data: Tensor | np.ndarray, context: Tensor | np.ndarray | None = None, *,
-            em_steps: int = 10, rotation: str = "pca", seed: int = 0) -> Flow:
+def init_gf(
+    flow: Flow,
+    data: Tensor | np.ndarray,
+    context: Tensor | np.ndarray | None = None,
+    *,
+    em_steps: int = 10,
+    rotation: str = "pca",
+    seed: int = 0,
+) -> Flow:
     r"""Greedy layer-by-layer initialisation of a ``gf`` flow from data (in place).
 
     Walks the layers in the density direction, as iterative Gaussianization does: each
@@ -163,10 +169,14 @@ def init_gf(flow: Flow, data: Tensor | np.ndarray, context: Tensor | np.ndarray 
 
     device, dtype = module_device_dtype(flow)
     u = as_data(data, "data", flow.features, None, device, dtype)
-    components = max(t.map.components for t in flow.transforms if isinstance(t, MarginalGaussianization))
+    components = max(
+        t.map.components for t in flow.transforms if isinstance(t, MarginalGaussianization)
+    )
     if u.shape[0] < max(2 * components, flow.features + 1):
-        raise ValueError(f"init_gf needs at least {max(2 * components, flow.features + 1)} points, "
-                         f"got {u.shape[0]}")
+        raise ValueError(
+            f"init_gf needs at least {max(2 * components, flow.features + 1)} points, "
+            f"got {u.shape[0]}"
+        )
     if (u.std(0) == 0).any():
         raise ValueError("data has a constant column: its density is degenerate")
     c = None

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from ..core import Flow
 from ..density import DensityBase, MADEDensity, MixtureOfGaussians
-from ..transforms import AffineMap
+from ..transforms import AffineMap, MaskedAutoregressive
 from .autoregressive import _autoregressive
+from .building import passes_options_to, split_options
 from .registry import register
 
 __all__ = ["maf_mog"]
 
 
 @register("maf-mog")
+@passes_options_to(MaskedAutoregressive, AffineMap, MixtureOfGaussians, fixed=("map",))
 def maf_mog(
-    features: int,
-    context: int = 0,
-    transforms: int = 5,
-    hidden: Sequence[int] = (64, 64),
-    components: int = 10,
-    order: str = "reverse",
-    activation: str = "relu",
-    residual: bool = False,
-    log_scale_bound: float = 3.0,
+    features: int, context: int = 0, transforms: int = 5, order: str = "reverse", **options: Any
 ) -> Flow:
-    r"""MAF MoG (Papamakarios, Pavlakou & Murray, NeurIPS 2017): the affine layers of
+    r"""MAF MoG (Papamakarios, Pavlakou & Murray, NeurIPS 2017, https://arxiv.org/abs/1705.07057): the affine layers of
     :func:`~pyroflows.flows.maf` on a MADE-MoG base density instead of
     :math:`\mathcal N(0, I)`,
 
@@ -38,12 +32,16 @@ def maf_mog(
     **Fast direction: density**; ``rsample`` takes ``features`` passes per layer plus
     ``features`` base passes and is implicitly reparametrised through the mixture.
 
-    Options: as :func:`~pyroflows.flows.maf` (``transforms``, ``hidden`` — also the base
-    MADE's widths —, ``order``, ``activation``, ``residual``, ``log_scale_bound``), plus
-    ``components`` (:math:`K`, 10 in the paper).
+    Options: as :func:`~pyroflows.flows.maf` (the layers'
+    :class:`~pyroflows.transforms.MaskedAutoregressive` ``hidden``, ``activation`` and
+    ``residual`` also shape the base MADE), plus those of the base's
+    :class:`~pyroflows.density.MixtureOfGaussians` (``components``, :math:`K`, 10 in the
+    paper; ``spread``). ``log_scale_bound`` goes to the layers' ``AffineMap``.
     """
-    layers = _autoregressive(features, context, transforms, lambda: AffineMap(log_scale_bound),
-                             hidden, order, activation, residual)
-    base = MADEDensity(features, MixtureOfGaussians(components), 0, hidden, "natural",
-                       activation=activation, residual=residual)
+    made, affine, mixture = split_options(maf_mog, options)
+    layers = _autoregressive(
+        features, context, transforms, order, lambda: AffineMap(**affine), made
+    )
+    shared = {k: v for k, v in made.items() if k in ("hidden", "activation", "residual")}
+    base = MADEDensity(features, MixtureOfGaussians(**mixture), 0, order="natural", **shared)
     return Flow(layers, DensityBase(base))

@@ -2,27 +2,28 @@ r"""Multi-scale image presets: ``glow`` and ``realnvp-image``.
 
 Both are built from the same pieces (:mod:`pyroflows.transforms.multiscale`,
 :class:`~pyroflows.transforms.ImageCoupling`, :class:`~pyroflows.transforms.ChannelActNorm`,
-:class:`~pyroflows.transforms.InvertibleConv1x1`) and registered with ``kind="image"``:
-``build("glow", features=(C, H, W), ...)``.
+:class:`~pyroflows.transforms.InvertibleConv1x1`) and registered as image presets
+(``event_dims=3``): ``build("glow", features=(C, H, W), ...)`` returns a :class:`~pyroflows.Flow`
+with event shape ``(C, H, W)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..core import Flow
 from ..transforms import (
     AdditiveMap,
     AffineMap,
     Bijection,
     ChannelActNorm,
-    ImageCompose,
+    Compose,
     ImageCoupling,
     InvertibleConv1x1,
     MultiScale,
     Squeeze,
 )
-from ..transforms.image import check_shape
-from .imageflow import ImageFlow
+from ..transforms.base import check_image_shape
 from .registry import check_transforms, register
 
 __all__ = ["glow", "realnvp_image"]
@@ -39,19 +40,21 @@ def _check_levels(levels: int, shape: tuple[int, int, int], squeezes: int, name:
         raise ValueError(f"levels must be a positive integer, got {levels!r}")
     step = 2**squeezes
     if shape[1] % step or shape[2] % step:
-        raise ValueError(f"{name} with levels={levels} squeezes {squeezes} times: height and width must be "
-                         f"multiples of {step}, got shape {shape}")
+        raise ValueError(
+            f"{name} with levels={levels} squeezes {squeezes} times: height and width must be "
+            f"multiples of {step}, got shape {shape}"
+        )
 
 
 def _nest(heads: list[list[Bijection]]) -> Bijection:
     """Scales' heads (each listed base side first), finest first, into nested MultiScale."""
-    inner: Bijection = ImageCompose(heads[-1])
+    inner: Bijection = Compose(heads[-1])
     for head in reversed(heads[:-1]):
-        inner = MultiScale(ImageCompose(head), inner)
+        inner = MultiScale(Compose(head), inner)
     return inner
 
 
-@register("glow", kind="image")
+@register("glow", event_dims=3)
 def glow(
     features: tuple[int, int, int],
     context: int = 0,
@@ -62,8 +65,8 @@ def glow(
     split_prior: bool = True,
     log_scale_bound: float = 3.0,
     activation: str = "relu",
-) -> ImageFlow:
-    r"""Glow (Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018).
+) -> Flow:
+    r"""Glow (Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018, https://arxiv.org/abs/1807.03039).
 
     ``levels`` scales; at each, in the density direction: squeeze, then ``transforms`` steps of
     ActNorm (per channel, data-dependent initialisation), invertible 1x1 convolution (LU) and a
@@ -77,7 +80,7 @@ def glow(
     widths), ``levels``, ``affine``, ``split_prior``, ``log_scale_bound``, ``activation``;
     ``context``: class-conditional through a context vector broadcast into every conditioner.
     """
-    shape = check_shape(features, "features")
+    shape = check_image_shape(features, "features")
     check_transforms(transforms)
     _check_levels(levels, shape, levels, "glow")
     widths = _widths(hidden)
@@ -89,18 +92,39 @@ def glow(
         # Density order: squeeze, steps (actnorm, 1x1 conv, coupling), split prior.
         density: list[Bijection] = [Squeeze((c, h, w))]
         for k in range(transforms):
-            density += [ChannelActNorm(squeezed), InvertibleConv1x1(squeezed, seed=level * transforms + k),
-                        ImageCoupling(squeezed, make_map(), "channel", k % 2, context, hidden=widths,
-                                      conditioner="glow", activation=activation)]
+            density += [
+                ChannelActNorm(squeezed),
+                InvertibleConv1x1(squeezed, seed=level * transforms + k),
+                ImageCoupling(
+                    squeezed,
+                    make_map(),
+                    "channel",
+                    k % 2,
+                    context,
+                    hidden=widths,
+                    conditioner="glow",
+                    activation=activation,
+                ),
+            ]
         if split_prior and level < levels - 1:
-            density.append(ImageCoupling(squeezed, AffineMap(log_scale_bound), "channel", 0, context,
-                                         hidden=widths, conditioner="glow", activation=activation))
+            density.append(
+                ImageCoupling(
+                    squeezed,
+                    AffineMap(log_scale_bound),
+                    "channel",
+                    0,
+                    context,
+                    hidden=widths,
+                    conditioner="glow",
+                    activation=activation,
+                )
+            )
         heads.append(density[::-1])
         c, h, w = 2 * c, h // 2, w // 2
-    return ImageFlow([_nest(heads)])
+    return Flow([_nest(heads)])
 
 
-@register("realnvp-image", kind="image")
+@register("realnvp-image", event_dims=3)
 def realnvp_image(
     features: tuple[int, int, int],
     context: int = 0,
@@ -110,7 +134,7 @@ def realnvp_image(
     actnorm: bool = True,
     log_scale_bound: float = 3.0,
     activation: str = "relu",
-) -> ImageFlow:
+) -> Flow:
     r"""RealNVP's multi-scale image flow (Dinh, Sohl-Dickstein & Bengio, "Density estimation using
     Real NVP", ICLR 2017).
 
@@ -126,7 +150,7 @@ def realnvp_image(
     Options: ``transforms``, ``hidden``, ``levels``, ``actnorm``, ``log_scale_bound``,
     ``activation``; ``context`` as for ``glow``.
     """
-    shape = check_shape(features, "features")
+    shape = check_image_shape(features, "features")
     check_transforms(transforms)
     _check_levels(levels, shape, levels - 1, "realnvp-image")
     widths = _widths(hidden)
@@ -136,8 +160,18 @@ def realnvp_image(
         for k in range(count):
             if actnorm:
                 out.append(ChannelActNorm(at))
-            out.append(ImageCoupling(at, AffineMap(log_scale_bound), mask, k % 2, context, hidden=widths,
-                                     conditioner="resnet", activation=activation))
+            out.append(
+                ImageCoupling(
+                    at,
+                    AffineMap(log_scale_bound),
+                    mask,
+                    k % 2,
+                    context,
+                    hidden=widths,
+                    conditioner="resnet",
+                    activation=activation,
+                )
+            )
         return out
 
     heads: list[list[Bijection]] = []
@@ -147,8 +181,11 @@ def realnvp_image(
             density = couplings((c, h, w), "checkerboard", transforms + 1)
         else:
             squeezed = (4 * c, h // 2, w // 2)
-            density = [*couplings((c, h, w), "checkerboard", transforms), Squeeze((c, h, w)),
-                       *couplings(squeezed, "channel", transforms)]
+            density = [
+                *couplings((c, h, w), "checkerboard", transforms),
+                Squeeze((c, h, w)),
+                *couplings(squeezed, "channel", transforms),
+            ]
             c, h, w = 2 * c, h // 2, w // 2
         heads.append(density[::-1])
-    return ImageFlow([_nest(heads)])
+    return Flow([_nest(heads)])

@@ -1,46 +1,64 @@
 """Presets of the neural autoregressive flows, density-fast with numerical inverses: ``umnn``
-(Wehenkel & Louppe, NeurIPS 2019), ``naf`` (Huang et al., ICML 2018) and ``bnaf`` (De Cao et
+(Wehenkel & Louppe, NeurIPS 2019, https://arxiv.org/abs/1908.05164), ``naf`` (Huang et al., ICML 2018) and ``bnaf`` (De Cao et
 al., UAI 2019)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..core import Flow
 from ..transforms import (
-    Bijection,
     BlockNeuralAutoregressive,
+    ElementwiseMap,
     InverseMap,
+    MaskedAutoregressive,
     Reverse,
     SigmoidalMap,
     UMNNMap,
 )
 from .autoregressive import _autoregressive
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["bnaf", "naf", "umnn"]
 
 
-def _autoregressive_layers(features: int, context: int, transforms: int, make_map, hidden,  # noqa: ANN001
-                           order: str, activation: str) -> list[Bijection]:
+def _neural_autoregressive(
+    preset: Callable[..., Flow],
+    features: int,
+    context: int,
+    transforms: int,
+    order: str,
+    options: dict[str, Any],
+    **map_options: Any,
+) -> Flow:
+    """The flow of a preset passing its options to ``(MaskedAutoregressive, map class)``: the
+    map, built with its options and ``map_options``, runs in the density direction."""
+    layer, transformer = split_options(preset, options)
+    make_map: type[ElementwiseMap] = preset.passes_options_to[1]  # type: ignore[attr-defined]
     # The papers' explicit map is data-to-noise: InverseMap makes it the one-pass direction.
-    return _autoregressive(features, context, transforms, lambda: InverseMap(make_map()), hidden,
-                           order, activation, residual=False)
+    return Flow(
+        _autoregressive(
+            features,
+            context,
+            transforms,
+            order,
+            lambda: InverseMap(make_map(**transformer, **map_options)),
+            layer,
+        )
+    )
 
 
 @register("umnn")
+@passes_options_to(MaskedAutoregressive, UMNNMap, fixed=("map",))
 def umnn(
     features: int,
     context: int = 0,
     transforms: int = 3,
-    hidden: Sequence[int] = (64, 64),
-    embedding: int = 8,
-    integrand_hidden: Sequence[int] = (16, 16),
-    nodes: int = 20,
-    quadrature: str = "gauss-legendre",
-    log_slope_bound: float = 5.0,
     order: str = "reverse",
-    activation: str = "relu",
+    integrand_hidden: Sequence[int] = (16, 16),
+    **options: Any,
 ) -> Flow:
     r"""UMNN-MAF (Wehenkel & Louppe, "Unconstrained Monotonic Neural Networks", NeurIPS 2019).
 
@@ -51,26 +69,22 @@ def umnn(
     per value and layer); sampling takes ``features`` passes per layer, each a bisection of
     the integral (about 64 integrals per value in float64).
 
-    Options: ``transforms``, ``hidden`` (MADE widths), ``embedding``, ``integrand_hidden``,
-    ``nodes``, ``quadrature`` (``"gauss-legendre"``/``"clenshaw-curtis"``),
-    ``log_slope_bound`` (:math:`|\log f| \le B`), ``order``, ``activation`` (MADE).
+    ``order`` as in :func:`~pyroflows.flows.maf`; ``integrand_hidden``: the widths of the
+    integrand network (the ``hidden`` of :class:`~pyroflows.transforms.UMNNMap`, renamed
+    because ``hidden`` is the MADE's). The other options go to each
+    :class:`~pyroflows.transforms.MaskedAutoregressive` layer (``hidden``, ``activation``) or
+    its :class:`~pyroflows.transforms.UMNNMap` (``embedding``, ``nodes``, ``quadrature``,
+    ``log_slope_bound``, ``iterations``, ``newton``).
     """
-    return Flow(_autoregressive_layers(
-        features, context, transforms,
-        lambda: UMNNMap(embedding, tuple(integrand_hidden), nodes, quadrature, log_slope_bound),
-        hidden, order, activation))
+    return _neural_autoregressive(
+        umnn, features, context, transforms, order, options, hidden=integrand_hidden
+    )
 
 
 @register("naf")
+@passes_options_to(MaskedAutoregressive, SigmoidalMap, fixed=("map",))
 def naf(
-    features: int,
-    context: int = 0,
-    transforms: int = 3,
-    hidden: Sequence[int] = (64, 64),
-    components: int = 8,
-    depth: int = 2,
-    order: str = "reverse",
-    activation: str = "relu",
+    features: int, context: int = 0, transforms: int = 3, order: str = "reverse", **options: Any
 ) -> Flow:
     r"""Neural autoregressive flow with deep sigmoidal transformers (Huang, Krueger, Lacoste &
     Courville, "Neural Autoregressive Flows", ICML 2018).
@@ -81,23 +95,17 @@ def naf(
     :math:`\mathbb{R}`). **Fast direction: density** (one MADE pass per layer); sampling takes
     ``features`` passes per layer, each a bracketed bisection per block.
 
-    Options: ``transforms``, ``hidden`` (MADE widths), ``components``, ``depth``, ``order``,
-    ``activation``.
+    ``order`` as in :func:`~pyroflows.flows.maf`. The other options go to each
+    :class:`~pyroflows.transforms.MaskedAutoregressive` layer (``hidden``, ``activation``) or
+    its :class:`~pyroflows.transforms.SigmoidalMap` (``components``, ``depth``,
+    ``min_slope``, ``iterations``).
     """
-    return Flow(_autoregressive_layers(features, context, transforms,
-                                       lambda: SigmoidalMap(components, depth),
-                                       hidden, order, activation))
+    return _neural_autoregressive(naf, features, context, transforms, order, options)
 
 
 @register("bnaf")
-def bnaf(
-    features: int,
-    context: int = 0,
-    transforms: int = 2,
-    hidden: Sequence[int] = (16, 16),
-    context_hidden: Sequence[int] = (64, 64),
-    param_scale: float = 10.0,
-) -> Flow:
+@passes_options_to(BlockNeuralAutoregressive)
+def bnaf(features: int, context: int = 0, transforms: int = 2, **options: Any) -> Flow:
     r"""Block neural autoregressive flow (De Cao, Titov & Aziz, "Block Neural Autoregressive
     Flow", UAI 2019), with outputs covering the whole real line.
 
@@ -107,11 +115,10 @@ def bnaf(
     per layer, log-det from the diagonal blocks); sampling inverts each layer with
     ``features`` sweeps of a batched bisection.
 
-    Options: ``transforms``, ``hidden`` (units per dimension in each hidden layer; layer width
-    ``features * h``), ``context_hidden`` (the context MLP that shifts the first layer),
-    ``param_scale`` (the network's parameters are ``param_scale`` times the stored ones, so
-    Adam at ``lr = 1e-3`` takes the paper's ``1e-2`` steps; use ``1`` with the paper's learning
-    rates; see :class:`~pyroflows.transforms.BlockNeuralAutoregressive`).
+    The other options go to each :class:`~pyroflows.transforms.BlockNeuralAutoregressive`
+    layer (``hidden``: units per dimension in each hidden layer; ``context_hidden``,
+    ``iterations``, ``param_scale``: with its default 10, Adam at ``lr = 1e-3`` takes the
+    paper's ``1e-2`` steps).
 
     On 2-D moons (benchmarks/density_toy.py: 60 epochs at ``lr = 1e-3``) the defaults reach
     a test log-likelihood of about -2.45 nats.
@@ -122,11 +129,11 @@ def bnaf(
         >>> flow().log_prob(torch.zeros(3, 2)).shape
         torch.Size([3])
     """
-    check_transforms(transforms)
-    layers: list[Bijection] = []
-    for i in range(transforms):
-        if i > 0:
-            layers.append(Reverse(features))
-        layers.append(BlockNeuralAutoregressive(features, context, tuple(hidden),
-                                                tuple(context_hidden), param_scale=param_scale))
-    return Flow(layers)
+    (layer,) = split_options(bnaf, options)
+    return Flow(
+        stack(
+            transforms,
+            lambda i: BlockNeuralAutoregressive(features, context, **layer),
+            between=lambda i: Reverse(features),
+        )
+    )

@@ -1,25 +1,21 @@
 """Presets of the planar-style flows, sampling-fast and made for posteriors: ``planar``,
-``radial`` (Rezende & Mohamed, ICML 2015) and ``sylvester`` (van den Berg et al., UAI 2018)."""
+``radial`` (Rezende & Mohamed, ICML 2015, https://arxiv.org/abs/1505.05770) and ``sylvester`` (van den Berg et al., UAI 2018)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from ..core import Flow
 from ..transforms import Planar, Radial, Sylvester
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["planar", "radial", "sylvester"]
 
 
 @register("planar")
-def planar(
-    features: int,
-    context: int = 0,
-    transforms: int = 8,
-    hidden: Sequence[int] = (64, 64),
-    activation: str = "relu",
-) -> Flow:
+@passes_options_to(Planar)
+def planar(features: int, context: int = 0, transforms: int = 8, **options: Any) -> Flow:
     r"""Planar flow (Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015).
 
     ``transforms`` layers :math:`x = z + \hat u \tanh(w^\top z + b)` with the paper's
@@ -29,21 +25,16 @@ def planar(
     float32). Conditional form: each layer's :math:`(u, w, b)` are free parameters plus an MLP
     of the context (amortised).
 
-    Options: ``transforms``; ``hidden`` and ``activation`` of the context networks (used only
-    with ``context > 0``).
+    The other options go to each :class:`~pyroflows.transforms.Planar` layer (``hidden`` and
+    ``activation`` of the context networks, ``iterations``).
     """
-    check_transforms(transforms)
-    return Flow([Planar(features, context, tuple(hidden), activation) for _ in range(transforms)])
+    (layer,) = split_options(planar, options)
+    return Flow(stack(transforms, lambda i: Planar(features, context, **layer)))
 
 
 @register("radial")
-def radial(
-    features: int,
-    context: int = 0,
-    transforms: int = 8,
-    hidden: Sequence[int] = (64, 64),
-    activation: str = "relu",
-) -> Flow:
+@passes_options_to(Radial)
+def radial(features: int, context: int = 0, transforms: int = 8, **options: Any) -> Flow:
     r"""Radial flow (Rezende & Mohamed, "Variational Inference with Normalizing Flows", ICML 2015).
 
     ``transforms`` layers :math:`x = z + \beta (z - z_0)/(\alpha + \|z - z_0\|)` with
@@ -51,22 +42,16 @@ def radial(
     the inverse radius is the positive root of a quadratic (closed form), one :math:`O(d)` pass
     per layer. Conditional form: :math:`(z_0, \alpha, \beta)` free plus an MLP of the context.
 
-    Options: ``transforms``; ``hidden`` and ``activation`` of the context networks (used only
-    with ``context > 0``).
+    The other options go to each :class:`~pyroflows.transforms.Radial` layer (``hidden`` and
+    ``activation`` of the context networks).
     """
-    check_transforms(transforms)
-    return Flow([Radial(features, context, tuple(hidden), activation) for _ in range(transforms)])
+    (layer,) = split_options(radial, options)
+    return Flow(stack(transforms, lambda i: Radial(features, context, **layer)))
 
 
 @register("sylvester")
-def sylvester(
-    features: int,
-    context: int = 0,
-    transforms: int = 4,
-    hidden: Sequence[int] = (64, 64),
-    reflections: int = 2,
-    activation: str = "relu",
-) -> Flow:
+@passes_options_to(Sylvester, fixed=("flip",))
+def sylvester(features: int, context: int = 0, transforms: int = 4, **options: Any) -> Flow:
     r"""Sylvester flow (van den Berg, Hasenclever, Tomczak & Welling, "Sylvester Normalizing Flows
     for Variational Inference", UAI 2018).
 
@@ -79,9 +64,8 @@ def sylvester(
     ``features`` sweeps of a batched scalar bisection. Conditional form: all layer parameters
     free plus an MLP of the context.
 
-    Options: ``transforms``, ``reflections``; ``hidden`` and ``activation`` of the context
-    networks (used only with ``context > 0``).
+    The other options go to each :class:`~pyroflows.transforms.Sylvester` layer
+    (``reflections``, ``hidden`` and ``activation`` of the context networks, ``iterations``).
     """
-    check_transforms(transforms)
-    return Flow([Sylvester(features, context, tuple(hidden), reflections, flip=i % 2 == 1,
-                           activation=activation) for i in range(transforms)])
+    (layer,) = split_options(sylvester, options)
+    return Flow(stack(transforms, lambda i: Sylvester(features, context, flip=i % 2 == 1, **layer)))

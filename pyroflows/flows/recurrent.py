@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
+from ..checks import check_choice, check_flag
 from ..core import Flow
 from ..transforms import AffineMap, ElementwiseMap, SplineMap
 from ..transforms.recurrent import RecurrentAutoregressive
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["maf_rnn"]
 
+MAPS = ("affine", "spline")
+
 
 @register("maf-rnn")
+@passes_options_to(RecurrentAutoregressive, AffineMap, SplineMap, fixed=("reverse",))
 def maf_rnn(
     features: int,
     context: int = 0,
     transforms: int = 3,
-    hidden: Sequence[int] = (64,),
-    cell: str = "lstm",
     map: str = "affine",
-    step: int = 1,
-    bins: int = 8,
-    bound: float = 5.0,
-    log_scale_bound: float = 3.0,
     alternate: bool = True,
+    **options: Any,
 ) -> Flow:
     """Masked autoregressive flow with recurrent conditioners, for sequences (MAF of
-    Papamakarios et al. 2017 with the weight-tied LSTM conditioner of Oliva et al.,
+    Papamakarios et al. 2017, https://arxiv.org/abs/1705.07057 with the weight-tied LSTM conditioner of Oliva et al.,
     "Transformation Autoregressive Networks", ICML 2018).
 
     ``features`` is the sequence length times ``step``; the parameters do not depend on it, so
@@ -38,20 +38,26 @@ def maf_rnn(
     densities of its prefix unchanged (variable-length batches). **Fast direction:
     density** (one recurrent pass per layer); sampling steps through the sequence.
 
-    Options: ``transforms``, ``hidden`` (stacked recurrent widths), ``cell`` (``"lstm"``,
-    ``"gru"``, ``"rnn"``), ``map`` (``"affine"``, or ``"spline"`` for rational-quadratic
-    splines with ``bins`` on ``[-bound, bound]``), ``step`` (values per position),
-    ``log_scale_bound`` (affine), ``alternate``.
+    The preset's own options: ``transforms``, ``map`` (``"affine"``, or ``"spline"`` for
+    rational-quadratic splines) and ``alternate``. The others go to each
+    :class:`~pyroflows.transforms.recurrent.RecurrentAutoregressive` layer (``hidden``:
+    stacked recurrent widths, ``cell``, ``step``: values per position) or to its map, an
+    :class:`~pyroflows.transforms.AffineMap` (``log_scale_bound``) or a
+    :class:`~pyroflows.transforms.SplineMap` (``bins``, ``bound``); the other map's options
+    are ignored.
     """
-    check_transforms(transforms)
-    if map not in ("affine", "spline"):
-        raise ValueError(f"map must be 'affine' or 'spline', got {map!r}")
+    layer, affine, spline = split_options(maf_rnn, options)
+    check_choice("map", map, MAPS)
+    check_flag("alternate", alternate)
 
     def make_map() -> ElementwiseMap:
-        return AffineMap(log_scale_bound) if map == "affine" else SplineMap(bins, bound)
+        return AffineMap(**affine) if map == "affine" else SplineMap(**spline)
 
-    return Flow([
-        RecurrentAutoregressive(features, make_map(), context, tuple(hidden), cell, step,
-                                reverse=bool(alternate) and i % 2 == 1)
-        for i in range(transforms)
-    ])
+    return Flow(
+        stack(
+            transforms,
+            lambda i: RecurrentAutoregressive(
+                features, make_map(), context, reverse=alternate and i % 2 == 1, **layer
+            ),
+        )
+    )

@@ -1,8 +1,8 @@
-"""The flow registry: presets by paper name, ``build``, ``available``, ``save`` and ``load``."""
+"""The flow registry: presets by paper name, ``build``, ``available``, ``save`` and ``load``,
+as a view of the one registry (:data:`pyroflows.registry.REGISTRY`, family ``"flow"``)."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -12,41 +12,29 @@ import torch
 from torch import Tensor
 
 from ..core import Flow
-from ..registry import Registry
+from ..registry import KINDS, REGISTRY
 from ..transforms import ElementwiseAffine
 
-__all__ = ["available", "build", "check_transforms", "kind", "load", "register", "save"]
+__all__ = ["available", "build", "check_transforms", "kind", "load", "preset", "register", "save"]
 
-_PRESETS: Registry[Callable[..., Flow]] = Registry("flow")
-#: The names of the image presets (event shape (C, H, W)); every other preset is a vector one.
-_IMAGE_PRESETS: set[str] = set()
-KINDS = ("vector", "image")
 FORMAT = "pyroflows-flow/1"
 
 
-def register(name: str, kind: str = "vector") -> Callable[[Callable[..., Flow]], Callable[..., Flow]]:
-    """Decorator adding a preset ``preset(features, context=0, **options) -> Flow`` under ``name``.
+def register(
+    name: str, event_dims: int = 1
+) -> Callable[[Callable[..., Flow]], Callable[..., Flow]]:
+    """Decorator adding a flow preset ``preset(features, context=0, **options) -> Flow`` under
+    ``name`` (:meth:`pyroflows.registry.Registry.register` with ``family="flow"``).
 
-    ``kind="vector"`` (default): ``features`` is an int, the event shape ``(features,)``.
-    ``kind="image"``: ``features`` is a ``(C, H, W)`` tuple, the event shape of the flow.
+    ``event_dims=1`` (default): a vector preset, ``features`` an int, event shape
+    ``(features,)``. ``event_dims=3``: an image preset, ``features`` a ``(C, H, W)`` tuple.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    add = _PRESETS.register(name)
-
-    def decorator(preset: Callable[..., Flow]) -> Callable[..., Flow]:
-        add(preset)
-        if kind == "image":
-            _IMAGE_PRESETS.add(name)
-        return preset
-
-    return decorator
+    return REGISTRY.register(name, "flow", event_dims)
 
 
 def kind(name: str) -> str:
     """``"image"`` for a preset whose ``features`` is a ``(C, H, W)`` shape, else ``"vector"``."""
-    _PRESETS.get(name)  # ValueError for an unknown name
-    return "image" if name in _IMAGE_PRESETS else "vector"
+    return REGISTRY.entry(name, "flow").kind
 
 
 def check_transforms(transforms: int) -> None:
@@ -58,16 +46,14 @@ def check_transforms(transforms: int) -> None:
 def available(kind: str | None = None) -> list[str]:
     """Names of the registered flow presets, sorted; only those of one ``kind`` (``"vector"``
     or ``"image"``) when given."""
-    if kind is None:
-        return _PRESETS.available()
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} or None, got {kind!r}")
-    return [n for n in _PRESETS.available() if (n in _IMAGE_PRESETS) == (kind == "image")]
+    if kind is not None and kind not in KINDS.values():
+        raise ValueError(f"kind must be one of {tuple(KINDS.values())} or None, got {kind!r}")
+    return REGISTRY.available("flow", kind)
 
 
 def preset(name: str) -> Callable[..., Flow]:
     """The preset function registered under ``name`` (its docstring documents the options)."""
-    return _PRESETS.get(name)
+    return REGISTRY.entry(name, "flow").factory
 
 
 def build(
@@ -85,7 +71,8 @@ def build(
             ``"glow"``, ``"realnvp-image"``) the event shape ``(C, H, W)``.
         context: size of the conditioning vector; ``0`` for an unconditional flow.
         standardize: optional data (n, d); appends a fixed standardisation layer at the data
-            end, so a flow fitted to raw, badly scaled data sees zero mean and unit variance.
+            end, so a flow fitted to raw, badly scaled data sees zero mean and unit variance
+            (vector presets only).
         **options: preset options. Shared names: ``transforms`` (number of layers), ``hidden``
             (conditioner widths), ``bins`` (spline bins), ``bound`` (spline half-width).
 
@@ -97,42 +84,32 @@ def build(
         >>> flow().sample((4,)).shape
         torch.Size([4, 2])
     """
-    if name in _IMAGE_PRESETS:
-        return _build_image(name, features, context, standardize, options)
-    make = _PRESETS.checked(name, features, context, options)
-    layers = None
+    layer = None
     if standardize is not None:
-        data = torch.as_tensor(np.asarray(standardize) if not isinstance(standardize, Tensor) else standardize)
+        if kind(name) == "image":
+            raise ValueError(
+                f"standardize is for vector presets; {name!r} is an image flow (use "
+                "ActNorm, which its preset already has, or preprocess the images)"
+            )
+        data = torch.as_tensor(
+            np.asarray(standardize) if not isinstance(standardize, Tensor) else standardize
+        )
         if data.dim() != 2 or data.shape[1] != features:
-            raise ValueError(f"standardize data must have shape (n, {features}), got {tuple(data.shape)}")
-        layers = ElementwiseAffine.from_data(data.double(), trainable=False)
-    flow = make(features, context, **options)
-    if layers is not None:
-        flow = Flow([*flow.transforms, layers], flow.base)
+            raise ValueError(
+                f"standardize data must have shape (n, {features}), got {tuple(data.shape)}"
+            )
+    flow = REGISTRY.build(name, "flow", features, context, **options)
+    config = flow.config
+    if standardize is not None:
+        layer = ElementwiseAffine.from_data(data.double(), trainable=False)
+        flow = Flow([*flow.transforms, layer], flow.base)
     flow.config = {
         "name": name,
-        "features": features,
-        "context": context,
-        "standardize": layers is not None,
-        "options": dict(options),
+        "features": config["features"],
+        "context": config["context"],
+        "standardize": layer is not None,
+        "options": config["options"],
     }
-    return flow
-
-
-def _build_image(name: str, features: Any, context: int, standardize: Any, options: dict[str, Any]) -> Flow:
-    valid = (isinstance(features, (tuple, list)) and len(features) == 3
-             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in features))
-    if not valid:
-        raise ValueError(f"{name!r} is an image flow: features must be its event shape (C, H, W), a tuple "
-                         f"of 3 positive integers, got {features!r}")
-    if standardize is not None:
-        raise ValueError(f"standardize is for vector presets; {name!r} is an image flow (use ActNorm, "
-                         "which its preset already has, or preprocess the images)")
-    shape = tuple(features)
-    make = _PRESETS.checked(name, math.prod(shape), context, options)
-    flow = make(shape, context, **options)
-    flow.config = {"name": name, "features": shape, "context": context, "standardize": False,
-                   "options": dict(options)}
     return flow
 
 
@@ -149,7 +126,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
         # torch's first line says what failed; its further advice is about pickles, not us.
-        reason = str(error).split(": Weights only")[0].splitlines()[0] if str(error) else type(error).__name__
+        reason = (
+            str(error).split(": Weights only")[0].splitlines()[0]
+            if str(error)
+            else type(error).__name__
+        )
         raise ValueError(
             f"cannot read a pyroflows model from {os.fspath(path)!r}: not a file written by "
             f"pyroflows.flows.save ({reason})"
@@ -159,7 +140,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
     config = payload["config"]
     flow = build(config["name"], config["features"], config["context"], **config["options"])
     if config["standardize"]:
-        flow = Flow([*flow.transforms, ElementwiseAffine(config["features"], trainable=False)], flow.base)
+        flow = Flow(
+            [*flow.transforms, ElementwiseAffine(config["features"], trainable=False)], flow.base
+        )
     dtypes = [v.dtype for v in payload["state_dict"].values() if v.is_floating_point()]
     if dtypes:
         flow = flow.to(dtypes[0])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
+from ..checks import check_choice, check_flag
 from ..core import Flow
-from ..nn.lipschitz import check_coefficient
 from ..transforms import Bijection, ElementwiseAffine, Inverse
 from ..transforms.residual import ResidualBlock
-from .registry import check_transforms, register
+from .building import passes_options_to, split_options, stack
+from .registry import register
 
 __all__ = ["resflow"]
 
@@ -16,21 +17,14 @@ FAST = ("density", "sampling")
 
 
 @register("resflow")
+@passes_options_to(ResidualBlock)
 def resflow(
     features: int,
     context: int = 0,
     transforms: int = 4,
-    hidden: Sequence[int] = (64, 64),
-    lipschitz: float = 0.97,
-    logdet: str = "auto",
-    n_terms: int | None = None,
-    roulette: str = "geometric",
-    extra_terms: float = 1.0,
-    neumann_gradient: bool = True,
     actnorm: bool = True,
     fast: str = "density",
-    iterations: int | None = None,
-    newton: int | None = None,
+    **options: Any,
 ) -> Flow:
     r"""Residual flow (Behrmann, Grathwohl, Chen, Duvenaud & Jacobsen, "Invertible Residual
     Networks", ICML 2019; Chen, Behrmann, Duvenaud & Jacobsen, "Residual Flows for Invertible
@@ -38,7 +32,7 @@ def resflow(
 
     ``transforms`` residual blocks :math:`F(u) = u + g(u; c)`, :math:`g` a
     :class:`~pyroflows.nn.lipschitz.LipschitzMLP` (spectrally normalised layers, LipSwish, every
-    layer :math:`\|\tilde W\|_2 \le` ``lipschitz``, so :math:`\mathrm{Lip}(g) < 1` for every
+    layer :math:`\|\tilde W\|_2 \le` ``coefficient``, so :math:`\mathrm{Lip}(g) < 1` for every
     parameter value), with a learnable per-feature affine map before and after each block
     (``actnorm``; Residual Flows use ActNorm there; it starts at the identity rather than
     from the first batch, so the density never depends on which data were seen first).
@@ -59,10 +53,10 @@ def resflow(
     Stochastic estimators give a different value at each call (use ``"exact"`` to evaluate),
     and ``"roulette"`` does not compile with ``fullgraph=True`` (its loop length is random).
 
-    Options: ``transforms``, ``hidden`` (widths of :math:`g`), ``lipschitz`` (per-layer
-    coefficient in (0, 1)), ``logdet``, ``n_terms``, ``roulette`` (``"geometric"`` or
-    ``"poisson"``), ``extra_terms``, ``neumann_gradient``, ``actnorm``, ``fast``,
-    ``iterations``, ``newton``. Conditional form: the context shifts :math:`g`'s hidden
+    The preset's own options are ``transforms``, ``actnorm`` and ``fast``; the others go to
+    each :class:`~pyroflows.transforms.residual.ResidualBlock` (``hidden``, ``coefficient``,
+    ``logdet``, ``n_terms``, ``roulette``, ``extra_terms``, ``neumann_gradient``,
+    ``iterations``, ``newton``). Conditional form: the context shifts :math:`g`'s hidden
     pre-activations through an unconstrained linear map (the bound in :math:`u` is kept).
 
     Example:
@@ -71,18 +65,16 @@ def resflow(
         >>> flow().log_prob(torch.zeros(3, 2)).shape
         torch.Size([3])
     """
-    check_transforms(transforms)
-    check_coefficient(lipschitz, "lipschitz")
-    if fast not in FAST:
-        raise ValueError(f"fast must be one of {list(FAST)}, got {fast!r}")
-    if not isinstance(actnorm, bool):
-        raise ValueError(f"actnorm must be True or False, got {actnorm!r}")
-    hidden = tuple(hidden)
-    parts: list[Bijection] = [ElementwiseAffine(features)] if actnorm else []
-    for _ in range(transforms):
-        block = ResidualBlock(features, context, hidden, lipschitz, logdet, n_terms, roulette,
-                              extra_terms, neumann_gradient, iterations, newton)
-        parts.append(Inverse(block) if fast == "density" else block)
-        if actnorm:
-            parts.append(ElementwiseAffine(features))
-    return Flow(parts)
+    (options,) = split_options(resflow, options)
+    density = check_choice("fast", fast, FAST) == "density"
+
+    def layer(i: int) -> Bijection:
+        # A ResidualBlock samples in one pass: its inverse is the papers' density-fast form.
+        block = ResidualBlock(features, context, **options)
+        return Inverse(block) if density else block
+
+    if not check_flag("actnorm", actnorm):
+        return Flow(stack(transforms, layer))
+    # ActNorm before the first block, between blocks and after the last.
+    parts = stack(transforms, layer, between=lambda i: ElementwiseAffine(features))
+    return Flow([ElementwiseAffine(features), *parts, ElementwiseAffine(features)])

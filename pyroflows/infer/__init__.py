@@ -2,12 +2,16 @@
 importance and rejection sampling, density ratios."""
 
 from .arviz import to_inference_data
+from .fitting.callbacks import Callback, EarlyStopping, FitState, FreshData, StepBudget, TimeBudget
+from .fitting.dequantized import Dequantized
+from .fitting.finetune import fine_tune
 from .fitting.fit import FitResult, fit
 from .guides.amortized import AutoAmortizedFlow
 from .guides.autoguide import AutoFlow
 from .guides.em import VariationalEM
 from .guides.meanfield import AutoMeanFieldFlow
 from .sampling.adaptive import AdaptiveResult, adaptive_importance
+from .sampling.guide_weights import guide_log_weights
 from .sampling.importance import ImportanceResult, importance
 from .sampling.psis import khat_threshold, psis
 from .sampling.ratio import DensityRatioResult, density_ratio
@@ -18,25 +22,32 @@ from .sampling.rejection import (
     estimate_log_M,
     rejection_sample,
 )
-from .sampling.targets import ModelTarget
-from .sampling.weights import guide_log_weights
+from .sampling.targets_and_proposals import ModelTarget
 
 __all__ = [
     "AdaptiveResult",
     "AutoAmortizedFlow",
     "AutoFlow",
     "AutoMeanFieldFlow",
+    "Callback",
+    "Dequantized",
     "DensityRatioResult",
+    "EarlyStopping",
     "FitResult",
+    "FitState",
     "FlowRejector",
+    "FreshData",
     "ImportanceResult",
     "ModelTarget",
     "RejectionError",
     "RejectionResult",
+    "StepBudget",
+    "TimeBudget",
     "VariationalEM",
     "adaptive_importance",
     "density_ratio",
     "estimate_log_M",
+    "fine_tune",
     "fit",
     "guide_log_weights",
     "importance",

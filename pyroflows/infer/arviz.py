@@ -15,15 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .sampling.weights import guide_log_weights, init_trace
+from .model_density import init_trace
+from .sampling.guide_weights import guide_log_weights
 
 __all__ = ["to_inference_data"]
 
 
 def _observed(model: Callable, args: tuple, kwargs: dict) -> dict[str, np.ndarray]:
     trace = init_trace(model, args, kwargs)
-    return {name: site["value"].detach().cpu().numpy() for name, site in trace.nodes.items()
-            if site["type"] == "sample" and site["is_observed"] and isinstance(site["value"], torch.Tensor)}
+    return {
+        name: site["value"].detach().cpu().numpy()
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and site["is_observed"]
+        and isinstance(site["value"], torch.Tensor)
+    }
 
 
 def to_inference_data(
@@ -62,14 +68,21 @@ def to_inference_data(
 
     if not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
-    samples, log_w = guide_log_weights(model, guide, num_samples, *args,
-                                       max_plate_nesting=max_plate_nesting, **kwargs)
-    posterior = {name: value.detach().cpu().double().numpy()[None] for name, value in samples.items()}
+    samples, log_w = guide_log_weights(
+        model, guide, num_samples, *args, max_plate_nesting=max_plate_nesting, **kwargs
+    )
+    posterior = {
+        name: value.detach().cpu().double().numpy()[None] for name, value in samples.items()
+    }
     log_w_np = log_w.detach().cpu().double().numpy()
     smoothed, khat = az.psislw(log_w_np.copy())
     sample_stats = {"log_weight": log_w_np[None], "psis_log_weight": np.asarray(smoothed)[None]}
-    attrs = {"psis_khat": float(khat), "elbo": float(np.mean(log_w_np)),
-             "inference_library": "pyro + pyroflows", "guide": type(guide).__name__}
+    attrs = {
+        "psis_khat": float(khat),
+        "elbo": float(np.mean(log_w_np)),
+        "inference_library": "pyro + pyroflows",
+        "guide": type(guide).__name__,
+    }
     groups: dict[str, Any] = {"posterior": posterior, "sample_stats": sample_stats}
     if observed:
         obs = _observed(model, args, kwargs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..checks import check_choice
+
 __all__ = ["ACTIVATIONS", "make_activation"]
 
 #: Activation modules by name, for the ``activation`` option of conditioners and presets.
@@ -19,9 +21,4 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 def make_activation(name: str) -> nn.Module:
     """A fresh activation module from its name (one of :data:`ACTIVATIONS`)."""
-    try:
-        return ACTIVATIONS[name]()
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
-        ) from None
+    return ACTIVATIONS[check_choice("activation", name, ACTIVATIONS)]()

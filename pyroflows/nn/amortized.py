@@ -32,11 +32,18 @@ class AmortizedParameters(nn.Module):
     Shapes: ``context`` (..., c) -> (..., p); without context -> (p,).
     """
 
-    def __init__(self, init: Tensor, context: int = 0, hidden: Sequence[int] = (64, 64),
-                 activation: str = "relu") -> None:
+    def __init__(
+        self,
+        init: Tensor,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+    ) -> None:
         super().__init__()
         self.free = nn.Parameter(init.detach().clone().to(torch.get_default_dtype()))
-        self.net = MLP(context, init.numel(), tuple(hidden), activation=activation) if context else None
+        self.net = (
+            MLP(context, init.numel(), tuple(hidden), activation=activation) if context else None
+        )
 
     def forward(self, context: Tensor | None = None) -> Tensor:
         if self.net is None:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..checks import check_hidden
 from .activations import make_activation
+from .layers import residual_body, residual_width, zero_init
 
 __all__ = ["ConvNet", "ResidualConvNet"]
 
@@ -24,16 +25,8 @@ def _join(x: Tensor, context: Tensor | None) -> Tensor:
     return x if context is None else torch.cat([x, context], dim=1)
 
 
-def _zero_conv(channels: int, out_channels: int, zero: bool) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, out_channels, 3, padding=1)
-    if zero:
-        nn.init.zeros_(conv.weight)
-        nn.init.zeros_(conv.bias)
-    return conv
-
-
 class ConvNet(nn.Module):
-    r"""Glow's coupling network (Kingma & Dhariwal 2018): a 3x3 convolution, 1x1 convolutions,
+    r"""Glow's coupling network (Kingma & Dhariwal 2018, https://arxiv.org/abs/1807.03039): a 3x3 convolution, 1x1 convolutions,
     then a zero-initialised 3x3 convolution,
 
     .. math:: y = \text{conv}_{3\times3}\big(\sigma(\text{conv}_{1\times1}(\dots
@@ -54,16 +47,25 @@ class ConvNet(nn.Module):
         torch.Size([5, 4, 8, 8])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int] = (512, 512),
-                 context: int = 0, activation: str = "relu", zero_output: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: Sequence[int] = (512, 512),
+        context: int = 0,
+        activation: str = "relu",
+        zero_output: bool = True,
+    ) -> None:
         super().__init__()
         hidden = check_hidden(hidden, "channel counts")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels + context, hidden[0], 3, padding=1),
-                                   make_activation(activation)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels + context, hidden[0], 3, padding=1),
+            make_activation(activation),
+        ]
         for a, b in zip(hidden[:-1], hidden[1:]):
             layers += [nn.Conv2d(a, b, 1), make_activation(activation)]
         self.hidden = nn.Sequential(*layers)
-        self.output = _zero_conv(hidden[-1], out_channels, zero_output)
+        self.output = zero_init(nn.Conv2d(hidden[-1], out_channels, 3, padding=1), zero_output)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.output(self.hidden(_join(x, context)))
@@ -72,15 +74,18 @@ class ConvNet(nn.Module):
 class _Block(nn.Module):
     def __init__(self, channels: int, activation: str) -> None:
         super().__init__()
-        self.net = nn.Sequential(make_activation(activation), nn.Conv2d(channels, channels, 3, padding=1),
-                                 make_activation(activation), nn.Conv2d(channels, channels, 3, padding=1))
+        self.net = residual_body(
+            activation,
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     def forward(self, h: Tensor) -> Tensor:
         return h + self.net(h)
 
 
 class ResidualConvNet(nn.Module):
-    r"""RealNVP's coupling network (Dinh et al. 2017): a 3x3 input convolution, residual blocks
+    r"""RealNVP's coupling network (Dinh et al. 2017, https://arxiv.org/abs/1605.08803): a 3x3 input convolution, residual blocks
     :math:`h \leftarrow h + \text{conv}(\sigma(\text{conv}(\sigma(h))))` (He et al. 2016), and a
     zero-initialised 3x3 output convolution. Batch normalisation is left out: its train-time
     statistics would make the layer's inverse depend on the batch.
@@ -95,17 +100,22 @@ class ResidualConvNet(nn.Module):
         torch.Size([3, 2, 4, 4])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: Sequence[int] = (64, 64),
-                 context: int = 0, activation: str = "relu", zero_output: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: Sequence[int] = (64, 64),
+        context: int = 0,
+        activation: str = "relu",
+        zero_output: bool = True,
+    ) -> None:
         super().__init__()
         hidden = check_hidden(hidden, "channel counts")
-        if len(set(hidden)) != 1:
-            raise ValueError(f"a residual network needs equal widths, got {hidden}")
-        width = hidden[0]
+        width = residual_width(hidden, "ResidualConvNet")
         self.input = nn.Conv2d(in_channels + context, width, 3, padding=1)
         self.blocks = nn.Sequential(*(_Block(width, activation) for _ in hidden))
         self.activation = make_activation(activation)
-        self.output = _zero_conv(width, out_channels, zero_output)
+        self.output = zero_init(nn.Conv2d(width, out_channels, 3, padding=1), zero_output)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.output(self.activation(self.blocks(self.input(_join(x, context)))))

@@ -2,7 +2,7 @@ r"""Lipschitz-constrained networks for residual flows: spectrally normalised lin
 LipSwish activation and a Lipschitz MLP :math:`g(z; c)` with :math:`\mathrm{Lip}_z(g) < 1`.
 
 A residual block :math:`x = z + g(z)` is invertible when :math:`\mathrm{Lip}(g) < 1`
-(Behrmann et al., "Invertible Residual Networks", ICML 2019). With 1-Lipschitz activations,
+(Behrmann et al., "Invertible Residual Networks", ICML 2019, https://arxiv.org/abs/1811.00995). With 1-Lipschitz activations,
 
 .. math:: \mathrm{Lip}(W_L \phi \circ \dots \circ \phi \circ W_1) \le \prod_l \|W_l\|_2,
 
@@ -21,7 +21,7 @@ differentiable, and the bound holds for *every* parameter value. Its cost,
 grow with the batch, so it is small next to the batch's matrix products for the widths used in
 tabular flows (up to a few hundred).
 
-LipSwish (Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019):
+LipSwish (Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019, https://arxiv.org/abs/1906.02735):
 :math:`\phi(a) = a\,\mathrm{sigmoid}(\beta a)/1.1` with :math:`\beta = \operatorname{softplus}(\beta_0) > 0`;
 :math:`\sup_a |\phi'(a)| \le 1` for every :math:`\beta` and, unlike ELU or ReLU, its derivative
 is smooth and non-monotone-saturating, which keeps :math:`\|J_g\|` from hitting the bound.
@@ -36,16 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_hidden
+from ..checks import check_hidden, check_real
 
 __all__ = ["LipSwish", "LipschitzLinear", "LipschitzMLP", "check_coefficient"]
 
 
 def check_coefficient(coefficient: float, name: str = "coefficient") -> float:
     """Validate a Lipschitz coefficient ``0 < c < 1`` (``name``: the option, for the message)."""
-    if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not 0 < coefficient < 1:
-        raise ValueError(f"{name} (the Lipschitz coefficient) must be a number in (0, 1), got {coefficient!r}")
-    return float(coefficient)
+    return check_real(f"{name} (the Lipschitz coefficient)", coefficient, 0.0, 1.0)
 
 
 class LipschitzLinear(nn.Module):
@@ -143,8 +141,13 @@ class LipschitzMLP(nn.Module):
         torch.Size([10, 3])
     """
 
-    def __init__(self, features: int, hidden: Sequence[int] = (64, 64), context: int = 0,
-                 coefficient: float = 0.97) -> None:
+    def __init__(
+        self,
+        features: int,
+        hidden: Sequence[int] = (64, 64),
+        context: int = 0,
+        coefficient: float = 0.97,
+    ) -> None:
         super().__init__()
         hidden = check_hidden(hidden)
         self.features = features
@@ -162,13 +165,17 @@ class LipschitzMLP(nn.Module):
             return [None] * len(self.hidden_widths)
         return list(self.embed(context).split(self.hidden_widths, dim=-1))
 
-    def evaluate(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def evaluate(
+        self, z: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """``(g(z; c), weights, slopes)``: the normalised weights and the activation slopes
         :math:`\\phi'(a_l)` that :meth:`jvp` needs (computed once, reused for many vectors)."""
         weights = [layer.normalized_weight() for layer in self.layers]
         slopes = []
         h = z
-        for layer, w, act, offset in zip(self.layers, weights, self.activations, self._offsets(context)):
+        for layer, w, act, offset in zip(
+            self.layers, weights, self.activations, self._offsets(context)
+        ):
             a = F.linear(h, w, layer.bias)
             if offset is not None:
                 a = a + offset

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_hidden
 from .activations import make_activation
 from .context import join_context
+from .layers import residual_body, residual_width, zero_init
 
 __all__ = ["MADE", "MaskedLinear", "check_order"]
 
@@ -27,9 +29,7 @@ def check_order(order: Sequence[int] | Tensor | None, features: int) -> Tensor:
         raise ValueError(f"order must hold integers, got dtype {order.dtype}")
     order = order.long()
     if order.shape != (features,) or not torch.equal(order.sort().values, torch.arange(features)):
-        raise ValueError(
-            f"order must be a permutation of range({features}), got {order.tolist()}"
-        )
+        raise ValueError(f"order must be a permutation of range({features}), got {order.tolist()}")
     return order
 
 
@@ -46,7 +46,7 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    r"""Masked autoencoder for distribution estimation (Germain et al., ICML 2015).
+    r"""Masked autoencoder for distribution estimation (Germain et al., ICML 2015, https://arxiv.org/abs/1502.03509).
 
     Outputs ``params_per_feature`` numbers per feature, where those of feature :math:`i`
     depend only on the features before it in the ordering (and on the whole context):
@@ -92,11 +92,9 @@ class MADE(nn.Module):
         zero_output: bool = True,
     ) -> None:
         super().__init__()
-        hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
-        if residual and len(set(hidden)) != 1:
-            raise ValueError(f"a residual MADE needs equal hidden widths, got {hidden}")
+        hidden = check_hidden(hidden)
+        if residual:
+            residual_width(hidden, "a residual MADE")
         self.features = features
         self.params_per_feature = params_per_feature
         self.context_features = context
@@ -115,29 +113,22 @@ class MADE(nn.Module):
 
         self.input = MaskedLinear(mask(hidden_degrees[0], in_degrees, strict=False))
         self.residual = residual
-        layers = []
         if residual:
             square = mask(hidden_degrees[0], hidden_degrees[0], strict=False)
-            for _ in hidden:
-                layers.append(
-                    nn.Sequential(
-                        make_activation(activation),
-                        MaskedLinear(square),
-                        make_activation(activation),
-                        MaskedLinear(square),
-                    )
-                )
+            layers = [
+                residual_body(activation, MaskedLinear(square), MaskedLinear(square))
+                for _ in hidden
+            ]
         else:
-            for d_in, d_out in zip(hidden_degrees[:-1], hidden_degrees[1:]):
-                layers.append(
-                    nn.Sequential(make_activation(activation), MaskedLinear(mask(d_out, d_in, False)))
-                )
+            layers = [
+                nn.Sequential(make_activation(activation), MaskedLinear(mask(d_out, d_in, False)))
+                for d_in, d_out in zip(hidden_degrees[:-1], hidden_degrees[1:])
+            ]
         self.layers = nn.ModuleList(layers)
         self.final = make_activation(activation)
-        self.output = MaskedLinear(mask(out_degrees, hidden_degrees[-1], strict=True))
-        if zero_output:
-            nn.init.zeros_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
+        self.output = zero_init(
+            MaskedLinear(mask(out_degrees, hidden_degrees[-1], strict=True)), zero_output
+        )
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         h = self.input(join_context(x, context))

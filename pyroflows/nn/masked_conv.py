@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_count
-from .activations import make_activation
+from ..checks import check_choice, check_count
+from .layers import residual_body, zero_init
 
 __all__ = ["MaskedConv2d", "PixelCNNConditioner", "channel_groups", "pixelcnn_mask"]
 
@@ -56,16 +56,14 @@ def pixelcnn_mask(
         mask_type: ``"A"`` (centre tap: strictly earlier groups) or ``"B"`` (earlier or same).
         groups: number of data channels :math:`C` (3 for RGB), ordered R, G, B.
     """
-    if mask_type not in ("A", "B"):
-        raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be an odd positive integer, got {kernel_size!r}")
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    check_choice("mask_type", mask_type, ("A", "B"))
+    if check_count("kernel_size", kernel_size) % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
+    check_count("groups", groups)
     centre = kernel_size // 2
     mask = torch.ones(out_channels, in_channels, kernel_size, kernel_size)
-    mask[:, :, centre, centre + 1:] = 0
-    mask[:, :, centre + 1:, :] = 0
+    mask[:, :, centre, centre + 1 :] = 0
+    mask[:, :, centre + 1 :, :] = 0
     g_out = channel_groups(out_channels, groups)[:, None]
     g_in = channel_groups(in_channels, groups)[None, :]
     allowed = g_out > g_in if mask_type == "A" else g_out >= g_in
@@ -111,7 +109,9 @@ class MaskedConv2d(nn.Conv2d):
         bias: bool = True,
     ) -> None:
         mask = pixelcnn_mask(out_channels, in_channels, kernel_size, mask_type, groups)
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        super().__init__(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias
+        )
         self.mask_type = mask_type
         self.data_channels = groups
         self.register_buffer("mask", mask.to(self.weight.dtype))
@@ -128,10 +128,9 @@ class _ResidualBlock(nn.Module):
 
     def __init__(self, width: int, kernel_size: int, groups: int, activation: str) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            make_activation(activation),
+        self.body = residual_body(
+            activation,
             MaskedConv2d(width, width, kernel_size, "B", groups),
-            make_activation(activation),
             MaskedConv2d(width, width, 1, "B", groups),
         )
 
@@ -185,8 +184,13 @@ class PixelCNNConditioner(nn.Module):
         zero_output: bool = False,
     ) -> None:
         super().__init__()
-        for what, value, low in (("channels", channels, 1), ("params_per_channel", params_per_channel, 1),
-                                 ("hidden", hidden, channels), ("blocks", blocks, 0), ("context", context, 0)):
+        for what, value, low in (
+            ("channels", channels, 1),
+            ("params_per_channel", params_per_channel, 1),
+            ("hidden", hidden, channels),
+            ("blocks", blocks, 0),
+            ("context", context, 0),
+        ):
             check_count(what, value, low)
         self.channels = channels
         self.params_per_channel = params_per_channel
@@ -196,15 +200,14 @@ class PixelCNNConditioner(nn.Module):
         self.blocks = nn.Sequential(
             *[_ResidualBlock(hidden, kernel_size, channels, activation) for _ in range(blocks)]
         )
-        self.head = nn.Sequential(
-            make_activation(activation),
+        # The same act-conv-act-conv shape as a residual branch, without the skip.
+        self.head = residual_body(
+            activation,
             MaskedConv2d(hidden, hidden, 1, "B", channels),
-            make_activation(activation),
-            MaskedConv2d(hidden, channels * params_per_channel, 1, "B", channels),
+            zero_init(
+                MaskedConv2d(hidden, channels * params_per_channel, 1, "B", channels), zero_output
+            ),
         )
-        if zero_output:
-            nn.init.zeros_(self.head[-1].weight)
-            nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         if x.dim() < 3 or x.shape[-3] != self.channels:
@@ -214,7 +217,8 @@ class PixelCNNConditioner(nn.Module):
         if (context is None) != (self.context_bias is None):
             raise ValueError(
                 f"this conditioner takes a context of {self.context_features} features"
-                if context is None else "this conditioner takes no context (context=0)"
+                if context is None
+                else "this conditioner takes no context (context=0)"
             )
         batch = x.shape[:-3]
         if context is not None:

@@ -9,8 +9,19 @@ from torch import Tensor, nn
 from ..checks import check_hidden
 from .activations import make_activation
 from .context import join_context
+from .layers import residual_body, residual_width, zero_init
 
-__all__ = ["MLP", "ResidualMLP"]
+__all__ = ["MLP", "ResidualMLP", "dense_stack"]
+
+
+def dense_stack(inputs: int, hidden: Sequence[int], activation: str = "relu") -> nn.Sequential:
+    """``Linear -> activation`` for each width of ``hidden``, from ``inputs`` features: the
+    hidden layers of an :class:`MLP`, or a feature extractor on its own (no output layer)."""
+    widths = (inputs, *check_hidden(hidden))
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), make_activation(activation)]
+    return nn.Sequential(*layers)
 
 
 class MLP(nn.Module):
@@ -44,28 +55,28 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         hidden = check_hidden(hidden)
-        widths = (in_features + context, *hidden)
-        layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), make_activation(activation)]
-        self.hidden = nn.Sequential(*layers)
-        self.output = nn.Linear(hidden[-1], out_features)
-        if zero_output:
-            nn.init.zeros_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
+        self._build(in_features + context, hidden, activation)
+        self.output = zero_init(nn.Linear(hidden[-1], out_features), zero_output)
+
+    def _build(self, inputs: int, hidden: tuple[int, ...], activation: str) -> None:
+        self.hidden = dense_stack(inputs, hidden, activation)
+
+    def _features(self, h: Tensor) -> Tensor:
+        """The last hidden layer's activations from the joined input."""
+        return self.hidden(h)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.output(self.hidden(join_context(x, context)))
+        return self.output(self._features(join_context(x, context)))
 
 
-class ResidualMLP(nn.Module):
+class ResidualMLP(MLP):
     r"""An MLP whose hidden layers are residual blocks, :math:`h \leftarrow h + W_2\sigma(W_1\sigma(h))`.
 
     Residual conditioners train deeper and more stably than plain MLPs (He et al. 2016; used
-    by the neural spline flows of Durkan et al. 2019). All hidden widths must be equal; each
+    by the neural spline flows of Durkan et al. 2019, https://arxiv.org/abs/1906.04032). All hidden widths must be equal; each
     entry of ``hidden`` adds one residual block.
 
-    Shapes: as :class:`MLP`.
+    Args and shapes: as :class:`MLP`.
 
     Example:
         >>> net = ResidualMLP(3, 4, hidden=(32, 32))
@@ -73,39 +84,17 @@ class ResidualMLP(nn.Module):
         torch.Size([10, 4])
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        hidden: Sequence[int] = (64, 64),
-        context: int = 0,
-        activation: str = "relu",
-        zero_output: bool = True,
-    ) -> None:
-        super().__init__()
-        hidden = check_hidden(hidden)
-        if len(set(hidden)) != 1:
-            raise ValueError(f"ResidualMLP needs equal hidden widths, got {hidden}")
-        width = hidden[0]
-        self.input = nn.Linear(in_features + context, width)
+    def _build(self, inputs: int, hidden: tuple[int, ...], activation: str) -> None:
+        width = residual_width(hidden, "ResidualMLP")
+        self.input = nn.Linear(inputs, width)
         self.blocks = nn.ModuleList(
-            nn.Sequential(
-                make_activation(activation),
-                nn.Linear(width, width),
-                make_activation(activation),
-                nn.Linear(width, width),
-            )
+            residual_body(activation, nn.Linear(width, width), nn.Linear(width, width))
             for _ in hidden
         )
         self.final = make_activation(activation)
-        self.output = nn.Linear(width, out_features)
-        if zero_output:
-            nn.init.zeros_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.input(join_context(x, context))
+    def _features(self, h: Tensor) -> Tensor:
+        h = self.input(h)
         for block in self.blocks:
             h = h + block(h)
-        return self.output(self.final(h))
-
+        return self.final(h)

@@ -1,7 +1,7 @@
 r"""Recurrent conditioner for autoregressive models of sequences of any length.
 
 A recurrent network ties the weights of an autoregressive model across positions (lecture
-notes; Graves 2013; Oliva et al., "Transformation Autoregressive Networks", ICML 2018), so
+notes; Graves 2013; Oliva et al., "Transformation Autoregressive Networks", ICML 2018, https://arxiv.org/abs/1801.09819), so
 the number of parameters does not depend on the sequence length:
 
 .. math::
@@ -9,7 +9,7 @@ the number of parameters does not depend on the sequence length:
     \theta_i = W_o h_i + b_o,
 
 hence :math:`\theta_i` depends on :math:`x_{<i}` (and the context :math:`c`) only. The cell is
-an LSTM (Hochreiter & Schmidhuber 1997), a GRU (Cho et al. 2014) or an Elman RNN
+an LSTM (Hochreiter & Schmidhuber 1997, https://doi.org/10.1162/neco.1997.9.8.1735), a GRU (Cho et al. 2014) or an Elman RNN
 :math:`h_i = \tanh(W_{ih} u_i + W_{hh} h_{i-1} + b)`.
 """
 
@@ -20,6 +20,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ..checks import check_choice, check_count, check_hidden
+from .layers import zero_init
 
 __all__ = ["CELLS", "RecurrentConditioner", "RecurrentLayer"]
 
@@ -46,13 +49,9 @@ class RecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, cell: str = "lstm") -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
-        for what, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{what} must be a positive integer, got {value!r}")
-        self.cell = cell
-        self.input_size, self.hidden_size = input_size, hidden_size
+        self.cell = check_choice("cell", cell, CELLS)
+        self.input_size = check_count("input_size", input_size)
+        self.hidden_size = check_count("hidden_size", hidden_size)
         gates = CELLS[cell] * hidden_size
         bound = 1 / math.sqrt(hidden_size)  # nn.LSTM's initialisation
         self.weight_ih = nn.Parameter(torch.empty(gates, input_size).uniform_(-bound, bound))
@@ -147,20 +146,15 @@ class RecurrentConditioner(nn.Module):
         zero_output: bool = True,
     ) -> None:
         super().__init__()
-        hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
-        if not isinstance(context, int) or isinstance(context, bool) or context < 0:
-            raise ValueError(f"context must be a non-negative integer, got {context!r}")
+        hidden = check_hidden(hidden)
         self.step_size = step_size
         self.params_per_step = params_per_step
-        self.context_features = context
+        self.context_features = check_count("context", context, 0)
         sizes = (step_size + context, *hidden)
-        self.layers = nn.ModuleList(RecurrentLayer(a, b, cell) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.output = nn.Linear(hidden[-1], params_per_step)
-        if zero_output:
-            nn.init.zeros_(self.output.weight)
-            nn.init.zeros_(self.output.bias)
+        self.layers = nn.ModuleList(
+            RecurrentLayer(a, b, cell) for a, b in zip(sizes[:-1], sizes[1:])
+        )
+        self.output = zero_init(nn.Linear(hidden[-1], params_per_step), zero_output)
 
     def _inputs(self, x: Tensor, context: Tensor | None) -> Tensor:
         if context is None:
@@ -169,9 +163,13 @@ class RecurrentConditioner(nn.Module):
         c = context.unsqueeze(-2).expand(*batch, x.shape[-2], context.shape[-1])
         return torch.cat([x.expand(*batch, *x.shape[-2:]), c], -1)
 
-    def forward(self, x: Tensor, context: Tensor | None = None, fused: bool | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, fused: bool | None = None
+    ) -> Tensor:
         if x.dim() < 2 or x.shape[-1] != self.step_size or x.shape[-2] < 1:
-            raise ValueError(f"expected a sequence (..., L >= 1, {self.step_size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a sequence (..., L >= 1, {self.step_size}), got {tuple(x.shape)}"
+            )
         shifted = torch.cat([torch.zeros_like(x[..., :1, :]), x[..., :-1, :]], -2)
         u = self._inputs(shifted, context)
         h = u.reshape(-1, *u.shape[-2:])

@@ -32,8 +32,9 @@ def default_iterations(dtype: torch.dtype) -> int:
 
 
 @torch.no_grad()
-def bisect(f: Callable[[Tensor], Tensor], target: Tensor, lo: Tensor, hi: Tensor,
-           iterations: int) -> Tensor:
+def bisect(
+    f: Callable[[Tensor], Tensor], target: Tensor, lo: Tensor, hi: Tensor, iterations: int
+) -> Tensor:
     """Solve ``f(x) = target`` elementwise for increasing ``f`` on the bracket ``[lo, hi]``.
 
     Args:
@@ -58,8 +59,14 @@ def bisect(f: Callable[[Tensor], Tensor], target: Tensor, lo: Tensor, hi: Tensor
 
 
 @torch.no_grad()
-def newton_bisect(f: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor], target: Tensor,
-                  lo: Tensor, hi: Tensor, iterations: int) -> Tensor:
+def newton_bisect(
+    f: Callable[[Tensor], Tensor],
+    derivative: Callable[[Tensor], Tensor],
+    target: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    iterations: int,
+) -> Tensor:
     """Safeguarded Newton: a Newton step where it stays inside the bracket, else bisection.
 
     Keeps a bracket ``[lo, hi]`` that always contains the root (updated by the sign of
@@ -109,7 +116,9 @@ def monotone_inverse(
         ``f`` depends on (implicit function theorem), and kept inside ``[lo, hi]``.
     """
     if newton:
-        root = newton_bisect(f, derivative, target, lo, hi, 24 if iterations is None else iterations)
+        root = newton_bisect(
+            f, derivative, target, lo, hi, 24 if iterations is None else iterations
+        )
     else:
         steps = default_iterations(target.dtype) if iterations is None else iterations
         root = bisect(f, target, lo, hi, steps)

@@ -4,7 +4,7 @@ Both rules approximate :math:`\int_0^1 g(s)\,ds \approx \sum_k w_k\, g(s_k)`. An
 Gauss–Legendre rule is exact for polynomials of degree :math:`2n-1`, a Clenshaw–Curtis rule on
 :math:`n` Chebyshev points for degree :math:`n-1`; for analytic integrands both converge
 geometrically in :math:`n` (Trefethen, "Is Gauss quadrature better than Clenshaw–Curtis?",
-SIAM Review 2008). UMNN (Wehenkel & Louppe 2019) integrates its positive network with
+SIAM Review 2008). UMNN (Wehenkel & Louppe 2019, https://arxiv.org/abs/1908.05164) integrates its positive network with
 Clenshaw–Curtis; :class:`~pyroflows.transforms.UMNNMap` offers both.
 
 The rules are computed once in float64 with numpy and returned as tensors, which callers store

@@ -36,9 +36,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..checks import check_count, check_hidden
 from ..core import Flow, FlowDistribution
 from ..flows import registry
-from ..nn import make_activation
+from ..nn import dense_stack
 from ..transforms import AffineMap, Elementwise
 from .squash import TanhSquash
 
@@ -67,8 +68,14 @@ class PolicyDistribution(FlowDistribution):
 
     mode_candidates: int = 64
 
-    def __init__(self, base: dist.TorchDistribution, transform, low: Tensor, high: Tensor,  # noqa: ANN001
-                 validate_args: bool | None = None) -> None:
+    def __init__(
+        self,
+        base: dist.TorchDistribution,
+        transform,
+        low: Tensor,
+        high: Tensor,  # noqa: ANN001
+        validate_args: bool | None = None,
+    ) -> None:
         super().__init__(base, transform, validate_args=validate_args)
         self.low, self.high = low, high
 
@@ -106,13 +113,13 @@ class PolicyDistribution(FlowDistribution):
     def entropy(self, num_samples: int = 64) -> Tensor:
         """Monte Carlo entropy estimate from ``num_samples`` draws, shape ``B``
         (differentiable, so usable as a bonus in a loss)."""
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        check_count("num_samples", num_samples)
         return -self.rsample_and_log_prob(torch.Size([num_samples]))[1].mean(0)
 
     def expand(self, batch_shape, _instance=None) -> PolicyDistribution:  # noqa: ANN001
-        return PolicyDistribution(self.base_dist.expand(torch.Size(batch_shape)), self.transform,
-                                  self.low, self.high)
+        return PolicyDistribution(
+            self.base_dist.expand(torch.Size(batch_shape)), self.transform, self.low, self.high
+        )
 
 
 class FlowPolicy(nn.Module):
@@ -172,31 +179,26 @@ class FlowPolicy(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        for what, value in (("obs_dim", obs_dim), ("act_dim", act_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{what} must be a positive integer, got {value!r}")
-        hidden = tuple(hidden)
-        if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden!r}")
+        obs_dim, act_dim = check_count("obs_dim", obs_dim), check_count("act_dim", act_dim)
+        hidden = check_hidden(hidden)
         if flow is None and not affine:
             raise ValueError("a policy needs a flow, the affine layer, or both")
         self.obs_dim, self.act_dim, self.validate = obs_dim, act_dim, validate
         self.flow_name = flow
         squash = TanhSquash(act_dim, low, high)  # checks the bounds first
 
-        widths = (obs_dim, *hidden)
-        layers: list[nn.Module] = []
-        for a, b in zip(widths[:-1], widths[1:]):
-            layers += [nn.Linear(a, b), make_activation(activation)]
-        self.embedding = nn.Sequential(*layers)
+        self.embedding = dense_stack(obs_dim, hidden, activation)
         context = hidden[-1]
 
         parts = []
         if flow is not None:
             parts += list(_build_flow(flow, act_dim, context, flow_options).transforms)
         if affine:
-            parts.append(Elementwise(AffineMap(log_scale_bound), act_dim, context=context,
-                                     hidden=(hidden[-1],)))
+            parts.append(
+                Elementwise(
+                    AffineMap(log_scale_bound), act_dim, context=context, hidden=(hidden[-1],)
+                )
+            )
         parts.append(squash)
         self.flow = Flow(parts)
 
@@ -221,8 +223,10 @@ class FlowPolicy(nn.Module):
             raise TypeError(f"observations must be real numbers, got dtype {obs.dtype}")
         obs = obs.to(reference.dtype)
         if obs.dim() == 0 or obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"observations have shape {tuple(obs.shape)}; expected (..., "
-                             f"{self.obs_dim}) (obs_dim={self.obs_dim})")
+            raise ValueError(
+                f"observations have shape {tuple(obs.shape)}; expected (..., "
+                f"{self.obs_dim}) (obs_dim={self.obs_dim})"
+            )
         if self.validate and not bool(torch.isfinite(obs).all()):
             raise ValueError("observations contain NaN or infinite values")
         return obs
@@ -234,8 +238,9 @@ class FlowPolicy(nn.Module):
     def distribution(self, context: Tensor) -> PolicyDistribution:
         """The action distribution given an embedding ``B + (hidden[-1],)`` (the flow's
         context); ``policy(obs)`` is ``policy.distribution(policy.embedding(obs))``."""
-        return PolicyDistribution(self.flow.base(context.shape[:-1]), self.flow.transform(context),
-                                  self.low, self.high)
+        return PolicyDistribution(
+            self.flow.base(context.shape[:-1]), self.flow.transform(context), self.low, self.high
+        )
 
     @torch.no_grad()
     def act(self, obs: Tensor | np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -248,8 +253,10 @@ class FlowPolicy(nn.Module):
         return a.cpu().numpy()
 
     def extra_repr(self) -> str:
-        return (f"obs_dim={self.obs_dim}, act_dim={self.act_dim}, flow={self.flow_name!r}, "
-                f"low={self.low.tolist()}, high={self.high.tolist()}")
+        return (
+            f"obs_dim={self.obs_dim}, act_dim={self.act_dim}, flow={self.flow_name!r}, "
+            f"low={self.low.tolist()}, high={self.high.tolist()}"
+        )
 
 
 def _build_flow(name: str, features: int, context: int, options: dict[str, Any] | None) -> Flow:
@@ -260,9 +267,11 @@ def _build_flow(name: str, features: int, context: int, options: dict[str, Any] 
     try:
         flow = registry.build(name, features, context=context, **merged)
     except ValueError as error:
-        raise ValueError(f"flow {name!r} cannot make a policy over a {features}-D action "
-                         f"space: {error}") from None
+        raise ValueError(
+            f"flow {name!r} cannot make a policy over a {features}-D action space: {error}"
+        ) from None
     if flow.context_features != context:
-        raise ValueError(f"flow {name!r} has no conditional form (it ignores the context); "
-                         "a policy needs one")
+        raise ValueError(
+            f"flow {name!r} has no conditional form (it ignores the context); a policy needs one"
+        )
     return flow

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..checks import check_count, check_real
 from .policy import FlowPolicy
 
 __all__ = ["QNetwork", "ReplayBuffer", "SAC", "SACConfig", "SACResult", "polyak_update"]
@@ -75,17 +76,20 @@ class SACConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("total_steps", "batch_size", "buffer_size", "eval_every", "eval_episodes",
-                     "final_eval_episodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.learning_starts, int) or self.learning_starts < 1:
-            raise ValueError(f"learning_starts must be a positive integer, got {self.learning_starts!r}")
+        for name in (
+            "total_steps",
+            "batch_size",
+            "buffer_size",
+            "learning_starts",
+            "eval_every",
+            "eval_episodes",
+            "final_eval_episodes",
+        ):
+            check_count(name, getattr(self, name))
+        # Closed ends, unlike check_real's: tau = 1 copies the critic, gamma = 0 is myopic.
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise ValueError(f"need 0 < tau <= 1 and 0 <= gamma <= 1, got {self.tau}, {self.gamma}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        check_real("alpha", self.alpha)
 
 
 @dataclasses.dataclass
@@ -120,21 +124,30 @@ class ReplayBuffer:
         self.terminated = np.zeros(capacity, np.float32)
         self.rng = np.random.default_rng(seed)
 
-    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray,
-            terminated: bool) -> None:
+    def add(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+    ) -> None:
         i = self.position
         self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
         self.next_obs[i], self.terminated[i] = next_obs, float(terminated)
         self.position = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, n: int, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> tuple[Tensor, ...]:
+    def sample(
+        self, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, ...]:
         if self.size == 0:
             raise ValueError("the replay buffer is empty")
         idx = self.rng.integers(0, self.size, n)
-        return tuple(torch.as_tensor(a[idx], device=device, dtype=dtype) for a in
-                     (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
+        return tuple(
+            torch.as_tensor(a[idx], device=device, dtype=dtype)
+            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        )
 
     def __len__(self) -> int:
         return self.size
@@ -181,15 +194,23 @@ class SAC:
             tanh-Gaussian SAC).
     """
 
-    def __init__(self, env: Any, policy: FlowPolicy | None = None,
-                 config: SACConfig | None = None, eval_env: Any = None,
-                 policy_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        env: Any,
+        policy: FlowPolicy | None = None,
+        config: SACConfig | None = None,
+        eval_env: Any = None,
+        policy_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         import gymnasium as gym
 
         self.config = config = config or SACConfig()
         self.env = _make_env(env)
-        self.eval_env = _make_env(eval_env) if eval_env is not None else (
-            gym.make(env) if isinstance(env, str) else copy.deepcopy(self.env))
+        self.eval_env = (
+            _make_env(eval_env)
+            if eval_env is not None
+            else (gym.make(env) if isinstance(env, str) else copy.deepcopy(self.env))
+        )
         space = self.env.action_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"SAC needs a 1-D Box action space, got {space}")
@@ -204,19 +225,28 @@ class SAC:
         elif policy_kwargs:
             raise ValueError("give either a policy or policy_kwargs, not both")
         if policy.obs_dim != obs_dim or policy.act_dim != act_dim:
-            raise ValueError(f"the policy is for obs_dim={policy.obs_dim}, act_dim={policy.act_dim}; "
-                             f"the environment has {obs_dim} and {act_dim}")
+            raise ValueError(
+                f"the policy is for obs_dim={policy.obs_dim}, act_dim={policy.act_dim}; "
+                f"the environment has {obs_dim} and {act_dim}"
+            )
         self.policy = policy.to(self.device)
         self.q = nn.ModuleList([QNetwork(obs_dim, act_dim, config.critic_hidden) for _ in range(2)])
         self.q = self.q.to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.actor_optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.q.parameters(), lr=config.critic_lr)
-        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
-        self.log_alpha = torch.tensor(float(np.log(config.alpha)), device=self.device,
-                                      requires_grad=config.autotune)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr) if config.autotune else None
-        self.buffer = ReplayBuffer(obs_dim, act_dim, min(config.buffer_size, config.total_steps), config.seed)
+        self.target_entropy = float(
+            -act_dim if config.target_entropy is None else config.target_entropy
+        )
+        self.log_alpha = torch.tensor(
+            float(np.log(config.alpha)), device=self.device, requires_grad=config.autotune
+        )
+        self.alpha_optimizer = (
+            torch.optim.Adam([self.log_alpha], lr=config.alpha_lr) if config.autotune else None
+        )
+        self.buffer = ReplayBuffer(
+            obs_dim, act_dim, min(config.buffer_size, config.total_steps), config.seed
+        )
         self.env.action_space.seed(config.seed)
 
     @property
@@ -251,10 +281,15 @@ class SAC:
             alpha_loss.backward()
             self.alpha_optimizer.step()
         polyak_update(self.q, self.q_target, self.config.tau)
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(),
-                "entropy": -lp.detach().mean().item()}
+        return {
+            "critic_loss": critic_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "entropy": -lp.detach().mean().item(),
+        }
 
-    def evaluate(self, episodes: int, deterministic: bool = True, seed: int | None = None) -> list[float]:
+    def evaluate(
+        self, episodes: int, deterministic: bool = True, seed: int | None = None
+    ) -> list[float]:
         """Undiscounted returns of ``episodes`` episodes of the (deterministic) policy."""
         returns = []
         base = self.config.seed + 10_000 if seed is None else seed
@@ -277,8 +312,9 @@ class SAC:
         curve: list[dict[str, float]] = []
         losses: dict[str, float] = {}
         obs, _ = self.env.reset(seed=cfg.seed)
-        bar = tqdm(range(1, cfg.total_steps + 1), disable=not cfg.progress, desc=name,
-                   mininterval=1.0)
+        bar = tqdm(
+            range(1, cfg.total_steps + 1), disable=not cfg.progress, desc=name, mininterval=1.0
+        )
         self.policy.train()
         for step in bar:
             if step <= cfg.learning_starts:
@@ -296,9 +332,16 @@ class SAC:
             if step % cfg.eval_every == 0 or step == cfg.total_steps:
                 final = step == cfg.total_steps
                 returns = self.evaluate(cfg.final_eval_episodes if final else cfg.eval_episodes)
-                curve.append({"step": step, "return_mean": float(np.mean(returns)),
-                              "return_std": float(np.std(returns)), "alpha": self.alpha,
-                              **losses, "wall_time": time.perf_counter() - start})
+                curve.append(
+                    {
+                        "step": step,
+                        "return_mean": float(np.mean(returns)),
+                        "return_std": float(np.std(returns)),
+                        "alpha": self.alpha,
+                        **losses,
+                        "wall_time": time.perf_counter() - start,
+                    }
+                )
                 bar.set_postfix(eval_return=f"{np.mean(returns):.1f}", alpha=f"{self.alpha:.3f}")
         bar.close()
         result = SACResult(curve, returns, time.perf_counter() - start)

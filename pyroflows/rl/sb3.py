@@ -49,25 +49,52 @@ class FlowActor(BasePolicy):
 
     action_space: spaces.Box
 
-    def __init__(self, observation_space: spaces.Space, action_space: spaces.Box,
-                 net_arch: list[int], features_extractor: nn.Module, features_dim: int,
-                 activation_fn: type[nn.Module] = nn.ReLU, normalize_images: bool = True,
-                 flow: str | None = "nsf", flow_options: dict[str, Any] | None = None,
-                 affine: bool = True) -> None:
-        super().__init__(observation_space, action_space, features_extractor=features_extractor,
-                         normalize_images=normalize_images, squash_output=True)
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Box,
+        net_arch: list[int],
+        features_extractor: nn.Module,
+        features_dim: int,
+        activation_fn: type[nn.Module] = nn.ReLU,
+        normalize_images: bool = True,
+        flow: str | None = "nsf",
+        flow_options: dict[str, Any] | None = None,
+        affine: bool = True,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            features_extractor=features_extractor,
+            normalize_images=normalize_images,
+            squash_output=True,
+        )
         self.net_arch, self.features_dim, self.activation_fn = net_arch, features_dim, activation_fn
         self.flow, self.flow_options, self.affine = flow, flow_options, affine
-        self.flow_policy = FlowPolicy(features_dim, get_action_dim(action_space), -1.0, 1.0,
-                                      flow=flow, hidden=tuple(net_arch) or (256, 256),
-                                      activation=activation_fn.__name__.lower(),
-                                      flow_options=flow_options, affine=affine, validate=False)
+        self.flow_policy = FlowPolicy(
+            features_dim,
+            get_action_dim(action_space),
+            -1.0,
+            1.0,
+            flow=flow,
+            hidden=tuple(net_arch) or (256, 256),
+            activation=activation_fn.__name__.lower(),
+            flow_options=flow_options,
+            affine=affine,
+            validate=False,
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(net_arch=self.net_arch, features_dim=self.features_dim,
-                    activation_fn=self.activation_fn, features_extractor=self.features_extractor,
-                    flow=self.flow, flow_options=self.flow_options, affine=self.affine)
+        data.update(
+            net_arch=self.net_arch,
+            features_dim=self.features_dim,
+            activation_fn=self.activation_fn,
+            features_extractor=self.features_extractor,
+            flow=self.flow,
+            flow_options=self.flow_options,
+            affine=self.affine,
+        )
         return data
 
     def distribution(self, obs: Tensor) -> Any:
@@ -96,9 +123,14 @@ class FlowSACPolicy(SACPolicy):
     :class:`~pyroflows.rl.FlowPolicy`). ``use_sde=True`` is refused (ValueError).
     """
 
-    def __init__(self, *args: Any, flow: str | None = "nsf",
-                 flow_options: dict[str, Any] | None = None, affine: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        flow: str | None = "nsf",
+        flow_options: dict[str, Any] | None = None,
+        affine: bool = True,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("use_sde"):
             raise ValueError("FlowSACPolicy does not support gSDE (use_sde=True)")
         # _build (called by SACPolicy.__init__) needs these; nn.Module allows plain attributes

@@ -12,7 +12,7 @@ RL environments take actions in a box :math:`[\text{low}, \text{high}]^d`; a flo
       = \sum_i \Big[\log s_i + 2\big(\log 2 - u_i - \operatorname{softplus}(-2u_i)\big)\Big],
 
 the last term being :math:`\log(1 - \tanh^2 u)` written so that it never under- or overflows
-(Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018, appendix C; the
+(Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018, https://arxiv.org/abs/1812.05905, appendix C; the
 stable form is the one of TensorFlow Probability's ``Tanh`` bijector).
 
 Bounds. In floating point :math:`\tanh(u)` rounds to exactly :math:`\pm 1` once
@@ -52,18 +52,21 @@ def log_dtanh(u: Tensor) -> Tensor:
     return 2.0 * (_LOG2 - u - F.softplus(-2.0 * u))
 
 
-def as_bounds(low: float | Tensor | np.ndarray, high: float | Tensor | np.ndarray,
-              features: int) -> tuple[Tensor, Tensor]:
+def as_bounds(
+    low: float | Tensor | np.ndarray, high: float | Tensor | np.ndarray, features: int
+) -> tuple[Tensor, Tensor]:
     """Check and broadcast action bounds to two float64 tensors of shape ``(features,)``.
 
     Raises:
         ValueError: bounds that are not finite, do not broadcast to ``(features,)``, or where
             ``low >= high`` in some dimension.
     """
-    lo = torch.as_tensor(np.asarray(low.detach().cpu() if isinstance(low, Tensor) else low,
-                                    dtype=np.float64))
-    hi = torch.as_tensor(np.asarray(high.detach().cpu() if isinstance(high, Tensor) else high,
-                                    dtype=np.float64))
+    lo = torch.as_tensor(
+        np.asarray(low.detach().cpu() if isinstance(low, Tensor) else low, dtype=np.float64)
+    )
+    hi = torch.as_tensor(
+        np.asarray(high.detach().cpu() if isinstance(high, Tensor) else high, dtype=np.float64)
+    )
     try:
         lo, hi = (t.expand(features).clone() if t.dim() <= 1 else t for t in (lo, hi))
     except RuntimeError:
@@ -72,14 +75,18 @@ def as_bounds(low: float | Tensor | np.ndarray, high: float | Tensor | np.ndarra
             f"shape ({features},)"
         ) from None
     if lo.shape != (features,) or hi.shape != (features,):
-        raise ValueError(f"low and high must be scalars or have shape ({features},), got "
-                         f"{tuple(lo.shape)} and {tuple(hi.shape)}")
+        raise ValueError(
+            f"low and high must be scalars or have shape ({features},), got "
+            f"{tuple(lo.shape)} and {tuple(hi.shape)}"
+        )
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise ValueError("low and high must be finite (a tanh squash needs a bounded box)")
     bad = (lo >= hi).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"low must be < high in every dimension; not so in dimensions {bad} "
-                         f"(low={lo[bad].tolist()}, high={hi[bad].tolist()})")
+        raise ValueError(
+            f"low must be < high in every dimension; not so in dimensions {bad} "
+            f"(low={lo[bad].tolist()}, high={hi[bad].tolist()})"
+        )
     return lo, hi
 
 
@@ -108,8 +115,9 @@ class TanhSquash(Bijection):
         tensor([[8.3178, 8.3178]])
     """
 
-    def __init__(self, features: int, low: float | Tensor | np.ndarray,
-                 high: float | Tensor | np.ndarray) -> None:
+    def __init__(
+        self, features: int, low: float | Tensor | np.ndarray, high: float | Tensor | np.ndarray
+    ) -> None:
         super().__init__(features)
         lo, hi = as_bounds(low, high, features)
         dtype = torch.get_default_dtype()

@@ -46,9 +46,14 @@ def flow_policy_distribution(context: Tensor, policy: FlowPolicy) -> PolicyDistr
     return policy.distribution(context)
 
 
-def torchrl_actor(policy: FlowPolicy, in_key: str = "observation", out_key: str = "action",
-                  context_key: str = "flow_context", spec=None,  # noqa: ANN001
-                  return_log_prob: bool = False) -> ProbabilisticActor:
+def torchrl_actor(
+    policy: FlowPolicy,
+    in_key: str = "observation",
+    out_key: str = "action",
+    context_key: str = "flow_context",
+    spec=None,  # noqa: ANN001
+    return_log_prob: bool = False,
+) -> ProbabilisticActor:
     """A TorchRL ``ProbabilisticActor`` sampling ``out_key`` from ``policy`` given ``in_key``.
 
     Args:

@@ -1,11 +1,16 @@
-"""Bijections: every flow family, each a Pyro ``TransformModule`` with a conditional form."""
+"""Bijections: every flow family, each a Pyro ``TransformModule`` with a conditional form.
+
+One core (:class:`Bijection`, :class:`Compose`, :class:`Inverse`,
+:class:`ConditionedBijection`) serves every event shape: vectors ``(D,)`` and images
+``(C, H, W)``.
+"""
 
 from ..numerics.quadrature import clenshaw_curtis, gauss_legendre
 from .autoregressive import MaskedAutoregressive
 from .base import Bijection, Compose, ConditionedBijection, Inverse
 from .continuous import ContinuousFlow, ODENet
 from .conv1x1 import InvertibleConv1x1
-from .coupling import Coupling, alternating_mask
+from .coupling import Coupling, alternating_mask, checkerboard_mask
 from .elementwise import (
     AdditiveMap,
     AffineMap,
@@ -15,7 +20,6 @@ from .elementwise import (
     InverseMap,
 )
 from .gaussianization import GaussianizationMap, MarginalGaussianization
-from .image import ImageBijection, ImageCompose, checkerboard_mask
 from .image_coupling import ImageCoupling
 from .linear import LULinear
 from .multiscale import MultiScale, Squeeze
@@ -36,8 +40,6 @@ from .umnn import UMNNMap
 __all__ = [
     "ActNorm",
     "ChannelActNorm",
-    "ImageBijection",
-    "ImageCompose",
     "ImageCoupling",
     "InvertibleConv1x1",
     "MultiScale",

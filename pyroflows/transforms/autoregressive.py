@@ -25,7 +25,7 @@ class MaskedAutoregressive(Bijection):
     :math:`z = \tau^{-1}(x; \theta(x, c))` is one MADE pass (fast density); the forward
     direction (sampling) takes ``features`` passes, one per position of the ordering.
     Wrapping it in :class:`~pyroflows.transforms.Inverse` gives the sampling-fast IAF
-    orientation (Kingma et al. 2016).
+    orientation (Kingma et al. 2016, https://arxiv.org/abs/1606.04934).
 
     Args:
         features: event size.

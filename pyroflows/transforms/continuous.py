@@ -38,22 +38,40 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from ..checks import check_hidden
+from ..checks import check_choice, check_hidden, check_real
+from ..nn.layers import zero_init
 from .base import Bijection
+from .elementwise import register_values
 
 try:  # the solvers torchdiffeq knows (private, but the public odeint checks against it)
     from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
 
     METHODS: tuple[str, ...] = tuple(sorted(_SOLVERS))
 except ImportError:  # pragma: no cover - a future torchdiffeq layout
-    METHODS = ("adaptive_heun", "bosh3", "dopri5", "dopri8", "euler", "explicit_adams",
-               "fehlberg2", "heun2", "heun3", "implicit_adams", "midpoint", "rk4")
+    METHODS = (
+        "adaptive_heun",
+        "bosh3",
+        "dopri5",
+        "dopri8",
+        "euler",
+        "explicit_adams",
+        "fehlberg2",
+        "heun2",
+        "heun3",
+        "implicit_adams",
+        "midpoint",
+        "rk4",
+    )
 
 __all__ = ["ContinuousFlow", "ODENet", "default_tolerances"]
 
 #: Smooth activations only: the solver's error control and the trace need a smooth field
 #: (ReLU makes :math:`\partial f/\partial z` piecewise constant and the field only Lipschitz).
-ODE_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
+ODE_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+}
 TRACES = ("auto", "exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
 #: ``trace="auto"`` is exact up to this many features (then ``d`` VJPs cost at most 8 passes).
@@ -90,20 +108,25 @@ class ODENet(nn.Module):
     Shapes: ``z`` (..., d), ``t`` scalar, ``context`` (..., c) broadcast with ``z`` -> (..., d).
     """
 
-    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64),
-                 activation: str = "tanh") -> None:
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+    ) -> None:
         super().__init__()
         hidden = check_hidden(hidden)
-        if activation not in ODE_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ODE_ACTIVATIONS)} (a smooth field), "
-                             f"got {activation!r}")
+        # Only smooth activations: the field must be differentiable for the trace and the solver.
+        check_choice("activation", activation, ODE_ACTIVATIONS)
         extra = 1 + context
         widths = (features, *hidden)
-        self.layers = nn.ModuleList(nn.Linear(a + extra, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(
+            nn.Linear(a + extra, b) for a, b in zip(widths[:-1], widths[1:])
+        )
         self.activation = ODE_ACTIVATIONS[activation]()
         self.output = nn.Linear(hidden[-1] + extra, features)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
+        zero_init(self.output)
 
     def forward(self, z: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
         tc = t.expand(*z.shape[:-1], 1)
@@ -126,8 +149,14 @@ class _Dynamics:
     flow.
     """
 
-    def __init__(self, net: nn.Module, time: Tensor, context: Tensor | None, noise: Tensor | None,
-                 penalties: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        time: Tensor,
+        context: Tensor | None,
+        noise: Tensor | None,
+        penalties: bool = False,
+    ) -> None:
         self.net, self.time, self.context, self.noise = net, time, context, noise
         self.penalties = penalties
         self.evaluations = 0
@@ -144,8 +173,12 @@ class _Dynamics:
                 z = z.detach().requires_grad_(True)
             g = self.net(z, s * self.time, self.context)
             if self.noise is None:
-                rows = [torch.autograd.grad(g[..., i].sum(), z, create_graph=create_graph,
-                                            retain_graph=True)[0] for i in range(g.shape[-1])]
+                rows = [
+                    torch.autograd.grad(
+                        g[..., i].sum(), z, create_graph=create_graph, retain_graph=True
+                    )[0]
+                    for i in range(g.shape[-1])
+                ]
                 trace = sum(row[..., i] for i, row in enumerate(rows))
                 frobenius = sum(row.square().sum(-1) for row in rows) if self.penalties else None
             else:
@@ -164,7 +197,7 @@ class _Dynamics:
 
 class ContinuousFlow(Bijection):
     r"""A continuous normalizing flow block: :math:`x = z(T)`, :math:`dz/dt = f(z, t; c)`
-    (Chen et al. 2018; Grathwohl et al. 2019, FFJORD).
+    (Chen et al. 2018, https://arxiv.org/abs/1806.07366; Grathwohl et al. 2019, FFJORD).
 
     See the module docstring for the mathematics. **Fast in both directions**: sampling and
     density are one ODE solve each, of equal cost. Cost of a solve: NFE evaluations of the
@@ -229,31 +262,29 @@ class ContinuousFlow(Bijection):
         field: nn.Module | None = None,
     ) -> None:
         super().__init__(features, context)
-        if trace not in TRACES:
-            raise ValueError(f"trace must be one of {TRACES}, got {trace!r}")
-        if noise not in NOISES:
-            raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-        if method not in METHODS:
-            raise ValueError(f"method must be a torchdiffeq method, one of {METHODS}; got {method!r}")
+        for what, value, choices in (
+            ("trace", trace, TRACES),
+            ("noise", noise, NOISES),
+            ("method", method, METHODS),
+        ):
+            check_choice(what, value, choices)
         for what, value in (("rtol", rtol), ("atol", atol)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not value > 0):
-                raise ValueError(f"{what} must be a positive number or None, got {value!r}")
-        if isinstance(time, bool) or not isinstance(time, (int, float)) or not 0 < time < float("inf"):
-            raise ValueError(f"time must be a positive finite number, got {time!r}")
+            if value is not None:
+                check_real(what, value)
+        check_real("time", time)
         if options is not None and not isinstance(options, Mapping):
-            raise ValueError(f"options must be a dict of torchdiffeq solver options, got {type(options).__name__}")
+            raise ValueError(
+                f"options must be a dict of torchdiffeq solver options, got {type(options).__name__}"
+            )
         for what, value in (("train_time", train_time), ("adjoint", adjoint)):
             if not isinstance(value, bool):
                 raise ValueError(f"{what} must be True or False, got {value!r}")
         if field is not None and not isinstance(field, nn.Module):
-            raise TypeError(f"field must be an nn.Module f(z, t, context), got {type(field).__name__}")
+            raise TypeError(
+                f"field must be an nn.Module f(z, t, context), got {type(field).__name__}"
+            )
         self.net = ODENet(features, context, hidden, activation) if field is None else field
-        value = torch.tensor(float(time), dtype=torch.get_default_dtype())
-        if train_time:
-            self.time = nn.Parameter(value)
-        else:
-            self.register_buffer("time", value)
+        register_values(self, train_time, time=torch.tensor(float(time)))
         self.trace = trace
         self.exact = trace == "exact" or (trace == "auto" and features <= AUTO_EXACT_MAX)
         self.noise = noise
@@ -266,18 +297,23 @@ class ContinuousFlow(Bijection):
 
     def extra_repr(self) -> str:
         trace = "exact" if self.exact else f"hutchinson-{self.noise}"
-        return (f"{super().extra_repr()}, trace={trace}, method={self.method}"
-                f"{', adjoint' if self.adjoint else ''}")
+        return (
+            f"{super().extra_repr()}, trace={trace}, method={self.method}"
+            f"{', adjoint' if self.adjoint else ''}"
+        )
 
     def _draw_noise(self, z: Tensor) -> Tensor:
         if self.noise == "rademacher":
             return torch.randint(0, 2, z.shape, device=z.device).to(z.dtype) * 2 - 1
         return torch.randn(z.shape, device=z.device, dtype=z.dtype)
 
-    def _solve(self, y: Tensor, context: Tensor | None, reverse: bool,
-               penalties: bool = False) -> tuple[Tensor, ...]:
+    def _solve(
+        self, y: Tensor, context: Tensor | None, reverse: bool, penalties: bool = False
+    ) -> tuple[Tensor, ...]:
         if not isinstance(y, Tensor) or not y.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got {getattr(y, 'dtype', type(y))}")
+            raise TypeError(
+                f"input must be a floating-point tensor, got {getattr(y, 'dtype', type(y))}"
+            )
         if context is not None:
             batch = torch.broadcast_shapes(y.shape[:-1], context.shape[:-1])
             y = y.expand(*batch, self.features)
@@ -294,7 +330,12 @@ class ContinuousFlow(Bijection):
         span = [1.0, 0.0] if reverse else [0.0, 1.0]
         s = torch.tensor(span, device=y.device, dtype=y.dtype)
         state = (y, zero, zero, zero) if penalties else (y, zero)
-        kwargs: dict[str, Any] = {"rtol": rtol, "atol": atol, "method": self.method, "options": self.options}
+        kwargs: dict[str, Any] = {
+            "rtol": rtol,
+            "atol": atol,
+            "method": self.method,
+            "options": self.options,
+        }
         if self.adjoint:
             params = [p for p in self.parameters() if p.requires_grad]
             if context is not None and context.requires_grad:
@@ -313,7 +354,9 @@ class ContinuousFlow(Bijection):
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._solve(x, context, reverse=True)
 
-    def call_and_penalties(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def call_and_penalties(
+        self, z: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""``(x, log|det dx/dz|, kinetic, frobenius)``: the forward map and the RNODE penalties
         of its trajectory (Finlay, Jacobsen, Nurbekyan & Oberman, "How to train your neural ODE:
         the world of Jacobian and kinetic regularization", ICML 2020),
@@ -330,7 +373,9 @@ class ContinuousFlow(Bijection):
         """
         return self._solve(z, context, reverse=False, penalties=True)  # type: ignore[return-value]
 
-    def inverse_and_penalties(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def inverse_and_penalties(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(z, log|det dz/dx|, kinetic, frobenius)``: the inverse map and the RNODE penalties
         of the same trajectory (see :meth:`call_and_penalties`; the penalties are positive in
         both directions)."""

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .image import ImageBijection
+from .base import Bijection, check_image_shape
 from .linear import LULinear
 
 __all__ = ["InvertibleConv1x1"]
 
 
-class InvertibleConv1x1(ImageBijection):
+class InvertibleConv1x1(Bijection):
     r"""Invertible 1x1 convolution :math:`z_{:,i,j} = W x_{:,i,j}` with :math:`W = PLU`.
 
     The density direction (data to noise, used in training) is the matrix product; sampling
@@ -40,7 +40,7 @@ class InvertibleConv1x1(ImageBijection):
     """
 
     def __init__(self, shape: Sequence[int], seed: int = 0) -> None:
-        super().__init__(shape)
+        super().__init__(check_image_shape(shape))
         self.linear = LULinear(self.shape[0], permute=self.shape[0] > 1, seed=seed)
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@ from ..nn import MLP, ResidualMLP
 from .base import Bijection
 from .elementwise import ElementwiseMap
 
-__all__ = ["Coupling", "alternating_mask"]
+__all__ = ["Coupling", "alternating_mask", "checkerboard_mask"]
 
 
 def alternating_mask(features: int, parity: int = 0) -> Tensor:
@@ -23,8 +23,24 @@ def alternating_mask(features: int, parity: int = 0) -> Tensor:
     return torch.arange(features) % 2 == parity % 2
 
 
+def checkerboard_mask(height: int, width: int, parity: int = 0) -> Tensor:
+    r"""Boolean ``(height, width)`` checkerboard, ``True`` where :math:`(i + j + \text{parity})`
+    is even: :func:`alternating_mask` in two dimensions (RealNVP's spatial mask for
+    :class:`~pyroflows.transforms.ImageCoupling`: ``True`` pixels pass unchanged and condition
+    the others).
+
+    Example:
+        >>> checkerboard_mask(2, 3).int()
+        tensor([[1, 0, 1],
+                [0, 1, 0]], dtype=torch.int32)
+    """
+    i = torch.arange(height).unsqueeze(1)
+    j = torch.arange(width).unsqueeze(0)
+    return (i + j + parity) % 2 == 0
+
+
 class Coupling(Bijection):
-    r"""Coupling layer (Dinh et al. 2014, 2017): with :math:`A` the masked features and
+    r"""Coupling layer (Dinh et al. 2014, https://arxiv.org/abs/1410.8516, 2017): with :math:`A` the masked features and
     :math:`B` the rest,
 
     .. math::
@@ -65,9 +81,13 @@ class Coupling(Bijection):
     ) -> None:
         super().__init__(features, context)
         if features < 2:
-            raise ValueError("a coupling layer needs at least 2 features; use an autoregressive "
-                             "or elementwise layer for 1-D data")
-        mask = alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+            raise ValueError(
+                "a coupling layer needs at least 2 features; use an autoregressive "
+                "or elementwise layer for 1-D data"
+            )
+        mask = (
+            alternating_mask(features) if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        )
         if mask.shape != (features,) or mask.all() or not mask.any():
             raise ValueError(
                 f"mask must be a boolean vector of {features} with both True and False entries"

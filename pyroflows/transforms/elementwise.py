@@ -1,4 +1,4 @@
-"""Elementwise monotone maps (the "transformers" of Papamakarios et al. 2021) and the
+"""Elementwise monotone maps (the "transformers" of Papamakarios et al. 2021, https://arxiv.org/abs/1912.02762) and the
 bijections that apply them with free parameters.
 
 An :class:`ElementwiseMap` is a family of increasing scalar bijections :math:`v = \\tau(u;\\theta)`
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_real
 from ..nn import MLP
 from .base import Bijection
 
@@ -23,8 +24,28 @@ __all__ = [
     "ElementwiseMap",
     "InverseMap",
     "broadcast_params",
+    "initial_tensor",
+    "register_values",
     "soft_clamp",
 ]
+
+
+def initial_tensor(value: object, default: Tensor) -> Tensor:
+    """A detached copy of ``value`` as a tensor, or ``default`` when ``value`` is None (so
+    that a layer never aliases the tensor its caller initialised it from)."""
+    return default if value is None else torch.as_tensor(value).detach().clone()
+
+
+def register_values(module: nn.Module, trainable: bool, **values: Tensor) -> None:
+    """Store each of ``values`` on ``module`` in the default dtype (modules are created in it,
+    like torch.nn layers; ``.to`` moves them): as a parameter when ``trainable``, else as a
+    buffer, which is still saved in ``state_dict`` and moved by ``.to``."""
+    for name, value in values.items():
+        value = value.to(torch.get_default_dtype())
+        if trainable:
+            setattr(module, name, nn.Parameter(value))
+        else:
+            module.register_buffer(name, value)
 
 
 def soft_clamp(x: Tensor, bound: float) -> Tensor:
@@ -64,7 +85,7 @@ class ElementwiseMap(nn.Module):
 
 
 class AdditiveMap(ElementwiseMap):
-    r"""Shift only, :math:`v = u + t` (NICE, Dinh et al. 2014): volume preserving."""
+    r"""Shift only, :math:`v = u + t` (NICE, Dinh et al. 2014, https://arxiv.org/abs/1410.8516): volume preserving."""
 
     num_params = 1
 
@@ -82,7 +103,7 @@ class AffineMap(ElementwiseMap):
 
     :math:`s = b \tanh(\tilde s / b)` keeps every layer's scale within :math:`[e^{-b}, e^{b}]`,
     which prevents the exploding scales that make affine flows diverge (RealNVP, Dinh et al.
-    2017; MAF, Papamakarios et al. 2017) while staying smooth.
+    2017; MAF, Papamakarios et al. 2017, https://arxiv.org/abs/1705.07057) while staying smooth.
 
     Args:
         log_scale_bound: the bound :math:`b` on the log-scale.
@@ -92,9 +113,7 @@ class AffineMap(ElementwiseMap):
 
     def __init__(self, log_scale_bound: float = 3.0) -> None:
         super().__init__()
-        if not log_scale_bound > 0:
-            raise ValueError(f"log_scale_bound must be positive, got {log_scale_bound}")
-        self.log_scale_bound = float(log_scale_bound)
+        self.log_scale_bound = check_real("log_scale_bound", log_scale_bound)
 
     def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
         return params[..., 0], soft_clamp(params[..., 1], self.log_scale_bound)
@@ -164,21 +183,25 @@ class Elementwise(Bijection):
         super().__init__(features, context)
         self.map = map
         if context:
-            self.conditioner = MLP(context, features * map.num_params, hidden, activation=activation)
+            self.conditioner = MLP(
+                context, features * map.num_params, hidden, activation=activation
+            )
         else:
             self.params = nn.Parameter(torch.zeros(features, map.num_params))
 
-    def _params(self, context: Tensor | None) -> Tensor:
+    def conditioner_params(self, context: Tensor | None) -> Tensor:
+        """The map's raw parameters, ``(features, num_params)`` (or ``(..., features,
+        num_params)`` from a context's conditioner)."""
         if self.context_features:
             return self.conditioner(context).unflatten(-1, (self.features, self.map.num_params))
         return self.params
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x, ladj = self.map(*broadcast_params(z, self._params(context)))
+        x, ladj = self.map(*broadcast_params(z, self.conditioner_params(context)))
         return x, ladj.sum(-1)
 
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, ladj = self.map.inverse(*broadcast_params(x, self._params(context)))
+        z, ladj = self.map.inverse(*broadcast_params(x, self.conditioner_params(context)))
         return z, ladj.sum(-1)
 
 
@@ -210,20 +233,13 @@ class ElementwiseAffine(Bijection):
         trainable: bool = True,
     ) -> None:
         super().__init__(features)
-        loc = torch.zeros(features) if loc is None else torch.as_tensor(loc).detach().clone()
-        scale = torch.ones(features) if scale is None else torch.as_tensor(scale).detach().clone()
+        loc = initial_tensor(loc, torch.zeros(features))
+        scale = initial_tensor(scale, torch.ones(features))
         if loc.shape != (features,) or scale.shape != (features,):
             raise ValueError(f"loc and scale must have shape ({features},)")
         if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError("loc must be finite and scale finite and positive")
-        # Modules are created in the default dtype, like torch.nn layers; .to() moves them.
-        loc, log_scale = loc.to(torch.get_default_dtype()), scale.log().to(torch.get_default_dtype())
-        if trainable:
-            self.loc = nn.Parameter(loc)
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("loc", loc)
-            self.register_buffer("log_scale", log_scale)
+        register_values(self, trainable, loc=loc, log_scale=scale.log())
 
     @classmethod
     def from_data(cls, x: Tensor, trainable: bool = False, eps: float = 1e-12) -> ElementwiseAffine:
@@ -246,4 +262,3 @@ class ElementwiseAffine(Bijection):
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z = (x - self.loc) * torch.exp(-self.log_scale)
         return z, (-self.log_scale.sum()).expand(z.shape[:-1])
-

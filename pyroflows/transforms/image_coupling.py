@@ -1,4 +1,4 @@
-r"""Coupling layers for images (RealNVP, Dinh et al. 2017; Glow, Kingma & Dhariwal 2018): the
+r"""Coupling layers for images (RealNVP, Dinh et al. 2017, https://arxiv.org/abs/1605.08803; Glow, Kingma & Dhariwal 2018): the
 :class:`~pyroflows.transforms.Coupling` idea with a spatial mask and a convolutional
 conditioner.
 
@@ -30,15 +30,16 @@ from torch import Tensor
 
 from ..checks import check_context
 from ..nn.conv import ConvNet, ResidualConvNet
+from .base import Bijection, check_image_shape
+from .coupling import checkerboard_mask
 from .elementwise import ElementwiseMap
-from .image import ImageBijection, checkerboard_mask
 
 __all__ = ["ImageCoupling"]
 
 CONDITIONERS = {"glow": ConvNet, "resnet": ResidualConvNet}
 
 
-class ImageCoupling(ImageBijection):
+class ImageCoupling(Bijection):
     r"""Image coupling layer with a checkerboard or channel mask (see the module docstring).
 
     Args:
@@ -77,12 +78,14 @@ class ImageCoupling(ImageBijection):
         conditioner: str = "glow",
         activation: str = "relu",
     ) -> None:
-        super().__init__(shape, context)
+        super().__init__(check_image_shape(shape), context)
         c, h, w = self.shape
         if parity not in (0, 1):
             raise ValueError(f"parity must be 0 or 1, got {parity!r}")
         if conditioner not in CONDITIONERS:
-            raise ValueError(f"conditioner must be one of {sorted(CONDITIONERS)}, got {conditioner!r}")
+            raise ValueError(
+                f"conditioner must be one of {sorted(CONDITIONERS)}, got {conditioner!r}"
+            )
         if not isinstance(map, ElementwiseMap):
             raise TypeError(f"map must be an ElementwiseMap, got {type(map).__name__}")
         self.map = map
@@ -91,13 +94,17 @@ class ImageCoupling(ImageBijection):
         self.spatial_context = bool(spatial_context)
         if mask == "checkerboard":
             if h * w < 2:
-                raise ValueError(f"a checkerboard mask needs at least 2 pixels, got shape {self.shape}")
+                raise ValueError(
+                    f"a checkerboard mask needs at least 2 pixels, got shape {self.shape}"
+                )
             self.register_buffer("mask", checkerboard_mask(h, w, parity))
             inputs, outputs = c, c
         elif mask == "channel":
             if c < 2:
-                raise ValueError(f"a channel mask needs at least 2 channels, got shape {self.shape}; "
-                                 "squeeze first or use mask='checkerboard'")
+                raise ValueError(
+                    f"a channel mask needs at least 2 channels, got shape {self.shape}; "
+                    "squeeze first or use mask='checkerboard'"
+                )
             kept = c // 2
             # Channels [0, kept) pass for parity 0; [c - kept, c) for parity 1.
             self.split = (kept, c - kept) if parity == 0 else (c - kept, kept)
@@ -105,10 +112,11 @@ class ImageCoupling(ImageBijection):
         else:
             raise ValueError(f"mask must be 'checkerboard' or 'channel', got {mask!r}")
         self.transformed_channels = outputs
-        self.conditioner = CONDITIONERS[conditioner](inputs, outputs * map.num_params, hidden, context,
-                                                     activation)
+        self.conditioner = CONDITIONERS[conditioner](
+            inputs, outputs * map.num_params, hidden, context, activation
+        )
 
-    def _params(self, a: Tensor, context: Tensor | None) -> Tensor:
+    def conditioner_params(self, a: Tensor, context: Tensor | None) -> Tensor:
         """Conditioner output for the conditioning input ``a`` (..., C_a, H, W), as
         ``(..., C_b, H, W, num_params)``, broadcast with the context's batch."""
         h, w = self.shape[1:]
@@ -116,8 +124,10 @@ class ImageCoupling(ImageBijection):
             expected = (self.context_features, h, w)
             if context is None or context.dim() < 3 or tuple(context.shape[-3:]) != expected:
                 got = None if context is None else tuple(context.shape)
-                raise ValueError(f"this coupling takes context maps of shape (..., {expected[0]}, {h}, "
-                                 f"{w}), got {got}")
+                raise ValueError(
+                    f"this coupling takes context maps of shape (..., {expected[0]}, {h}, "
+                    f"{w}), got {got}"
+                )
         else:
             check_context(context, self.context_features)
         if context is None:
@@ -139,7 +149,7 @@ class ImageCoupling(ImageBijection):
     def _couple(self, u: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         apply = self.map.inverse if inverse else self.map
         if self.mask_kind == "checkerboard":
-            params = self._params(u * self.mask.to(u.dtype), context)
+            params = self.conditioner_params(u * self.mask.to(u.dtype), context)
             u = u.expand(*params.shape[:-4], *u.shape[-3:])
             v, ladj = apply(u, params)
             v = torch.where(self.mask, u, v)
@@ -147,7 +157,7 @@ class ImageCoupling(ImageBijection):
             return v, ladj.sum((-3, -2, -1))
         first, second = u.split(self.split, dim=-3)
         a, b = (first, second) if self.parity == 0 else (second, first)
-        params = self._params(a, context)
+        params = self.conditioner_params(a, context)
         b = b.expand(*params.shape[:-4], *b.shape[-3:])
         a = a.expand(*params.shape[:-4], *a.shape[-3:])
         v_b, ladj = apply(b, params)

@@ -11,7 +11,7 @@ __all__ = ["LULinear"]
 
 
 class LULinear(Bijection):
-    r"""Invertible linear map in LU form, :math:`x = P L U z` (Kingma & Dhariwal, "Glow", 2018:
+    r"""Invertible linear map in LU form, :math:`x = P L U z` (Kingma & Dhariwal, "Glow", 2018, https://arxiv.org/abs/1807.03039:
     the invertible 1x1 convolution, here for vectors).
 
     :math:`P` is a fixed permutation, :math:`L` unit lower triangular and :math:`U` upper

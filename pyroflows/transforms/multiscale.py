@@ -1,5 +1,5 @@
-r"""The multi-scale architecture of RealNVP (Dinh, Sohl-Dickstein & Bengio, ICLR 2017) and Glow
-(Kingma & Dhariwal, NeurIPS 2018): :class:`Squeeze` trades resolution for channels and
+r"""The multi-scale architecture of RealNVP (Dinh, Sohl-Dickstein & Bengio, ICLR 2017, https://arxiv.org/abs/1605.08803) and Glow
+(Kingma & Dhariwal, NeurIPS 2018, https://arxiv.org/abs/1807.03039): :class:`Squeeze` trades resolution for channels and
 :class:`MultiScale` factors half of the channels out at every scale.
 
 In the density direction (data :math:`x` to noise :math:`z`) one scale is
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .image import ImageBijection, check_shape
+from .base import Bijection, Compose, check_image_shape
 
 __all__ = ["MultiScale", "Squeeze", "squeeze", "unsqueeze"]
 
@@ -47,7 +47,7 @@ def unsqueeze(x: Tensor) -> Tensor:
     return x.reshape(*batch, c // 4, 2 * h, 2 * w)
 
 
-class Squeeze(ImageBijection):
+class Squeeze(Bijection):
     r"""The squeeze of RealNVP: data of shape :math:`(C, H, W)` is seen as noise of shape
     :math:`(4C, H/2, W/2)`. A permutation, so :math:`\log|\det| = 0`.
 
@@ -63,7 +63,7 @@ class Squeeze(ImageBijection):
     """
 
     def __init__(self, shape: Sequence[int]) -> None:
-        c, h, w = check_shape(shape)
+        c, h, w = check_image_shape(shape)
         if h % 2 or w % 2:
             raise ValueError(f"Squeeze needs an even height and width, got shape {(c, h, w)}")
         super().__init__((c, h, w), base_shape=(4 * c, h // 2, w // 2))
@@ -75,7 +75,7 @@ class Squeeze(ImageBijection):
         return squeeze(x), x.new_zeros(x.shape[:-3])
 
 
-class MultiScale(ImageBijection):
+class MultiScale(Bijection):
     r"""One scale of a multi-scale flow: ``head`` on the whole input, then ``tail`` on the first
     half of the channels only; the second half is factored out (see the module docstring).
 
@@ -89,22 +89,26 @@ class MultiScale(ImageBijection):
     the first :math:`C'/2` channels. A context goes to both parts.
 
     Example:
-        >>> from pyroflows.transforms import ImageCompose
-        >>> head = ImageCompose([Squeeze((1, 4, 4))])
-        >>> t = MultiScale(head, ImageCompose([Squeeze((2, 2, 2))]))
+        >>> from pyroflows.transforms import Compose
+        >>> head = Compose([Squeeze((1, 4, 4))])
+        >>> t = MultiScale(head, Compose([Squeeze((2, 2, 2))]))
         >>> x = torch.randn(3, 1, 4, 4)
         >>> torch.allclose(t(t.inv(x)), x)
         True
     """
 
-    def __init__(self, head: ImageBijection, tail: ImageBijection) -> None:
+    def __init__(self, head: Bijection, tail: Bijection) -> None:
         for what, part in (("head", head), ("tail", tail)):
-            if not hasattr(part, "shape") or not hasattr(part, "base_shape"):
-                raise TypeError(f"{what} must be an image bijection, got {type(part).__name__}")
+            if not isinstance(part, Bijection) or len(part.shape) != 3 or len(part.base_shape) != 3:
+                raise TypeError(
+                    f"{what} must be a bijection of (C, H, W) images, got {type(part).__name__}"
+                )
         c, h, w = head.base_shape
         if c % 2 or tail.shape != (c // 2, h, w):
-            raise ValueError(f"head's base shape {head.base_shape} must have an even number of channels "
-                             f"and tail's shape must be its first half, {(c // 2, h, w)}; got {tail.shape}")
+            raise ValueError(
+                f"head's base shape {head.base_shape} must have an even number of channels "
+                f"and tail's shape must be its first half, {(c // 2, h, w)}; got {tail.shape}"
+            )
         contexts = {p.context_features for p in (head, tail) if p.context_features}
         if len(contexts) > 1:
             raise ValueError("head and tail must take the same context size")
@@ -113,8 +117,7 @@ class MultiScale(ImageBijection):
         self.tail = tail
         self.kept = c // 2
 
-    def _ctx(self, part: ImageBijection, context: Tensor | None) -> Tensor | None:
-        return context if part.context_features else None
+    _ctx = Compose._context_for
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         batch = z.shape[:-3]
@@ -122,7 +125,9 @@ class MultiScale(ImageBijection):
         kept, ladj_tail = self.tail.call_and_ladj(kept, self._ctx(self.tail, context))
         out = z[..., self.kept :, :, :]
         out = out.expand(*kept.shape[:-3], *out.shape[-3:])
-        x, ladj_head = self.head.call_and_ladj(torch.cat([kept, out], dim=-3), self._ctx(self.head, context))
+        x, ladj_head = self.head.call_and_ladj(
+            torch.cat([kept, out], dim=-3), self._ctx(self.head, context)
+        )
         return x, ladj_tail + ladj_head
 
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection
-from .image import ImageBijection
+from .base import Bijection, check_image_shape
 
 __all__ = ["ActNorm", "ChannelActNorm"]
 
@@ -34,7 +33,7 @@ class _DataDependentInit(nn.Module):
 
 class ActNorm(_DataDependentInit, Bijection):
     r"""Per-feature affine map :math:`x = \mu + e^{s} \odot z` with data-dependent initialisation
-    (Kingma & Dhariwal, "Glow", NeurIPS 2018).
+    (Kingma & Dhariwal, "Glow", NeurIPS 2018, https://arxiv.org/abs/1807.03039).
 
     The first batch passed in the data-to-base direction (``log_prob``, ``inverse``) sets
     :math:`\mu` and :math:`e^s` to that batch's mean and standard deviation, so the layer's
@@ -76,7 +75,7 @@ class ActNorm(_DataDependentInit, Bijection):
         return z, (-self.log_scale.sum()).expand(z.shape[:-1])
 
 
-class ChannelActNorm(_DataDependentInit, ImageBijection):
+class ChannelActNorm(_DataDependentInit, Bijection):
     r"""Glow's ActNorm for images: one scale and shift per channel,
     :math:`x_{c,i,j} = \mu_c + e^{s_c} z_{c,i,j}`, so :math:`\log|\det| = HW\sum_c s_c`.
 
@@ -95,7 +94,7 @@ class ChannelActNorm(_DataDependentInit, ImageBijection):
     """
 
     def __init__(self, shape: Sequence[int]) -> None:
-        super().__init__(shape)
+        super().__init__(check_image_shape(shape))
         channels = self.shape[0]
         self.loc = nn.Parameter(torch.zeros(channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(channels, 1, 1))
@@ -106,7 +105,9 @@ class ChannelActNorm(_DataDependentInit, ImageBijection):
         """Set the parameters from images ``x`` (..., C, H, W): per-channel mean and std."""
         flat = x.detach().movedim(-3, 0).reshape(self.shape[0], -1)
         if flat.shape[1] < 2:
-            raise ValueError("ChannelActNorm's data-dependent initialisation needs at least 2 values per channel")
+            raise ValueError(
+                "ChannelActNorm's data-dependent initialisation needs at least 2 values per channel"
+            )
         self.loc.copy_(flat.mean(1).reshape(-1, 1, 1))
         self.log_scale.copy_(flat.std(1).clamp_min(1e-6).log().reshape(-1, 1, 1))
         self._mark_initialized()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count
 from .base import Bijection
 
 __all__ = ["HouseholderRotation", "householder_product", "householder_vectors"]
@@ -118,11 +119,10 @@ class HouseholderRotation(Bijection):
 
     def __init__(self, features: int, reflections: int | None = None) -> None:
         super().__init__(features)
-        reflections = features if reflections is None else reflections
-        if not isinstance(reflections, int) or isinstance(reflections, bool) or reflections < 1:
-            raise ValueError(f"reflections must be a positive integer, got {reflections!r}")
-        self.reflections = reflections
-        self.vectors = nn.Parameter(torch.randn(reflections, features))
+        self.reflections = check_count(
+            "reflections", features if reflections is None else reflections
+        )
+        self.vectors = nn.Parameter(torch.randn(self.reflections, features))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", reflections={self.reflections}"
@@ -138,8 +138,10 @@ class HouseholderRotation(Bijection):
         (:func:`householder_vectors`; exactly the first :math:`K` columns when :math:`K < d-1`)."""
         matrix = torch.as_tensor(matrix).to(self.vectors)
         if matrix.shape != (self.features, self.features):
-            raise ValueError(f"matrix must have shape ({self.features}, {self.features}), "
-                             f"got {tuple(matrix.shape)}")
+            raise ValueError(
+                f"matrix must have shape ({self.features}, {self.features}), "
+                f"got {tuple(matrix.shape)}"
+            )
         self.vectors.copy_(householder_vectors(matrix, self.reflections))
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -27,8 +27,12 @@ class Permutation(Bijection):
         perm = torch.as_tensor(perm)
         features = perm.numel()
         super().__init__(features)
-        if perm.dtype.is_floating_point or not torch.equal(perm.sort().values, torch.arange(features)):
-            raise ValueError(f"perm must be a permutation of range({features}), got {perm.tolist()}")
+        if perm.dtype.is_floating_point or not torch.equal(
+            perm.sort().values, torch.arange(features)
+        ):
+            raise ValueError(
+                f"perm must be a permutation of range({features}), got {perm.tolist()}"
+            )
         self.register_buffer("perm", perm.long())
         self.register_buffer("inverse_perm", torch.argsort(perm.long()))
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..checks import check_count
 from ..nn.recurrent import RecurrentConditioner
 from .base import Bijection
 from .elementwise import ElementwiseMap, broadcast_params
@@ -19,7 +20,7 @@ class RecurrentAutoregressive(Bijection):
     r"""Autoregressive layer over a sequence whose conditioner is an LSTM/GRU/RNN
     (:class:`~pyroflows.nn.RecurrentConditioner`); Oliva et al., "Transformation
     Autoregressive Networks" (ICML 2018) use this for densities; it is MAF
-    (Papamakarios et al. 2017) with a recurrent rather than a masked conditioner.
+    (Papamakarios et al. 2017, https://arxiv.org/abs/1705.07057) with a recurrent rather than a masked conditioner.
 
     The event :math:`x \in \mathbb{R}^{L s}` is read as :math:`L` positions of :math:`s` values
     (``step``); position :math:`i` is transformed by an elementwise map :math:`\tau` whose
@@ -54,10 +55,10 @@ class RecurrentAutoregressive(Bijection):
     Example:
         >>> from pyroflows.transforms import AffineMap
         >>> t = RecurrentAutoregressive(5, AffineMap(), hidden=(16,))
-        >>> z = torch.randn(3, 50)  # any length, not only 5
-        >>> x, ladj = t.call_and_ladj(z)
-        >>> torch.allclose(t.inverse_and_ladj(x)[0], z, atol=1e-5)
-        True
+        >>> x = torch.randn(3, 50)  # any length, not only 5
+        >>> z, ladj = t.inverse_and_ladj(x)  # one recurrent pass
+        >>> bool(torch.allclose(t.call_and_ladj(z)[0], x, atol=1e-5)), ladj.shape
+        (True, torch.Size([3]))
     """
 
     fast_direction = "inverse"
@@ -73,8 +74,8 @@ class RecurrentAutoregressive(Bijection):
         reverse: bool = False,
     ) -> None:
         super().__init__(features, context)
-        if not isinstance(step, int) or isinstance(step, bool) or step < 1 or features % step:
-            raise ValueError(f"step must be a positive integer dividing features={features}, got {step!r}")
+        if features % check_count("step", step):
+            raise ValueError(f"step must divide features={features}, got {step!r}")
         self.map = map
         self.step = step
         self.reverse = bool(reverse)
@@ -91,7 +92,9 @@ class RecurrentAutoregressive(Bijection):
     def _flat(self, seq: Tensor) -> Tensor:
         return (seq.flip(-2) if self.reverse else seq).flatten(-2)
 
-    def inverse_elementwise(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def inverse_elementwise(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``z`` and the per-value :math:`\\log|\\partial z_j / \\partial x_j|`, both shaped like
         ``x`` broadcast with the context batch; sum the second over real positions only to get
         the log-determinant of a right-padded sequence."""
@@ -106,14 +109,20 @@ class RecurrentAutoregressive(Bijection):
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         seq = self._sequence(z)
-        batch = seq.shape[:-2] if context is None else torch.broadcast_shapes(seq.shape[:-2], context.shape[:-1])
+        batch = (
+            seq.shape[:-2]
+            if context is None
+            else torch.broadcast_shapes(seq.shape[:-2], context.shape[:-1])
+        )
         seq = seq.expand(*batch, *seq.shape[-2:])
         state = self.conditioner.initial_state(batch, seq)
         prev = torch.zeros_like(seq[..., 0, :])
         xs, total = [], 0.0
         for i in range(seq.shape[-2]):
             params, state = self.conditioner.step(prev, state, context)
-            prev, ladj = self.map(seq[..., i, :], params.unflatten(-1, (self.step, self.map.num_params)))
+            prev, ladj = self.map(
+                seq[..., i, :], params.unflatten(-1, (self.step, self.map.num_params))
+            )
             xs.append(prev)
             total = total + ladj.sum(-1)
         return self._flat(torch.stack(xs, -2)), total

@@ -1,5 +1,5 @@
-r"""Invertible residual blocks (Behrmann et al., "Invertible Residual Networks", ICML 2019;
-Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019).
+r"""Invertible residual blocks (Behrmann et al., "Invertible Residual Networks", ICML 2019, https://arxiv.org/abs/1811.00995;
+Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019, https://arxiv.org/abs/1906.02735).
 
 A block maps :math:`x = F(z) = z + g(z; c)` with :math:`\mathrm{Lip}_z(g) \le \kappa < 1`
 (a :class:`~pyroflows.nn.lipschitz.LipschitzMLP`). Then :math:`F` is a bijection of
@@ -51,7 +51,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_count
+from ..checks import check_choice, check_count, check_real
 from ..nn.lipschitz import LipschitzMLP, check_coefficient
 from .base import Bijection
 
@@ -106,30 +106,35 @@ class ResidualBlock(Bijection):
         newton: safeguarded Newton steps after them (default 6; only up to 64 features).
 
     Example:
-        >>> t = ResidualBlock(3, hidden=(16, 16))
-        >>> z = torch.randn(5, 3)
-        >>> x, ladj = t.call_and_ladj(z)
-        >>> torch.allclose(t.inverse_and_ladj(x)[0], z, atol=1e-5)
-        True
+        >>> t = ResidualBlock(3, hidden=(16, 16), logdet="exact")
+        >>> x, ladj = t.call_and_ladj(torch.randn(5, 3))
+        >>> z, _ = t.inverse_and_ladj(x)  # fixed point, then Newton
+        >>> bool(torch.allclose(t(z), x, atol=1e-5)), ladj.shape
+        (True, torch.Size([5]))
     """
 
     fast_direction = "forward"
 
-    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64),
-                 coefficient: float = 0.97, logdet: str = "auto", n_terms: int | None = None,
-                 roulette: str = "geometric", extra_terms: float = 1.0,
-                 neumann_gradient: bool = True, iterations: int | None = None,
-                 newton: int | None = None) -> None:
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        coefficient: float = 0.97,
+        logdet: str = "auto",
+        n_terms: int | None = None,
+        roulette: str = "geometric",
+        extra_terms: float = 1.0,
+        neumann_gradient: bool = True,
+        iterations: int | None = None,
+        newton: int | None = None,
+    ) -> None:
         super().__init__(features, context)
         coefficient = check_coefficient(coefficient)
-        if logdet not in LOGDETS:
-            raise ValueError(f"unknown logdet {logdet!r}; choose one of {list(LOGDETS)}")
-        if logdet == "auto":
+        if check_choice("logdet", logdet, LOGDETS) == "auto":
             logdet = "exact" if features <= EXACT_MAX_FEATURES else "roulette"
-        if roulette not in ROULETTES:
-            raise ValueError(f"unknown roulette distribution {roulette!r}; choose one of {list(ROULETTES)}")
-        if isinstance(extra_terms, bool) or not isinstance(extra_terms, (int, float)) or not extra_terms > 0:
-            raise ValueError(f"extra_terms (mean number of roulette terms) must be > 0, got {extra_terms!r}")
+        check_choice("roulette", roulette, ROULETTES)
+        extra_terms = check_real("extra_terms (mean number of roulette terms)", extra_terms)
         dense = features <= DENSE_MAX_FEATURES
         self.n_terms = (10 if logdet == "series" else 2) if n_terms is None else n_terms
         self.iterations = (20 if dense else 200) if iterations is None else iterations
@@ -138,12 +143,14 @@ class ResidualBlock(Bijection):
         check_count("iterations", self.iterations, 0)
         check_count("newton", self.newton, 0)
         if self.newton and not dense:
-            raise ValueError(f"newton steps need a dense Jacobian: only for features <= "
-                             f"{DENSE_MAX_FEATURES}, got features={features}")
+            raise ValueError(
+                f"newton steps need a dense Jacobian: only for features <= "
+                f"{DENSE_MAX_FEATURES}, got features={features}"
+            )
         self.dense = dense
         self.logdet = logdet
         self.roulette = roulette
-        self.extra_terms = float(extra_terms)
+        self.extra_terms = extra_terms
         self.neumann_gradient = bool(neumann_gradient)
         self.net = LipschitzMLP(features, hidden, context, coefficient)
 
@@ -229,5 +236,7 @@ class ResidualBlock(Bijection):
         return z, -self._g_and_logdet(z, context)[1]
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, logdet={self.logdet!r}, n_terms={self.n_terms}, "
-                f"iterations={self.iterations}, newton={self.newton}")
+        return (
+            f"{super().extra_repr()}, logdet={self.logdet!r}, n_terms={self.n_terms}, "
+            f"iterations={self.iterations}, newton={self.newton}"
+        )

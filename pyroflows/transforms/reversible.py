@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..checks import check_count
 from .base import Bijection, Compose, Inverse
 from .coupling import Coupling
 from .elementwise import (
@@ -122,7 +123,9 @@ class _Spec:
     checkpoint_every: int  # store the input of every k-th layer (0: store none)
 
 
-def _run(layer: Bijection, inverse: bool, h: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+def _run(
+    layer: Bijection, inverse: bool, h: Tensor, context: Tensor | None
+) -> tuple[Tensor, Tensor]:
     context = context if layer.context_features else None
     return (layer.inverse_and_ladj if inverse else layer.call_and_ladj)(h, context)
 
@@ -131,7 +134,9 @@ class _Reversible(torch.autograd.Function):
     """Runs the layers without recording a graph; backward rebuilds each layer's input."""
 
     @staticmethod
-    def forward(ctx: Any, spec: _Spec, h: Tensor, context: Tensor | None, *params: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, spec: _Spec, h: Tensor, context: Tensor | None, *params: Tensor
+    ) -> tuple[Tensor, Tensor]:
         total: Tensor | float = 0.0
         checkpoints = []
         for k, layer in enumerate(spec.layers):
@@ -140,7 +145,9 @@ class _Reversible(torch.autograd.Function):
             h, ladj = _run(layer, spec.inverse, h, context)
             total = total + ladj
         modules = (m for layer in spec.layers for m in layer.modules())
-        if spec.checkpoint_every != 1 and any(getattr(m, "_is_initialized", True) is False for m in modules):
+        if spec.checkpoint_every != 1 and any(
+            getattr(m, "_is_initialized", True) is False for m in modules
+        ):
             # An ActNorm-like layer with data-dependent initialisation: reconstructing its input
             # would call its inverse, which initialises it from data in the middle of backward.
             raise ValueError(
@@ -184,14 +191,20 @@ class _Reversible(torch.autograd.Function):
                 if not inputs:
                     h = h_in.detach()
                     continue
-                grad_ladj = grad_total.sum_to_size(ladj.shape) if ladj.shape != grad_total.shape else grad_total
+                grad_ladj = (
+                    grad_total.sum_to_size(ladj.shape)
+                    if ladj.shape != grad_total.shape
+                    else grad_total
+                )
                 outputs = [(out, grad_h)] + ([(ladj, grad_ladj)] if ladj.requires_grad else [])
-                grads = list(torch.autograd.grad(
-                    [o for o, _ in outputs if o.requires_grad],
-                    inputs,
-                    [g for o, g in outputs if o.requires_grad],
-                    allow_unused=True,
-                ))
+                grads = list(
+                    torch.autograd.grad(
+                        [o for o, _ in outputs if o.requires_grad],
+                        inputs,
+                        [g for o, g in outputs if o.requires_grad],
+                        allow_unused=True,
+                    )
+                )
             if h_in.requires_grad:
                 g = grads.pop(0)
                 grad_h = torch.zeros_like(h_in) if g is None else g
@@ -214,7 +227,7 @@ class ReversibleCompose(Compose):
     stack's output; its backward walks the layers in reverse, rebuilds each layer's input from
     its output with the layer's exact inverse (under ``no_grad``), re-runs the layer with
     gradients and takes its vector-Jacobian products for the input, the context and the
-    layer's parameters (Gomez et al., "The Reversible Residual Network", NeurIPS 2017). Saved
+    layer's parameters (Gomez et al., "The Reversible Residual Network", NeurIPS 2017, https://arxiv.org/abs/1707.04585). Saved
     activation memory is therefore constant in the depth instead of linear; a training step
     costs about one extra inverse and one extra forward pass per layer.
 
@@ -259,8 +272,7 @@ class ReversibleCompose(Compose):
     """
 
     def __init__(self, parts: Sequence[Bijection], checkpoint_every: int = 0) -> None:
-        if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+        check_count("checkpoint_every", checkpoint_every, 0)
         parts = list(parts)
         for i, part in enumerate(parts):
             if isinstance(part, Bijection) and not is_exactly_invertible(part):
@@ -272,18 +284,28 @@ class ReversibleCompose(Compose):
         super().__init__(parts)
         self.checkpoint_every = checkpoint_every
 
-    def _reversible(self, h: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _reversible(
+        self, h: Tensor, context: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         # Dynamo cannot trace a backward pass that calls autograd itself, so compiled code runs
         # the plain stack (same values, activations stored) and fullgraph compilation works.
         compiling = torch.compiler.is_compiling()
         params = [] if compiling else list(self.parameters())
-        needs_grad = not compiling and torch.is_grad_enabled() and (
-            h.requires_grad
-            or (context is not None and context.requires_grad)
-            or any(p.requires_grad for p in params)
+        needs_grad = (
+            not compiling
+            and torch.is_grad_enabled()
+            and (
+                h.requires_grad
+                or (context is not None and context.requires_grad)
+                or any(p.requires_grad for p in params)
+            )
         )
         if not needs_grad:
-            return Compose.inverse_and_ladj(self, h, context) if inverse else Compose.call_and_ladj(self, h, context)
+            return (
+                Compose.inverse_and_ladj(self, h, context)
+                if inverse
+                else Compose.call_and_ladj(self, h, context)
+            )
         layers = list(reversed(self.parts)) if inverse else list(self.parts)
         if context is not None and any(p.context_features for p in layers):
             batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
@@ -296,7 +318,9 @@ class ReversibleCompose(Compose):
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
-        return text + (f", checkpoint_every={self.checkpoint_every}" if self.checkpoint_every else "")
+        return text + (
+            f", checkpoint_every={self.checkpoint_every}" if self.checkpoint_every else ""
+        )
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._reversible(z, context, inverse=False)
@@ -378,7 +402,10 @@ class SavedTensorMeter:
         self._hooks.__enter__()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self._hooks.__exit__(kind, error, traceback)
-

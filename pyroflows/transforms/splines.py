@@ -1,4 +1,4 @@
-r"""Monotonic rational-quadratic splines (Gregory & Delbourgo 1982; Durkan et al., "Neural Spline
+r"""Monotonic rational-quadratic splines (Gregory & Delbourgo 1982, https://doi.org/10.1093/imanum/2.2.123; Durkan et al., "Neural Spline
 Flows", NeurIPS 2019), the spline math every spline flow in pyroflows shares.
 
 On :math:`[-B, B]` the map is a rational-quadratic spline through :math:`K+1` knots
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_count, check_real
 from .elementwise import ElementwiseMap, broadcast_params
 
 __all__ = ["SplineMap", "rq_bin_forward", "rq_bin_inverse"]
@@ -25,8 +26,9 @@ def _softplus_inverse(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-def rq_bin_forward(xi: Tensor, y0: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor
-                   ) -> tuple[Tensor, Tensor]:
+def rq_bin_forward(
+    xi: Tensor, y0: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor
+) -> tuple[Tensor, Tensor]:
     r"""The rational-quadratic segment of one bin, evaluated at relative position ``xi``.
 
     A bin of width :math:`w` and height :math:`h` (slope :math:`s = h / w`) starting at
@@ -43,12 +45,17 @@ def rq_bin_forward(xi: Tensor, y0: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1:
     xi1 = xi * (1 - xi)
     denom = s + (d1 + d0 - 2 * s) * xi1
     v = y0 + h * (s * xi * xi + d0 * xi1) / denom
-    log_deriv = 2 * torch.log(s) + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) \
+    log_deriv = (
+        2 * torch.log(s)
+        + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2)
         - 2 * torch.log(denom)
+    )
     return v, log_deriv
 
 
-def rq_bin_inverse(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> tuple[Tensor, Tensor]:
+def rq_bin_inverse(
+    dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor
+) -> tuple[Tensor, Tensor]:
     """Invert :func:`rq_bin_forward` in closed form: the relative position ``xi`` at which the
     segment rises by ``dy = v - y0``, and ``log dv/du`` there (to be negated for the inverse).
     """
@@ -60,8 +67,11 @@ def rq_bin_inverse(dy: Tensor, h: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> 
     # The root in [0, 1], written in the form that does not cancel when a is near 0.
     xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
     xi1 = xi * (1 - xi)
-    log_deriv = 2 * torch.log(s) + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2) \
+    log_deriv = (
+        2 * torch.log(s)
+        + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2)
         - 2 * torch.log(s + c2 * xi1)
+    )
     return xi, log_deriv
 
 
@@ -101,18 +111,11 @@ class SplineMap(ElementwiseMap):
         min_derivative: float = 1e-3,
     ) -> None:
         super().__init__()
-        if not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"bins must be a positive integer, got {bins!r}")
-        if not bound > 0:
-            raise ValueError(f"bound must be positive, got {bound!r}")
-        if not 0 < min_bin_size * bins < 1:
-            raise ValueError(f"min_bin_size * bins must lie in (0, 1), got {min_bin_size * bins}")
-        if not 0 < min_derivative < 1:
-            raise ValueError(f"min_derivative must lie in (0, 1), got {min_derivative}")
-        self.bins = bins
-        self.bound = float(bound)
+        self.bins = check_count("bins", bins)
+        self.bound = check_real("bound", bound)
+        check_real("min_bin_size * bins", min_bin_size * bins, 0.0, 1.0)
         self.min_bin_size = min_bin_size
-        self.min_derivative = min_derivative
+        self.min_derivative = check_real("min_derivative", min_derivative, 0.0, 1.0)
         self.num_params = 3 * bins - 1
         self._derivative_offset = _softplus_inverse(1.0 - min_derivative)
 
@@ -153,26 +156,33 @@ class SplineMap(ElementwiseMap):
             out.append(table.gather(-1, bins + 1).squeeze(-1))
         return out
 
-    def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        u, params = broadcast_params(u, params)
+    def _locate(self, value: Tensor, params: Tensor, by_output: bool) -> tuple[Tensor, ...]:
+        """``(value, inside, clamped, x0, w, y0, h, d0, d1)``: ``value`` broadcast with the
+        parameters, whether it lies in :math:`[-B, B]`, its clamp into it, and the bin that holds
+        the clamp among the input knots (``by_output=False``) or the output knots (``True``)."""
+        value, params = broadcast_params(value, params)
         xs, ys, ds = self._spline(params)
-        inside = (u >= -self.bound) & (u <= self.bound)
-        uc = u.clamp(-self.bound, self.bound)
-        k = self._bin(xs, uc)
-        x0, x1, y0, y1, d0, d1 = self._gather(k, xs, ys, ds)
-        w, h = x1 - x0, y1 - y0
+        inside = (value >= -self.bound) & (value <= self.bound)
+        clamped = value.clamp(-self.bound, self.bound)
+        x0, x1, y0, y1, d0, d1 = self._gather(
+            self._bin(ys if by_output else xs, clamped), xs, ys, ds
+        )
+        return value, inside, clamped, x0, x1 - x0, y0, y1 - y0, d0, d1
+
+    @staticmethod
+    def _with_tails(
+        inside: Tensor, spline: Tensor, value: Tensor, ladj: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        # Outside [-B, B] the map is the identity: the value passes through with log-slope 0.
+        return torch.where(inside, spline, value), torch.where(inside, ladj, torch.zeros_like(ladj))
+
+    def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        u, inside, uc, x0, w, y0, h, d0, d1 = self._locate(u, params, by_output=False)
         xi = ((uc - x0) / w).clamp(0, 1)
         v, ladj = rq_bin_forward(xi, y0, h, h / w, d0, d1)
-        return torch.where(inside, v, u), torch.where(inside, ladj, torch.zeros_like(ladj))
+        return self._with_tails(inside, v, u, ladj)
 
     def inverse(self, v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        v, params = broadcast_params(v, params)
-        xs, ys, ds = self._spline(params)
-        inside = (v >= -self.bound) & (v <= self.bound)
-        vc = v.clamp(-self.bound, self.bound)
-        k = self._bin(ys, vc)
-        x0, x1, y0, y1, d0, d1 = self._gather(k, xs, ys, ds)
-        w, h = x1 - x0, y1 - y0
+        v, inside, vc, x0, w, y0, h, d0, d1 = self._locate(v, params, by_output=True)
         xi, log_deriv = rq_bin_inverse(vc - y0, h, h / w, d0, d1)
-        u, ladj = x0 + xi * w, -log_deriv
-        return torch.where(inside, u, v), torch.where(inside, ladj, torch.zeros_like(ladj))
+        return self._with_tails(inside, x0 + xi * w, v, -log_deriv)

@@ -36,10 +36,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_hidden
-from ..nn.amortized import AmortizedParameters
+from ..checks import check_count
 from ..numerics.bisection import monotone_inverse
-from .base import Bijection
+from .amortized import AmortizedBijection
 from .orthogonal import householder_product
 from .planar import tanh_derivative
 
@@ -52,7 +51,7 @@ def _log_cosh(x: Tensor) -> Tensor:
     return ax + torch.log1p(torch.exp(-2 * ax)) - math.log(2.0)
 
 
-class Sylvester(Bijection):
+class Sylvester(AmortizedBijection):
     r"""One Sylvester layer :math:`x = z + QR\tanh(\tilde R Q^\top z + b)` (van den Berg et al.
     2018), with :math:`M = d` (square :math:`R`).
 
@@ -76,33 +75,41 @@ class Sylvester(Bijection):
         >>> t = Sylvester(3, reflections=2)
         >>> z = torch.randn(5, 3)
         >>> x, ladj = t.call_and_ladj(z)
-        >>> torch.allclose(t.inverse_and_ladj(x)[0], z, atol=1e-6)
-        True
+        >>> round(float((t.inverse_and_ladj(x)[0] - z).abs().max()), 5)
+        0.0
     """
 
     fast_direction = "forward"
 
-    def __init__(self, features: int, context: int = 0, hidden: Sequence[int] = (64, 64),
-                 reflections: int = 2, flip: bool = False, activation: str = "relu",
-                 iterations: int | None = None) -> None:
-        super().__init__(features, context)
-        hidden = check_hidden(hidden)
-        if not isinstance(reflections, int) or isinstance(reflections, bool) or reflections < 0:
-            raise ValueError(f"reflections must be a non-negative integer, got {reflections!r}")
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        hidden: Sequence[int] = (64, 64),
+        reflections: int = 2,
+        flip: bool = False,
+        activation: str = "relu",
+        iterations: int | None = None,
+    ) -> None:
         d = features
-        self.reflections = reflections
-        self.flip = bool(flip)
-        self.iterations = iterations
+        check_count("reflections", reflections, 0)
         n_upper = d * (d - 1) // 2
         # Layout: [v (K*d) | rho (d) | rho~ (d) | R upper (n) | R~ upper (n) | b (d)].
         # R = 0 (identity at start) and a random R~ (so that R gets a gradient).
-        init = torch.cat([
-            torch.randn(reflections * d),
-            torch.zeros(d), torch.full((d,), 0.5),
-            torch.zeros(n_upper), torch.randn(n_upper) / d**0.5,
-            torch.zeros(d),
-        ])
-        self.params = AmortizedParameters(init, context, hidden, activation)
+        init = torch.cat(
+            [
+                torch.randn(reflections * d),
+                torch.zeros(d),
+                torch.full((d,), 0.5),
+                torch.zeros(n_upper),
+                torch.randn(n_upper) / d**0.5,
+                torch.zeros(d),
+            ]
+        )
+        super().__init__(features, context, init, hidden, activation)
+        self.reflections = reflections
+        self.flip = bool(flip)
+        self.iterations = iterations
         # Gather index building a (d, d) upper-triangular matrix from [upper | diag | 0].
         rows, cols = torch.triu_indices(d, d, offset=1)
         index = torch.full((d, d), n_upper + d, dtype=torch.long)
@@ -177,7 +184,10 @@ class Sylvester(Bijection):
             zq = monotone_inverse(
                 lambda t, c=c: t + r_diag * torch.tanh(rt_diag * t + c),
                 lambda t, c=c: self._slope(rt_diag * t + c, log_1pk),
-                target, target - radius, target + radius, self.iterations,
+                target,
+                target - radius,
+                target + radius,
+                self.iterations,
             )
         a = self._matvec(Rt, zq) + b
         z = self._reflect(zq, v, transpose=False)

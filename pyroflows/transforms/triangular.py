@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import Bijection
+from .elementwise import initial_tensor, register_values
 
 __all__ = ["LowerTriangularAffine"]
 
@@ -41,20 +42,16 @@ class LowerTriangularAffine(Bijection):
         trainable: bool = True,
     ) -> None:
         super().__init__(features)
-        loc = torch.zeros(features) if loc is None else torch.as_tensor(loc).detach().clone()
-        L = torch.eye(features) if scale_tril is None else torch.as_tensor(scale_tril).detach().clone()
+        loc = initial_tensor(loc, torch.zeros(features))
+        L = initial_tensor(scale_tril, torch.eye(features))
         if loc.shape != (features,) or L.shape != (features, features):
-            raise ValueError(f"loc must have shape ({features},) and scale_tril ({features}, {features})")
+            raise ValueError(
+                f"loc must have shape ({features},) and scale_tril ({features}, {features})"
+            )
         diag = L.diagonal()
         if not (torch.isfinite(loc).all() and torch.isfinite(L.tril()).all() and (diag > 0).all()):
             raise ValueError("loc and scale_tril must be finite, with a positive diagonal")
-        dtype = torch.get_default_dtype()
-        values = {"loc": loc.to(dtype), "off_diag": L.tril(-1).to(dtype), "log_diag": diag.log().to(dtype)}
-        for name, value in values.items():
-            if trainable:
-                setattr(self, name, nn.Parameter(value))
-            else:
-                self.register_buffer(name, value)
+        register_values(self, trainable, loc=loc, off_diag=L.tril(-1), log_diag=diag.log())
         self.register_buffer("strict_lower_mask", torch.ones(features, features).tril(-1))
 
     def scale_tril(self) -> Tensor:

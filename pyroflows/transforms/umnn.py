@@ -28,7 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_hidden
+from ..checks import check_count, check_hidden, check_real
+from ..nn.layers import zero_init
 from ..numerics.bisection import monotone_inverse
 from ..numerics.quadrature import quadrature_rule
 from .elementwise import ElementwiseMap, broadcast_params, soft_clamp
@@ -66,15 +67,20 @@ class UMNNMap(ElementwiseMap):
         True
     """
 
-    def __init__(self, embedding: int = 8, hidden: Sequence[int] = (16, 16), nodes: int = 20,
-                 quadrature: str = "gauss-legendre", log_slope_bound: float = 5.0,
-                 iterations: int | None = None, newton: bool = True) -> None:
+    def __init__(
+        self,
+        embedding: int = 8,
+        hidden: Sequence[int] = (16, 16),
+        nodes: int = 20,
+        quadrature: str = "gauss-legendre",
+        log_slope_bound: float = 5.0,
+        iterations: int | None = None,
+        newton: bool = True,
+    ) -> None:
         super().__init__()
-        if not isinstance(embedding, int) or isinstance(embedding, bool) or embedding < 1:
-            raise ValueError(f"embedding must be a positive integer, got {embedding!r}")
+        check_count("embedding", embedding)
         hidden = check_hidden(hidden)
-        if not log_slope_bound > 0:
-            raise ValueError(f"log_slope_bound must be positive, got {log_slope_bound!r}")
+        check_real("log_slope_bound", log_slope_bound)
         # The rule is kept in float64 and re-cast from it whenever the module changes dtype
         # (see _apply), so a module built in float32 and moved to float64 has float64-exact
         # nodes. Not persistent: it is determined by the options.
@@ -97,8 +103,7 @@ class UMNNMap(ElementwiseMap):
             layers += [nn.Tanh(), nn.Linear(a, b)]
         layers += [nn.Tanh(), nn.Linear(hidden[-1], 1)]
         self.net = nn.Sequential(*layers)
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
+        zero_init(layers[-1])
 
     def _apply(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         super()._apply(*args, **kwargs)
@@ -107,8 +112,10 @@ class UMNNMap(ElementwiseMap):
         return self
 
     def extra_repr(self) -> str:
-        return (f"embedding={self.embedding}, nodes={self.nodes.numel()}, "
-                f"quadrature={self.quadrature!r}, log_slope_bound={self.log_slope_bound}")
+        return (
+            f"embedding={self.embedding}, nodes={self.nodes.numel()}, "
+            f"quadrature={self.quadrature!r}, log_slope_bound={self.log_slope_bound}"
+        )
 
     def log_integrand(self, t: Tensor, e_proj: Tensor) -> Tensor:
         r""":math:`\log f(t, e)` for ``t`` (..., n, k) and the projected embedding (..., n, H)."""
@@ -138,7 +145,9 @@ class UMNNMap(ElementwiseMap):
         u = monotone_inverse(
             lambda t: beta + self._integral(t, e_proj),
             lambda t: self._log_slope(t, e_proj).exp(),
-            v, torch.minimum(low, high), torch.maximum(low, high),
+            v,
+            torch.minimum(low, high),
+            torch.maximum(low, high),
             self.iterations if self.iterations is not None or not self.newton else 32,
             newton=self.newton,
         )

@@ -7,7 +7,7 @@ density :math:`p` on :math:`x \in [0, 1]^D`. The model of :math:`k` is the mass 
 .. math:: P(k) = \int_{[0,1)^D} p\Big(\frac{k + u}{B}\Big) B^{-D}\,du,
 
 and for any density :math:`q(u \mid k)` on :math:`[0, 1)^D` (Jensen's inequality; Theis et al.
-2016, Ho et al. 2019)
+2016, Ho et al. 2019, https://arxiv.org/abs/1902.00275)
 
 .. math:: \log P(k) \ \ge\ \mathbb{E}_{u \sim q(\cdot \mid k)}\Big[\log p\Big(\frac{k+u}{B}\Big)
           - D \log B - \log q(u \mid k)\Big].
@@ -23,8 +23,8 @@ Bits per dimension are :math:`-\log_2 P(k) / D`; from the bound they are an uppe
 
 This is inference (a variational bound and its noise model), not a bijection of the data, so
 it lives here rather than among the transforms; the flows it trains are ordinary
-:class:`~pyroflows.flows.ImageFlow` s, and ``logit_alpha`` optionally inserts RealNVP's logit
-preprocessing :math:`y = \operatorname{logit}(\alpha + (1 - 2\alpha)x)` with its Jacobian.
+:class:`~pyroflows.Flow` s over ``(C, H, W)`` events, and ``logit_alpha`` optionally inserts
+RealNVP's logit preprocessing :math:`y = \operatorname{logit}(\alpha + (1 - 2\alpha)x)` with its Jacobian.
 """
 
 from __future__ import annotations
@@ -36,12 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...checks import check_event
+from ...transforms.base import Compose, check_image_shape
 from ...transforms.elementwise import AffineMap
-from ...transforms.image import ImageCompose, check_image, check_shape
 from ...transforms.image_coupling import ImageCoupling
 
-__all__ = ["UniformDequantizer", "VariationalDequantizer", "discrete_bits_per_dim", "discrete_log_likelihood",
-           "logit"]
+__all__ = [
+    "UniformDequantizer",
+    "VariationalDequantizer",
+    "discrete_bits_per_dim",
+    "discrete_log_likelihood",
+    "logit",
+]
 
 
 def _check_bins(bins: int) -> int:
@@ -98,26 +104,43 @@ class VariationalDequantizer(nn.Module):
         (True, torch.Size([3]))
     """
 
-    def __init__(self, shape: Sequence[int], bins: int = 256, transforms: int = 4,
-                 hidden: Sequence[int] = (32, 32)) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        bins: int = 256,
+        transforms: int = 4,
+        hidden: Sequence[int] = (32, 32),
+    ) -> None:
         super().__init__()
-        self.shape = check_shape(shape)
+        self.shape = check_image_shape(shape)
         self.bins = _check_bins(bins)
         if not isinstance(transforms, int) or isinstance(transforms, bool) or transforms < 1:
             raise ValueError(f"transforms must be a positive integer, got {transforms!r}")
         channels = self.shape[0]
-        self.flow = ImageCompose([
-            ImageCoupling(self.shape, AffineMap(), "checkerboard", i % 2, context=channels,
-                          spatial_context=True, hidden=tuple(hidden), conditioner="glow")
-            for i in range(transforms)
-        ])
+        self.flow = Compose(
+            [
+                ImageCoupling(
+                    self.shape,
+                    AffineMap(),
+                    "checkerboard",
+                    i % 2,
+                    context=channels,
+                    spatial_context=True,
+                    hidden=tuple(hidden),
+                    conditioner="glow",
+                )
+                for i in range(transforms)
+            ]
+        )
 
     def sample_with_noise(self, k: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, log q(u | k))`` for given standard normal noise ``eps`` (shaped like ``k``)."""
-        check_image(k, self.shape, "k")
+        check_event(k, self.shape, "k")
         context = k.to(eps.dtype) * (2 / (self.bins - 1)) - 1
         h, ladj = self.flow.call_and_ladj(eps, context)
-        log_normal = -0.5 * eps.square().sum((-3, -2, -1)) - 0.5 * eps[0].numel() * math.log(2 * math.pi)
+        log_normal = -0.5 * eps.square().sum((-3, -2, -1)) - 0.5 * eps[0].numel() * math.log(
+            2 * math.pi
+        )
         # log sigma'(h) = log sigma(h) + log sigma(-h) = -softplus(-h) - softplus(h)
         log_dsigmoid = -(F.softplus(-h) + F.softplus(h)).sum((-3, -2, -1))
         return torch.sigmoid(h), log_normal - ladj - log_dsigmoid
@@ -175,8 +198,9 @@ def discrete_log_likelihood(
         raise ValueError(f"k must be images (..., C, H, W), got shape {tuple(k.shape)}")
     bins = dequantizer.bins
     if ((k < 0) | (k > bins - 1) | (k != k.round())).any():
-        raise ValueError(f"k must hold integers 0..{bins - 1} (the raw levels, not images scaled "
-                         "to [0, 1])")
+        raise ValueError(
+            f"k must hold integers 0..{bins - 1} (the raw levels, not images scaled to [0, 1])"
+        )
     u, log_q = dequantizer(k)
     x = (k.to(u.dtype) + u) / bins
     dims = x.shape[-3] * x.shape[-2] * x.shape[-1]

@@ -1,23 +1,27 @@
-"""Maximum-likelihood density estimation: train a flow on samples."""
+"""Maximum-likelihood density estimation: train any density model on samples."""
 
 from __future__ import annotations
 
-import copy
 import math
-import time
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
+from torch import Tensor, nn
 
-from ...checks import as_data
-from ...core import Flow
-from ...density.base import AutoregressiveModel
+from ...checks import as_data, check_choice, check_count
 from ...nn.device import module_device_dtype
+from .callbacks import EarlyStopping, FitState, TimeBudget
+from .checkpoint import Checkpoint, load_checkpoint
+from .loop import restore_best, run_epochs, snapshot
 
 __all__ = ["FitResult", "fit"]
+
+#: Named learning-rate schedules of :func:`fit` (``schedule="cosine"``).
+SCHEDULES = ("cosine",)
 
 
 @dataclass
@@ -25,13 +29,17 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-        history: one dict per epoch with ``epoch``, ``train_loglik`` (mean log-likelihood per
-            point over the epoch's batches, nats), ``val_loglik`` (on the validation split,
-            ``nan`` without one) and ``seconds``.
-        best_epoch: the epoch whose parameters the flow holds at the end.
+        history: one dict per epoch with ``epoch``, ``train_loglik`` (weighted mean
+            log-likelihood per point over the epoch's batches, nats), ``val_loglik`` (on the
+            validation split, ``nan`` without one) and ``seconds``.
+        best_epoch: the epoch whose parameters the model holds at the end.
         best_val_loglik: its validation log-likelihood (``nan`` without validation).
-        stopped_early: whether patience ran out before ``epochs``.
+        stopped_early: whether early stopping ended the fit before ``epochs``.
         val_index: indices of the points held out for validation (empty without).
+        stop_reason: ``"epochs"`` (the epoch budget ran out), ``"early_stopping"``,
+            ``"max_time"`` (the time budget), ``"interrupted"`` (KeyboardInterrupt), or the
+            ``reason`` of a callback that stopped the fit.
+        interrupted: whether a KeyboardInterrupt ended the fit (the best parameters are kept).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -39,6 +47,8 @@ class FitResult:
     best_val_loglik: float = math.nan
     stopped_early: bool = False
     val_index: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    stop_reason: str = "epochs"
+    interrupted: bool = False
 
     def __repr__(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -46,12 +56,85 @@ class FitResult:
             f"FitResult(epochs={len(self.history)}, best_epoch={self.best_epoch}, "
             f"best_val_loglik={self.best_val_loglik:.4f}, "
             f"last_train_loglik={last.get('train_loglik', math.nan):.4f}, "
-            f"stopped_early={self.stopped_early})"
+            f"stop_reason={self.stop_reason!r})"
         )
 
 
+def _not_a_density(model: object, why: str = "") -> TypeError:
+    return TypeError(
+        "fit() takes a density model: a pyroflows.Flow, a pyroflows.density model, a PixelCNN "
+        "or any nn.Module whose call model(context) returns a distribution with log_prob; got "
+        f"{type(model).__name__}{why}"
+    )
+
+
+def _event_shape(model: nn.Module, context_row: Tensor | None) -> tuple[int, ...]:
+    """``model.event_shape`` if it has one, else that of the distribution it returns."""
+    shape = getattr(model, "event_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    try:
+        with torch.no_grad():
+            distribution = model() if context_row is None else model(context_row)
+    except TypeError as error:
+        raise _not_a_density(model, f" ({error})") from None
+    if not hasattr(distribution, "log_prob") or not hasattr(distribution, "event_shape"):
+        raise _not_a_density(model, f" (its call returned a {type(distribution).__name__})")
+    return tuple(distribution.event_shape)
+
+
+def _inputs(
+    model: nn.Module,
+    data: Any,
+    context: Any,
+    weights: Any,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Data ``(n, *event_shape)``, context ``(n, k)`` or ``None`` and weights ``(n,)``, checked
+    and moved to the model's device and dtype."""
+    device, dtype = module_device_dtype(model)
+    features = getattr(model, "context_features", None)  # None: the model does not say
+    if features and context is None:
+        raise ValueError(f"this model is conditional: pass a context of shape (n, {features})")
+    if features == 0 and context is not None:
+        raise ValueError("this model takes no context (it was built with context=0)")
+    c = (
+        None
+        if context is None
+        else as_data(context, "context", features or None, None, device, dtype)
+    )
+    x = as_data(
+        data, "data", _event_shape(model, None if c is None else c[:1]), None, device, dtype
+    )
+    n = x.shape[0]
+    if c is not None and c.shape[0] != n:
+        raise ValueError(f"context has {c.shape[0]} rows but the data has {n}")
+    if weights is None:
+        return x, c, torch.ones(n, device=device, dtype=dtype)
+    w = as_data(torch.as_tensor(weights).reshape(-1, 1), "weights", 1, n, device, dtype)[:, 0]
+    if (w < 0).any() or not w.sum() > 0:
+        raise ValueError("weights must be non-negative with a positive sum")
+    return x, c, w
+
+
+def _scheduler(
+    schedule: str | Callable | None,
+    optimizer: torch.optim.Optimizer,
+    interval: str,
+    epochs: int,
+    steps_per_epoch: int,
+) -> Any:
+    if schedule is None:
+        return None
+    if callable(schedule):
+        return schedule(optimizer)
+    check_choice("schedule", schedule, SCHEDULES)
+    # Cosine annealing from lr to 0 over the whole budget, in the units it is stepped in.
+    total = epochs if interval == "epoch" else epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
 def fit(
-    flow: Flow | AutoregressiveModel,
+    model: nn.Module,
     data: Tensor | np.ndarray,
     context: Tensor | np.ndarray | None = None,
     weights: Tensor | np.ndarray | None = None,
@@ -61,160 +144,163 @@ def fit(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     validation: float = 0.1,
-    patience: int = 10,
+    patience: int | None = 10,
+    min_delta: float = 0.0,
     clip_grad: float | None = 5.0,
     optimizer: torch.optim.Optimizer | None = None,
     seed: int | None = 0,
     progress: bool | None = None,
+    callbacks: Sequence[Any] = (),
+    max_time: float | None = None,
+    schedule: str | Callable[[torch.optim.Optimizer], Any] | None = None,
+    schedule_interval: str = "epoch",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: str | os.PathLike | None = None,
+    eval_batch_size: int | None = None,
 ) -> FitResult:
-    r"""Fit ``flow`` to ``data`` by maximum (weighted) likelihood with Adam and early stopping.
+    r"""Fit a density model to ``data`` by maximum (weighted) likelihood.
 
-    Maximises :math:`\sum_n w_n \log p(x_n \mid c_n) / \sum_n w_n` over mini-batches. A random
-    ``validation`` fraction is held out; after every epoch its log-likelihood is measured and
-    the best parameters so far are kept; training stops after ``patience`` epochs without
-    improvement and the flow is left holding the best parameters.
+    Maximises :math:`\sum_n w_n \log p(x_n \mid c_n) / \sum_n w_n` over mini-batches with Adam
+    (or ``optimizer``). ``model`` is anything that meets the density protocol: an
+    ``nn.Module`` whose call ``model(context)`` (``model()`` without context) returns a
+    distribution with ``log_prob``: a :class:`~pyroflows.Flow` over vectors ``(n, D)`` or
+    images ``(n, C, H, W)``, a :mod:`pyroflows.density` model, a PixelCNN (integer levels as
+    data), a destructor's :meth:`as_flow`, or a model of discrete images wrapped in
+    :class:`~pyroflows.infer.fitting.dequantized.Dequantized`. The event shape comes from
+    ``model.event_shape`` (else from the distribution it returns) and the data are checked
+    against it.
+
+    A random ``validation`` fraction is held out and scored after every epoch; the model ends
+    holding the best epoch's parameters (the last epoch's without validation), also when a
+    time budget, a callback or a KeyboardInterrupt ends the fit. Early stopping is the
+    :class:`~pyroflows.infer.fitting.callbacks.EarlyStopping` callback (``patience``,
+    ``min_delta``), added unless ``callbacks`` holds one or ``patience`` is ``None``.
 
     All inputs are checked before any parameter changes: a wrong shape, NaN or infinite values
-    raise ``ValueError``. Data are moved to the flow's device and dtype.
+    raise ``ValueError``. Data are moved to the model's device and dtype.
 
     Args:
-        flow: the :class:`~pyroflows.Flow` to train (in place), or an autoregressive density
-            model of :mod:`pyroflows.density` (``made``, ``nade``, ...), which has the same
-            ``model(context).log_prob`` interface.
-        data: samples, shape (n, features).
-        context: conditioning values, shape (n, context), for a conditional flow.
-        weights: non-negative per-sample weights, shape (n,) (importance weights, say).
-        epochs: maximum number of passes over the training split.
+        model: the model to train (in place).
+        data: samples, shape ``(n, *event_shape)``.
+        context: conditioning values ``(n, context_features)`` for a conditional model.
+        weights: non-negative per-sample weights ``(n,)``; a zero weight ignores its row.
+        epochs: maximum number of passes over the training split (counted from the start of
+            the fit, also when resuming).
         batch_size: mini-batch size.
-        lr: Adam learning rate (ignored when ``optimizer`` is given).
-        weight_decay: Adam weight decay.
-        validation: held-out fraction in ``[0, 1)``; ``0`` trains on everything and keeps the
-            last parameters.
-        patience: epochs without validation improvement before stopping.
+        lr: Adam's learning rate (ignored when ``optimizer`` is given).
+        weight_decay: Adam's weight decay (ignored when ``optimizer`` is given).
+        validation: held-out fraction in ``[0, 1)``; ``0`` trains on everything.
+        patience: early stopping after ``patience`` epochs without a validation gain above
+            ``min_delta`` (``None``: no early stopping).
+        min_delta: the smallest validation gain (nats per point) that counts.
         clip_grad: gradient-norm clip (``None``: no clipping).
-        optimizer: a ready optimizer over ``flow.parameters()``.
-        seed: seed of the split and the shuffling (``None``: torch's global RNG).
+        optimizer: a ready optimizer over ``model.parameters()``.
+        seed: seed of the split, the shuffling and the validation noise (``None``: random).
         progress: show a tqdm progress bar (default: only on a terminal).
+        callbacks: objects with hooks of :class:`~pyroflows.infer.fitting.callbacks.Callback`.
+        max_time: time budget in seconds: stop after the step at which it runs out.
+        schedule: a learning-rate schedule: ``"cosine"`` (from ``lr`` to 0 over the budget),
+            or a factory ``optimizer -> torch.optim.lr_scheduler.LRScheduler``; stepped as
+            ``schedule_interval`` says.
+        schedule_interval: ``"epoch"``: step the schedule after every epoch
+            (``ReduceLROnPlateau`` gets the validation score); ``"step"``: after every
+            optimizer step (warm-ups).
+        checkpoint: file to save model, optimizer, scheduler, epoch, RNG states, best state,
+            history and callback counters to, atomically (write, then rename).
+        checkpoint_every: epochs between checkpoints.
+        resume: a checkpoint to continue from (same data and options): the fit then ends with
+            the parameters an uninterrupted one would have.
+        eval_batch_size: rows per validation chunk (default: 4096 vectors, fewer images, at
+            least ``batch_size``).
 
     Returns:
-        A :class:`FitResult` with the per-epoch history.
+        A :class:`FitResult` with the per-epoch history and why the fit stopped.
 
     Example:
         >>> import pyroflows
         >>> x = torch.randn(500, 2) @ torch.tensor([[1.0, 0.8], [0.0, 0.6]])
         >>> flow = pyroflows.flows.build("maf", 2, transforms=2, hidden=(16, 16))
         >>> result = pyroflows.infer.fit(flow, x, epochs=5, progress=False)
-        >>> len(result.history)
-        5
+        >>> len(result.history), result.stop_reason
+        (5, 'epochs')
     """
-    if not isinstance(flow, Flow | AutoregressiveModel):
-        raise TypeError(f"fit() takes a pyroflows.Flow or a pyroflows.density model, got {type(flow).__name__}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(model, nn.Module):
+        raise _not_a_density(model)
+    check_count("epochs", epochs)
+    check_count("batch_size", batch_size)
+    check_count("checkpoint_every", checkpoint_every)
+    if eval_batch_size is not None:
+        check_count("eval_batch_size", eval_batch_size)
     if not 0 <= validation < 1:
         raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
-    device, dtype = module_device_dtype(flow)
-    x = as_data(data, "data", flow.features, None, device, dtype)
+    check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
+    x, c, w = _inputs(model, data, context, weights)
     n = x.shape[0]
-    if flow.context_features:
-        if context is None:
-            raise ValueError(f"this flow is conditional: pass a context of shape (n, {flow.context_features})")
-        c = as_data(context, "context", flow.context_features, n, device, dtype)
-    elif context is not None:
-        raise ValueError("this flow takes no context (it was built with context=0)")
-    else:
-        c = None
-    if weights is None:
-        w = torch.ones(n, device=device, dtype=dtype)
-    else:
-        w = as_data(torch.as_tensor(weights).reshape(-1, 1), "weights", 1, n, device, dtype)[:, 0]
-        if (w < 0).any() or not w.sum() > 0:
-            raise ValueError("weights must be non-negative with a positive sum")
     n_val = int(round(validation * n))
     if n - n_val < 1 or (validation > 0 and n_val < 1):
         raise ValueError(f"{n} points are too few for a validation fraction of {validation}")
+    callbacks = list(callbacks)
+    if patience is not None and not any(isinstance(cb, EarlyStopping) for cb in callbacks):
+        callbacks.insert(0, EarlyStopping(patience, min_delta))
+    if max_time is not None:
+        callbacks.append(TimeBudget(max_time))
+    if checkpoint is not None:
+        # Last, so the counters it saves are those after every other epoch-end hook.
+        callbacks.append(Checkpoint(checkpoint, checkpoint_every, callbacks))
 
     generator = torch.Generator()
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
+    if seed is None:
         generator.seed()
-    order = torch.randperm(n, generator=generator).to(device)
-    val_index, train_index = order[:n_val], order[n_val:]
-    optimizer = optimizer or torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
-
-    # The distribution reads the flow's parameters when evaluated, so an unconditional one is
-    # built once rather than per step.
-    unconditional = flow() if c is None else None
-
-    def weighted_mean_loglik(index: Tensor) -> Tensor:
-        distribution = unconditional if c is None else flow(c[index])
-        log_prob = distribution.log_prob(x[index])
-        wi = w[index]
-        return (wi * log_prob).sum() / wi.sum().clamp_min(torch.finfo(dtype).tiny)
-
-    @torch.no_grad()
-    def evaluate(index: Tensor) -> float:
-        total, weight = 0.0, 0.0
-        for chunk in index.split(max(batch_size, 4096)):
-            ctx = None if c is None else c[chunk]
-            total += float((w[chunk] * flow(ctx).log_prob(x[chunk])).sum())
-            weight += float(w[chunk].sum())
-        return total / weight if weight > 0 else math.nan
-
-    result = FitResult(val_index=val_index)
-    # Restored if training blows up before any epoch finishes.
-    best_state = copy.deepcopy(flow.state_dict())
-    best = -math.inf
-    stale = 0
-    bar = tqdm(range(1, epochs + 1), desc="fit", disable=None if progress is None else not progress)
-    for epoch in bar:
-        start = time.perf_counter()
-        flow.train()
-        shuffled = train_index[torch.randperm(len(train_index), generator=generator).to(device)]
-        total, weight = 0.0, 0.0
-        for step, batch in enumerate(shuffled.split(batch_size)):
-            loglik = weighted_mean_loglik(batch)
-            if not torch.isfinite(loglik):
-                flow.load_state_dict(best_state)
-                raise FloatingPointError(
-                    f"the log-likelihood became {float(loglik.detach())} at epoch {epoch}, step {step}; "
-                    "the flow holds the best (or initial) parameters. Try a smaller lr, or "
-                    "standardize the data (build(..., standardize=data))."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            (-loglik).backward()
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
-            optimizer.step()
-            batch_weight = float(w[batch].sum())
-            total += float(loglik.detach()) * batch_weight
-            weight += batch_weight
-        flow.eval()
-        train_loglik = total / weight if weight > 0 else math.nan
-        val_loglik = evaluate(val_index) if n_val else math.nan
-        result.history.append(
-            {"epoch": epoch, "train_loglik": train_loglik, "val_loglik": val_loglik,
-             "seconds": time.perf_counter() - start}
-        )
-        bar.set_postfix(train=f"{train_loglik:.3f}", val=f"{val_loglik:.3f}")
-        score = val_loglik if n_val else train_loglik
-        if score > best:
-            best, stale = score, 0
-            result.best_epoch = epoch
-            if n_val:
-                best_state = copy.deepcopy(flow.state_dict())
-        else:
-            stale += 1
-            if n_val and stale >= patience:
-                result.stopped_early = True
-                break
-    bar.close()
-    if n_val:
-        flow.load_state_dict(best_state)
-        result.best_val_loglik = best
     else:
-        result.best_epoch = len(result.history)
-    return result
+        generator.manual_seed(seed)
+    order = torch.randperm(n, generator=generator).to(x.device)
+    eval_seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optimizer or torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil((n - n_val) / batch_size)
+    state = FitState(
+        model,
+        optimizer,
+        _scheduler(schedule, optimizer, schedule_interval, epochs, steps_per_epoch),
+        x,
+        c,
+        w,
+        order[n_val:],
+        order[:n_val],
+        generator,
+    )
+    state.best_state = snapshot(state)  # restored if the fit ends before any epoch does
+    if resume is not None:
+        load_checkpoint(resume, state, callbacks)
+    # 4096 vectors at a time, fewer images (a PixelCNN's feature maps are large).
+    chunk = eval_batch_size or max(batch_size, min(4096, 2**18 // max(1, math.prod(x.shape[1:]))))
+    interrupted = False
+    for callback in callbacks:
+        getattr(callback, "on_fit_start", lambda s: None)(state)
+    try:
+        reason = run_epochs(
+            state,
+            callbacks,
+            epochs=epochs,
+            batch_size=batch_size,
+            eval_batch_size=chunk,
+            clip_grad=clip_grad,
+            schedule_interval=schedule_interval,
+            eval_seed=eval_seed,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        reason, interrupted = "interrupted", True
+    restore_best(state)
+    for callback in callbacks:
+        getattr(callback, "on_fit_end", lambda s: None)(state)
+    return FitResult(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_loglik=state.best_score if n_val else math.nan,
+        stopped_early=reason == "early_stopping",
+        val_index=state.val_index,
+        stop_reason=reason,
+        interrupted=interrupted,
+    )

@@ -14,7 +14,9 @@ the guide is :math:`q(z_i \mid x_i) = \text{flow}(\cdot \mid c_i)`, :math:`c_i =
 one conditional flow shared by all data points, its context computed by a user network from the
 observed data of each point. The guide enters the same plate (so it follows the model's
 subsampling), takes the data of the subsampled points, and samples every local latent site of
-the plate jointly from one flow over their concatenated unconstrained values.
+the plate jointly from one flow over their concatenated unconstrained values. Like
+:class:`~pyroflows.infer.AutoFlow`, it builds its prototype trace and plates with Pyro's public
+API only.
 """
 
 from __future__ import annotations
@@ -25,24 +27,26 @@ from contextlib import ExitStack
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
-from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoGuide
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
 from ...core import Flow
-from .guide_support import GuideFlowDistribution, _bindable, continuous_latent_hide_fn
-from .variational_flows import resolve_flow
+from .flow_spec import DEFAULT_FLOW, check_flow_name, resolve_flow
+from .guide_distribution import GuideFlowDistribution
+from .param_sync import pyro_fullname, sync_module
+from .sites import bindable, guide_plates, prototype_trace, sample_delta
 
 __all__ = ["AutoAmortizedFlow"]
 
 
 def _first_arg(*args: Any, **kwargs: Any) -> Tensor:
     if not args or not isinstance(args[0], Tensor):
-        raise ValueError("AutoAmortizedFlow's default data_fn takes the model's first positional "
-                         "argument as the data; pass data_fn=... for other signatures")
+        raise ValueError(
+            "AutoAmortizedFlow's default data_fn takes the model's first positional "
+            "argument as the data; pass data_fn=... for other signatures"
+        )
     return args[0]
 
 
@@ -53,9 +57,11 @@ class AutoAmortizedFlow(AutoGuide):
         model: a Pyro model whose continuous latent sites all lie in the plate ``plate``.
         encoder: an ``nn.Module`` mapping the data of a batch of points, shape (B, ...), to
             their contexts, shape (B, C).
-        flow: a registry name (default ``"nsf"``, the sampling-fast spline flow of
-            :mod:`pyroflows.infer.guides.variational_flows`), a conditional :class:`~pyroflows.Flow` with
-            ``C`` context features, or a factory ``(features, context) -> Flow``.
+        flow: a registry name (default ``"nsf-iaf"``, the sampling-fast spline flow
+            :func:`~pyroflows.flows.variational.nsf_iaf`; names mean what they mean in
+            :func:`pyroflows.flows.build`, so ``"nsf"`` is the registry's autoregressive spline
+            flow, used in its sampling-fast orientation), a conditional :class:`~pyroflows.Flow`
+            with ``C`` context features, or a factory ``(features, context) -> Flow``.
         plate: name of the data plate (default: the only plate of the latent sites).
         data_fn: ``(*args, **kwargs) -> Tensor`` giving the full data, indexed along its first
             dim by the plate's (subsample) indices; default: the model's first argument.
@@ -63,6 +69,9 @@ class AutoAmortizedFlow(AutoGuide):
             at the first call).
         model_kwargs: the model's keyword arguments, likewise.
         stl: use the "sticking the landing" gradient (see :class:`~pyroflows.infer.AutoFlow`).
+        create_plates: as for Pyro's ``AutoGuide``: a function of the model's arguments
+            returning the ``pyro.plate`` (or plates) the guide enters; the data plate is
+            otherwise made from the prototype trace (its size and subsample size).
         **flow_options: preset options (``transforms``, ``hidden``, ...).
 
     Raises:
@@ -75,23 +84,20 @@ class AutoAmortizedFlow(AutoGuide):
         self,
         model: Callable,
         encoder: nn.Module,
-        flow: Any = "nsf",
+        flow: Any = DEFAULT_FLOW,
         *,
         plate: str | None = None,
         data_fn: Callable[..., Tensor] = _first_arg,
         model_args: tuple | None = None,
         model_kwargs: dict | None = None,
         stl: bool = False,
+        create_plates: Callable[..., Any] | None = None,
         **flow_options: Any,
     ) -> None:
         if not isinstance(encoder, nn.Module):
             raise TypeError(f"encoder must be an nn.Module, got {type(encoder).__name__}")
-        if isinstance(flow, str):
-            from ...flows import available
-
-            if flow != "nsf" and flow not in available("vector"):
-                raise ValueError(f"unknown flow {flow!r}; available: {', '.join(available('vector'))}")
-        super().__init__(model)
+        check_flow_name(flow)
+        super().__init__(model, create_plates=create_plates)
         self.encoder = encoder
         self._flow_spec_box = (flow,)
         self._flow_options = dict(flow_options)
@@ -100,14 +106,18 @@ class AutoAmortizedFlow(AutoGuide):
         self._stl = bool(stl)
         args = () if model_args is None else tuple(model_args)
         kwargs = {} if model_kwargs is None else dict(model_kwargs)
-        if model_args is not None or model_kwargs is not None or _bindable(model, (), {}):
-            self._setup_prototype(*args, **kwargs)
+        if model_args is not None or model_kwargs is not None or bindable(model, (), {}):
+            self.setup(*args, **kwargs)
 
-    _prototype_hide_fn = staticmethod(continuous_latent_hide_fn)
+    def setup(self, *args: Any, **kwargs: Any) -> AutoAmortizedFlow:
+        """Build the guide now from one run of the model on ``*args, **kwargs`` (idempotent)."""
+        if self.prototype_trace is None:
+            self._build(args, kwargs)
+        return self
 
-    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
-        super()._setup_prototype(*args, **kwargs)
-        sites = list(self.prototype_trace.iter_stochastic_nodes())
+    def _build(self, args: tuple, kwargs: dict) -> None:
+        trace, self._frames = prototype_trace(self.model, args, kwargs)
+        sites = list(trace.iter_stochastic_nodes())
         if not sites:
             raise ValueError("AutoAmortizedFlow found no continuous latent sites in the model")
         plates = {f.name for _, s in sites for f in s["cond_indep_stack"]}
@@ -122,14 +132,18 @@ class AutoAmortizedFlow(AutoGuide):
             raise ValueError(
                 f"latent sites {outside} are outside the plate {name!r}: AutoAmortizedFlow only "
                 "models local latents; guide global ones with another guide, e.g. "
-                "AutoGuideList with AutoFlow(poutine.block(model, hide=[...]))")
-        frame = self._prototype_frames[name]
-        self._plate_dim = frame.dim
+                "AutoGuideList with AutoFlow(poutine.block(model, hide=[...]))"
+            )
+        self._plate_dim = next(
+            f.dim for _, s in sites for f in s["cond_indep_stack"] if f.name == name
+        )
         self._site_info = []
         features = 0
         for site_name, site in sites:
             if len(site["cond_indep_stack"]) != 1:
-                raise ValueError(f"site {site_name!r} is in nested plates; only one data plate is supported")
+                raise ValueError(
+                    f"site {site_name!r} is in nested plates; only one data plate is supported"
+                )
             value = site["value"]
             unconstrained = biject_to(site["fn"].support).inv(value)
             event_dim = site["fn"].event_dim
@@ -145,54 +159,74 @@ class AutoAmortizedFlow(AutoGuide):
         probe = data[: min(2, len(data))]
         with torch.no_grad():
             context = self.encoder(probe.to(self._device))
-        if not isinstance(context, Tensor) or context.dim() != 2 or context.shape[0] != probe.shape[0]:
-            raise ValueError(f"the encoder must map data (B, ...) to contexts (B, C); it returned "
-                             f"{tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__}"
-                             f" for data of shape {tuple(probe.shape)}")
+        if (
+            not isinstance(context, Tensor)
+            or context.dim() != 2
+            or context.shape[0] != probe.shape[0]
+        ):
+            raise ValueError(
+                f"the encoder must map data (B, ...) to contexts (B, C); it returned "
+                f"{tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__}"
+                f" for data of shape {tuple(probe.shape)}"
+            )
         context_size = context.shape[-1]
-        if isinstance(self._flow_spec_box[0], Flow) and self._flow_spec_box[0].context_features != context_size:
-            raise ValueError(f"the encoder outputs {context_size} context features but the flow "
-                             f"takes {self._flow_spec_box[0].context_features}")
+        if (
+            isinstance(self._flow_spec_box[0], Flow)
+            and self._flow_spec_box[0].context_features != context_size
+        ):
+            raise ValueError(
+                f"the encoder outputs {context_size} context features but the flow "
+                f"takes {self._flow_spec_box[0].context_features}"
+            )
         self.context_size = context_size
-        self.flow = resolve_flow(self._flow_spec_box[0], features, context_size, **self._flow_options).to(
-            device=self._device, dtype=self._dtype)
+        self.flow = resolve_flow(
+            self._flow_spec_box[0], features, context_size, **self._flow_options
+        ).to(device=self._device, dtype=self._dtype)
         self.encoder.to(device=self._device)
+        # Last, so that a failed build leaves the guide unbuilt.
+        self.prototype_trace = trace
 
-    def _synced(self, name: str) -> nn.Module:
+    def _synced(self, name: str, prefix: str | None) -> nn.Module:
+        """The module ``name``, its parameters taken from the param store while the guide
+        runs (``prefix``, the guide's name there, is ``None`` outside its calls), so a loaded
+        store restores it."""
         module = self._modules[name]
-        if self._pyro_context.active:
-            pyro.module(self._pyro_get_fullname(name), module, update_module_params=True)
+        if prefix is not None:
+            sync_module(f"{prefix}.{name}" if prefix else name, module)
         return module
 
-    def _posterior(self, context: Tensor) -> GuideFlowDistribution:
-        flow = self._synced("flow")
+    def _posterior(self, context: Tensor, prefix: str | None) -> GuideFlowDistribution:
+        flow = self._synced("flow", prefix)
         shape = context.shape[:1] + (1,) * (-self._plate_dim - 1)
         context = context.reshape(shape + context.shape[-1:])
-        posterior = GuideFlowDistribution(flow.base(shape), flow.transform(context))
-        if self._stl:
-            posterior._stl_flow = flow
-        return posterior
+        stl = (flow, context) if self._stl else None
+        return GuideFlowDistribution(flow.base(shape), flow.transform(context), stl=stl)
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
-        plates = self._create_plates(*args, **kwargs)
-        encoder = self._synced("encoder")
+        """Sample the local latent sites of the data points in this call's (sub)sample of the
+        data plate, given the model's ``*args, **kwargs``."""
+        self.setup(*args, **kwargs)
+        plates = guide_plates(self, self._frames, args, kwargs)
+        # The guide's name in the param store ("AutoAmortizedFlow", or "AutoGuideList.0" in
+        # a guide list), from where PyroModule registers its flow while the guide runs.
+        flow_name = pyro_fullname(self, "flow")
+        prefix = None if flow_name is None else flow_name[: -len("flow")].rstrip(".")
+        encoder = self._synced("encoder", prefix)
         result = {}
         with ExitStack() as stack:
             idx = stack.enter_context(plates[self._plate_name])
             data = self._data_fn(*args, **kwargs)
             context = encoder(data.index_select(0, idx.to(data.device)).to(self._device))
-            latent = pyro.sample(f"_{self._pyro_name}_latent", self._posterior(context),
-                                 infer={"is_auxiliary": True})
+            latent = pyro.sample(
+                f"_{prefix or type(self).__name__}_latent",
+                self._posterior(context, prefix),
+                infer={"is_auxiliary": True},
+            )
             for name, site, event_shape, pos, size in self._site_info:
                 u = latent[..., pos : pos + size].reshape(latent.shape[:-1] + event_shape)
-                transform = biject_to(site["fn"].support)
-                value = transform(u)
-                event_dim = site["fn"].event_dim
-                log_density = transform.inv.log_abs_det_jacobian(value, u)
-                log_density = sum_rightmost(log_density, log_density.dim() - value.dim() + event_dim)
-                result[name] = pyro.sample(name, dist.Delta(value, log_density=log_density, event_dim=event_dim))
+                result[name] = sample_delta(
+                    name, biject_to(site["fn"].support), u, site["fn"].event_dim
+                )
         return result
 
     @torch.no_grad()

@@ -29,12 +29,11 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..sampling.weights import init_trace, plate_nesting
+from ..model_density import init_trace, plate_nesting
 
 __all__ = ["ConvergenceWarning", "VariationalEM"]
 
@@ -106,8 +105,13 @@ class VariationalEM:
         random_state: int | None = 0,
         progress: bool | None = None,
     ) -> None:
-        for name, value, low in (("max_iter", max_iter, 1), ("n_init", n_init, 1), ("e_steps", e_steps, 0),
-                                 ("m_steps", m_steps, 0), ("window", window, 1)):
+        for name, value, low in (
+            ("max_iter", max_iter, 1),
+            ("n_init", n_init, 1),
+            ("e_steps", e_steps, 0),
+            ("m_steps", m_steps, 0),
+            ("window", window, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not tol >= 0:
@@ -116,10 +120,14 @@ class VariationalEM:
             raise ValueError("e_steps and m_steps cannot both be 0")
         is_instance = isinstance(guide, nn.Module)
         if not is_instance and not callable(guide):
-            raise TypeError("guide must be a guide (an nn.Module such as AutoFlow) or a factory model -> guide")
+            raise TypeError(
+                "guide must be a guide (an nn.Module such as AutoFlow) or a factory model -> guide"
+            )
         if is_instance and n_init > 1:
-            raise ValueError("n_init > 1 needs a guide factory (model -> guide), so that every "
-                             "restart starts from a fresh guide")
+            raise ValueError(
+                "n_init > 1 needs a guide factory (model -> guide), so that every "
+                "restart starts from a fresh guide"
+            )
         self.model = model
         self.guide = guide
         self.loss = loss
@@ -135,7 +143,9 @@ class VariationalEM:
             return self.loss, self.model
         if _has_discrete_latents(self.model, args, kwargs):
             nesting = plate_nesting(self.model, *args, **kwargs)
-            return TraceEnum_ELBO(max_plate_nesting=nesting), config_enumerate(self.model, "parallel")
+            return TraceEnum_ELBO(max_plate_nesting=nesting), config_enumerate(
+                self.model, "parallel"
+            )
         return Trace_ELBO(), self.model
 
     @staticmethod
@@ -150,8 +160,11 @@ class VariationalEM:
         """Run EM on the model's arguments ``*args, **kwargs``; returns ``self``."""
         self.history_: list[dict[str, float]] = []
         best: dict[str, Any] | None = None
-        bar = tqdm(total=self.max_iter * self.n_init, desc="VariationalEM",
-                   disable=None if self.progress is None else not self.progress)
+        bar = tqdm(
+            total=self.max_iter * self.n_init,
+            desc="VariationalEM",
+            disable=None if self.progress is None else not self.progress,
+        )
         store = pyro.get_param_store()
         last_names: list[str] = []
         for init in range(self.n_init):
@@ -160,23 +173,28 @@ class VariationalEM:
             # A restart starts from fresh parameters: forget the previous restart's (its tensors
             # stay alive in `best` if it is the best so far).
             for name in last_names:
-                store._params.pop(name, None)
-                store._constraints.pop(name, None)
-            before = set(store._params)
+                if name in store:
+                    del store[name]
+            before = set(store.keys())
             run = self._fit_one(init, args, kwargs, bar)
             # Everything the restart put in the store (parameters, and the guides' fixed
             # buffers and averages kept there), so the next restart starts afresh.
-            last_names = sorted(set(run["names"]) | (set(store._params) - before))
-            run["tensors"] = {name: store._params[name] for name in last_names if name in store._params}
+            last_names = sorted(set(run["names"]) | (set(store.keys()) - before))
+            state = store.get_state()
+            run["state"] = {
+                part: {name: values[name] for name in last_names if name in values}
+                for part, values in state.items()
+            }
             if best is None or run["lower_bound"] > best["lower_bound"]:
                 best = run
         bar.close()
         assert best is not None
-        # Put the kept restart's tensors back (its guide's modules hold those same tensors).
-        for name, tensor in best["tensors"].items():
-            store._params[name] = tensor
-            store._param_to_name[tensor] = name
-            store._constraints.setdefault(name, constraints.real)
+        # Put the kept restart's tensors back (its guide's modules hold those same tensors):
+        # set_state stores them as they are, with their constraints.
+        for name in last_names:
+            if name in store:
+                del store[name]
+        store.set_state(best["state"])
         self.guide_ = best["guide"]
         self.converged_ = best["converged"]
         self.n_iter_ = best["n_iter"]
@@ -184,9 +202,12 @@ class VariationalEM:
         with torch.no_grad():
             self.params_ = {name: pyro.param(name).detach().clone() for name in best["model_names"]}
         if not self.converged_:
-            warnings.warn(f"VariationalEM did not converge in {self.max_iter} iterations "
-                          f"(best of {self.n_init} restarts); increase max_iter or tol",
-                          ConvergenceWarning, stacklevel=2)
+            warnings.warn(
+                f"VariationalEM did not converge in {self.max_iter} iterations "
+                f"(best of {self.n_init} restarts); increase max_iter or tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
 
     def _fit_one(self, init: int, args: tuple, kwargs: dict, bar: tqdm) -> dict[str, Any]:
@@ -197,9 +218,13 @@ class VariationalEM:
             return loss.differentiable_loss(model, guide, *args, **kwargs)
 
         guide_params = self._param_sites(guide, args, kwargs)
-        model_params = {k: v for k, v in self._param_sites(model, args, kwargs).items() if k not in guide_params}
+        model_params = {
+            k: v for k, v in self._param_sites(model, args, kwargs).items() if k not in guide_params
+        }
         e_opt = torch.optim.Adam(list(guide_params.values()), lr=self.lr) if guide_params else None
-        m_opt = torch.optim.Adam(list(model_params.values()), lr=self.m_lr) if model_params else None
+        m_opt = (
+            torch.optim.Adam(list(model_params.values()), lr=self.m_lr) if model_params else None
+        )
         bounds: list[float] = []
         previous = math.nan
         converged, n_iter = False, 0
@@ -215,24 +240,39 @@ class VariationalEM:
                     if not torch.isfinite(value):
                         raise FloatingPointError(
                             f"the ELBO became {float(value)} at iteration {iteration} of restart {init}; "
-                            "try a smaller lr")
+                            "try a smaller lr"
+                        )
                     value.backward()
                     optimizer.step()
                     values.append(-float(value.detach()))
             bound = sum(values) / len(values)
             bounds.append(bound)
-            average = sum(bounds[-self.window:]) / len(bounds[-self.window:])
-            self.history_.append({"init": init, "iteration": iteration, "lower_bound": bound,
-                                  "moving_average": average, "seconds": time.perf_counter() - start})
+            average = sum(bounds[-self.window :]) / len(bounds[-self.window :])
+            self.history_.append(
+                {
+                    "init": init,
+                    "iteration": iteration,
+                    "lower_bound": bound,
+                    "moving_average": average,
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             bar.update(1)
             bar.set_postfix(init=init, bound=f"{average:.4g}")
             n_iter = iteration
-            if len(bounds) > self.window and abs(average - previous) < self.tol * max(1.0, abs(average)):
+            if len(bounds) > self.window and abs(average - previous) < self.tol * max(
+                1.0, abs(average)
+            ):
                 converged = True
                 break
             previous = average
         bar.update(self.max_iter - n_iter)
         names = list(guide_params) + list(model_params)
-        return {"guide": guide, "converged": converged, "n_iter": n_iter,
-                "lower_bound": sum(bounds[-self.window:]) / len(bounds[-self.window:]),
-                "names": names, "model_names": list(model_params)}
+        return {
+            "guide": guide,
+            "converged": converged,
+            "n_iter": n_iter,
+            "lower_bound": sum(bounds[-self.window :]) / len(bounds[-self.window :]),
+            "names": names,
+            "model_names": list(model_params),
+        }

@@ -28,9 +28,15 @@ def find_map(
     (an unbounded density such as a funnel's, or a numerical failure).
     """
     x = init.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([x], lr=1.0, max_iter=max_iter, tolerance_grad=tolerance,
-                                  tolerance_change=tolerance * 1e-3, history_size=20,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [x],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tolerance,
+        tolerance_change=tolerance * 1e-3,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> Tensor:
         optimizer.zero_grad()

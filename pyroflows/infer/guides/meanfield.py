@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ...core import Flow
 from .autoguide import AutoFlow
-from .guide_support import GuideFlowDistribution
+from .guide_distribution import GuideFlowDistribution
 
 __all__ = ["AutoMeanFieldFlow"]
 
@@ -40,18 +40,18 @@ class AutoMeanFieldFlow(AutoFlow):
 
     def _build_flows(self, loc: Tensor) -> None:
         if isinstance(self._flow_spec_box[0], Flow):
-            raise TypeError("AutoMeanFieldFlow builds one flow per site: pass a registry name or "
-                            "a factory features -> Flow, not a single Flow")
+            raise TypeError(
+                "AutoMeanFieldFlow builds one flow per site: pass a registry name or "
+                "a factory features -> Flow, not a single Flow"
+            )
         self._site_names = []
         self._slices = []
         flows = []
         pos = 0
-        for name, _site in self.prototype_trace.iter_stochastic_nodes():
-            size = 1
-            for n in self._unconstrained_shapes[name]:
-                size *= n
+        for site in self._layout.sites:
+            size = site["size"]
             flows.append(self._make_flow(size))
-            self._site_names.append(name)
+            self._site_names.append(site["name"])
             self._slices.append(slice(pos, pos + size))
             pos += size
         self.flows = nn.ModuleList(flows)
@@ -59,28 +59,34 @@ class AutoMeanFieldFlow(AutoFlow):
     def _flows_and_slices(self) -> list[tuple[Flow, slice]]:
         return list(zip(self._modules["flows"], self._slices))
 
+    _flows_attr = "flows"
+
     def _site_posterior(self, flow: Flow) -> GuideFlowDistribution:
-        posterior = GuideFlowDistribution(flow.base(), flow.transform())
-        if self._stl and self._training():
-            posterior._stl_flow = flow
-        return posterior
+        return GuideFlowDistribution(flow.base(), flow.transform(), stl=self._stl_of(flow))
 
     def get_posterior(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
-        raise NotImplementedError("AutoMeanFieldFlow has one posterior per site: see site_posteriors()")
+        raise NotImplementedError(
+            "AutoMeanFieldFlow has one posterior per site: see site_posteriors()"
+        )
 
     def site_posteriors(self) -> dict[str, GuideFlowDistribution]:
         """The flow distribution of each site's unconstrained (flattened) value."""
-        return {name: self._site_posterior(flow) for name, flow in zip(self._site_names, self._posterior_flows())}
+        return {
+            name: self._site_posterior(flow)
+            for name, flow in zip(self._site_names, self._posterior_flows())
+        }
 
-    def sample_latent(self, *args, **kwargs) -> Tensor:  # noqa: ANN002, ANN003
+    def _sample_latent(self, prefix: str | None) -> Tensor:
         """Sample every site's unconstrained value from its own flow (one auxiliary site each)
         and concatenate them, in the order of the model's sites."""
-        if self.prototype_trace is None:
-            self.setup(*args, **kwargs)
         parts = []
-        for name, flow in zip(self._site_names, self._posterior_flows()):
-            parts.append(pyro.sample(f"_{self._pyro_name}_{name}_latent", self._site_posterior(flow),
-                                     infer={"is_auxiliary": True}))
+        for name, flow in zip(self._site_names, self._posterior_flows(prefix)):
+            parts.append(
+                pyro.sample(
+                    f"_{prefix or type(self).__name__}_{name}_latent",
+                    self._site_posterior(flow),
+                    infer={"is_auxiliary": True},
+                )
+            )
         shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
         return torch.cat([p.expand(shape + p.shape[-1:]) for p in parts], dim=-1)
-

@@ -6,7 +6,7 @@ Round :math:`t` draws :math:`x_s \sim q_t`, weighs them by :math:`w_s \propto \t
 .. math:: q_{t+1} = \arg\max_q \sum_s \bar w_s \log q(x_s),
 
 the weighted maximum-likelihood (cross-entropy) step of population Monte Carlo / adaptive
-importance sampling (Cappé, Guillin, Marin & Robert, "Population Monte Carlo", JCGS 2004;
+importance sampling (Cappé, Guillin, Marin & Robert, "Population Monte Carlo", JCGS 2004, https://doi.org/10.1198/106186004X12803;
 Rubinstein's cross-entropy method), done here with :func:`~pyroflows.infer.fit` and
 ``weights=``. Each step minimises a Monte Carlo estimate of :math:`\mathrm{KL}(p\,\|\,q)`, the
 direction that makes importance weights light-tailed. It stops when :math:`\hat k` falls
@@ -31,7 +31,7 @@ from pyro.infer.autoguide import AutoContinuous
 from ...core import Flow
 from ..fitting.fit import fit
 from .importance import ImportanceResult, check_num_samples, importance
-from .targets import VectorProposal
+from .targets_and_proposals import VectorProposal
 
 __all__ = ["AdaptiveResult", "adaptive_importance"]
 
@@ -55,8 +55,10 @@ class AdaptiveResult:
     flow: Flow | None = None
 
     def __repr__(self) -> str:
-        return (f"AdaptiveResult(rounds={len(self.history) - 1}, converged={self.converged}, "
-                f"khat={self.result.khat:.3f}, ess={self.result.ess:.1f})")
+        return (
+            f"AdaptiveResult(rounds={len(self.history) - 1}, converged={self.converged}, "
+            f"khat={self.result.khat:.3f}, ess={self.result.ess:.1f})"
+        )
 
 
 def _flow_of(proposal: Any, model_args: tuple, model_kwargs: dict | None) -> Flow:
@@ -67,15 +69,25 @@ def _flow_of(proposal: Any, model_args: tuple, model_kwargs: dict | None) -> Flo
         return proposal
     if isinstance(proposal, AutoContinuous):
         with torch.no_grad():
-            transform = getattr(VectorProposal(proposal, model_args, model_kwargs).distribution, "transform", None)
+            transform = getattr(
+                VectorProposal(proposal, model_args, model_kwargs).distribution, "transform", None
+            )
         for module in proposal.modules():
-            if isinstance(module, Flow) and transform is not None and module.transform() is transform:
+            if (
+                isinstance(module, Flow)
+                and transform is not None
+                and module.transform() is transform
+            ):
                 return module
-    raise TypeError("adaptive_importance refits a pyroflows Flow, or an AutoContinuous guide whose "
-                    f"posterior is a pyroflows Flow (AutoFlow); got {type(proposal).__name__}")
+    raise TypeError(
+        "adaptive_importance refits a pyroflows Flow, or an AutoContinuous guide whose "
+        f"posterior is a pyroflows Flow (AutoFlow); got {type(proposal).__name__}"
+    )
 
 
-def _weighted_refit(flow: Flow, samples: torch.Tensor, weights: torch.Tensor, options: dict) -> None:
+def _weighted_refit(
+    flow: Flow, samples: torch.Tensor, weights: torch.Tensor, options: dict
+) -> None:
     """``fit`` with every parameter trainable for the call (an averaged copy may be frozen)."""
     flags = [p.requires_grad for p in flow.parameters()]
     try:
@@ -130,17 +142,34 @@ def adaptive_importance(
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
     if not (isinstance(khat_goal, (int, float)) and math.isfinite(khat_goal)):
         raise ValueError(f"khat_goal must be a finite number, got {khat_goal!r}")
-    flow = _flow_of(proposal, importance_options.get("model_args", ()), importance_options.get("model_kwargs"))
-    options = {"epochs": 20, "validation": 0.0, "lr": 1e-3, "batch_size": 512, "progress": False,
-               **(fit_options or {})}
+    flow = _flow_of(
+        proposal, importance_options.get("model_args", ()), importance_options.get("model_kwargs")
+    )
+    options = {
+        "epochs": 20,
+        "validation": 0.0,
+        "lr": 1e-3,
+        "batch_size": 512,
+        "progress": False,
+        **(fit_options or {}),
+    }
     importance_options.pop("warn", None)
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict] | None = None  # (k-hat, round, parameters)
     for t in range(rounds + 1):
         round_seed = None if seed is None else seed + t
-        result = importance(target, proposal, num_samples, seed=round_seed, warn=False, **importance_options)
-        history.append({"round": t, **{k: result.diagnostics()[k] for k in
-                                       ("khat", "ess", "log_evidence", "log_evidence_se", "num_nan")}})
+        result = importance(
+            target, proposal, num_samples, seed=round_seed, warn=False, **importance_options
+        )
+        history.append(
+            {
+                "round": t,
+                **{
+                    k: result.diagnostics()[k]
+                    for k in ("khat", "ess", "log_evidence", "log_evidence_se", "num_nan")
+                },
+            }
+        )
         if best is None or result.khat < best[0]:
             best = (result.khat, t, copy.deepcopy(flow.state_dict()))
         good = result.khat <= min(khat_goal, result.khat_threshold)

@@ -12,7 +12,7 @@ A light-tailed proposal can be made safe with a *defensive mixture* (Hesterberg,
 Technometrics 1995): :math:`q_\alpha = (1-\alpha)\,q + \alpha\,r` with :math:`r` a wider
 Student-t fitted to draws of :math:`q`; a fixed share :math:`\alpha S` of the draws comes
 from :math:`r` and every point is weighed by :math:`q_\alpha` (the deterministic-mixture
-estimator, Owen & Zhou, JASA 2000, unbiased for :math:`Z`).
+estimator, Owen & Zhou, JASA 2000, https://doi.org/10.1080/01621459.2000.10473909, unbiased for :math:`Z`).
 
 Everything runs without gradients, vectorised over samples in chunks of ``chunk_size``.
 """
@@ -33,8 +33,10 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ...core import Flow
+from ..model_density import plate_nesting
+from .guide_weights import guide_log_weights
 from .psis import clean_log_weights, ess, khat_threshold, log_evidence, psis, weighted_mean_and_mcse
-from .targets import ModelTarget, VectorProposal, call_target, resolve_target
+from .targets_and_proposals import ModelTarget, VectorProposal, call_target, resolve_target
 
 __all__ = ["ImportanceResult", "check_num_samples", "importance", "seeded"]
 
@@ -130,7 +132,9 @@ class ImportanceResult:
         """What ``expectation``'s function receives: ``site_samples`` for a model, else ``samples``."""
         return self.site_samples if self.site_samples is not None else self.samples
 
-    def expectation(self, f: Callable[[Any], Tensor] | Tensor, smoothed: bool = True) -> tuple[Tensor, Tensor]:
+    def expectation(
+        self, f: Callable[[Any], Tensor] | Tensor, smoothed: bool = True
+    ) -> tuple[Tensor, Tensor]:
         r"""Self-normalised estimate of :math:`\mathbb{E}_p[f]` and its Monte Carlo standard error.
 
         Args:
@@ -163,9 +167,16 @@ class ImportanceResult:
 
     def diagnostics(self) -> dict[str, float]:
         """k-hat, its threshold, ESS, log Z and its SE, and the NaN count, as plain numbers."""
-        return {"num_samples": self.num_samples, "khat": self.khat, "khat_threshold": self.khat_threshold,
-                "ess": self.ess, "ess_raw": self.ess_raw, "log_evidence": self.log_evidence,
-                "log_evidence_se": self.log_evidence_se, "num_nan": self.num_nan}
+        return {
+            "num_samples": self.num_samples,
+            "khat": self.khat,
+            "khat_threshold": self.khat_threshold,
+            "ess": self.ess,
+            "ess_raw": self.ess_raw,
+            "log_evidence": self.log_evidence,
+            "log_evidence_se": self.log_evidence_se,
+            "num_nan": self.num_nan,
+        }
 
     def to_inference_data(self, resample: int | None = None) -> Any:
         """An ``arviz.InferenceData``: the draws (one chain) with ``log_weight`` and
@@ -179,41 +190,65 @@ class ImportanceResult:
         values = self.values if resample is None else self.resample(resample)
         if values is None:
             raise ValueError("this result holds no samples")
-        posterior = ({k: numpy(v)[None] for k, v in values.items()} if isinstance(values, dict)
-                     else {"x": numpy(values)[None]})
+        posterior = (
+            {k: numpy(v)[None] for k, v in values.items()}
+            if isinstance(values, dict)
+            else {"x": numpy(values)[None]}
+        )
         groups: dict[str, Any] = {"posterior": posterior}
         if resample is None:
-            groups["sample_stats"] = {"log_weight": numpy(self.log_weights)[None],
-                                      "psis_log_weight": numpy(self.smoothed_log_weights)[None]}
+            groups["sample_stats"] = {
+                "log_weight": numpy(self.log_weights)[None],
+                "psis_log_weight": numpy(self.smoothed_log_weights)[None],
+            }
         attrs = {k: float(v) for k, v in self.diagnostics().items()}
         attrs["inference_library"] = "pyroflows.infer.importance"
         return az.from_dict(**groups, attrs=attrs)
 
     def __repr__(self) -> str:
         d = self.diagnostics()
-        return (f"ImportanceResult(S={d['num_samples']}, khat={d['khat']:.3f} "
-                f"(threshold {d['khat_threshold']:.3f}), ess={d['ess']:.1f}, "
-                f"log_evidence={d['log_evidence']:.4f} ± {d['log_evidence_se']:.4f}, num_nan={d['num_nan']})")
+        return (
+            f"ImportanceResult(S={d['num_samples']}, khat={d['khat']:.3f} "
+            f"(threshold {d['khat_threshold']:.3f}), ess={d['ess']:.1f}, "
+            f"log_evidence={d['log_evidence']:.4f} ± {d['log_evidence_se']:.4f}, num_nan={d['num_nan']})"
+        )
 
 
-def finish(log_w: Tensor, samples: Tensor | None, sites: dict | None, log_p: Tensor | None,
-           log_q: Tensor | None, warn: bool, defensive: float = 0.0, what: str = "importance",
-           stacklevel: int = 4) -> ImportanceResult:
+def finish(
+    log_w: Tensor,
+    samples: Tensor | None,
+    sites: dict | None,
+    log_p: Tensor | None,
+    log_q: Tensor | None,
+    warn: bool,
+    defensive: float = 0.0,
+    what: str = "importance",
+    stacklevel: int = 4,
+) -> ImportanceResult:
     """Clean NaN weights, run PSIS, warn, and build the :class:`ImportanceResult`."""
     log_w, num_nan = clean_log_weights(log_w)
     S = log_w.shape[0]
     if num_nan and warn:
-        warnings.warn(f"{what}: {num_nan} of {S} draws had a NaN (or +inf) log-density; they were "
-                      "given weight zero", RuntimeWarning, stacklevel=stacklevel)
+        warnings.warn(
+            f"{what}: {num_nan} of {S} draws had a NaN (or +inf) log-density; they were "
+            "given weight zero",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
     smoothed, khat = psis(log_w)
     threshold = khat_threshold(S)
     if warn and not khat <= threshold:
-        warnings.warn(f"{what}: Pareto k-hat = {khat:.2f} exceeds the threshold {threshold:.2f} for "
-                      f"S = {S}: the weights are too heavy-tailed for reliable estimates (ESS "
-                      f"{float(ess(smoothed)):.1f}); use a better proposal, more samples or a "
-                      "defensive mixture", UserWarning, stacklevel=stacklevel)
-    return ImportanceResult(log_w, samples, sites, log_p, log_q, smoothed, khat, threshold,
-                            num_nan, defensive)
+        warnings.warn(
+            f"{what}: Pareto k-hat = {khat:.2f} exceeds the threshold {threshold:.2f} for "
+            f"S = {S}: the weights are too heavy-tailed for reliable estimates (ESS "
+            f"{float(ess(smoothed)):.1f}); use a better proposal, more samples or a "
+            "defensive mixture",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    return ImportanceResult(
+        log_w, samples, sites, log_p, log_q, smoothed, khat, threshold, num_nan, defensive
+    )
 
 
 def _wide_component(proposal: VectorProposal, df: float, scale: float, pilot: int) -> Distribution:
@@ -223,8 +258,12 @@ def _wide_component(proposal: VectorProposal, df: float, scale: float, pilot: in
     x = x[torch.isfinite(x).all(1)]
     cov = torch.cov(x.T).reshape(proposal.dim, proposal.dim)
     jitter = 1e-9 * cov.diagonal().mean().clamp_min(1e-12)
-    L = torch.linalg.cholesky(cov + jitter * torch.eye(proposal.dim, dtype=cov.dtype, device=cov.device))
-    return dist.MultivariateStudentT(torch.tensor(df, dtype=x.dtype, device=x.device), x.mean(0), scale * L)
+    L = torch.linalg.cholesky(
+        cov + jitter * torch.eye(proposal.dim, dtype=cov.dtype, device=cov.device)
+    )
+    return dist.MultivariateStudentT(
+        torch.tensor(df, dtype=x.dtype, device=x.device), x.mean(0), scale * L
+    )
 
 
 def _is_guide(proposal: Any) -> bool:
@@ -251,7 +290,7 @@ def importance(
     Args:
         target: a log-density callable ``(S, D) -> (S,)`` (unnormalised), or a Pyro model
             (run with ``model_args``/``model_kwargs``; its latent sites are weighed in the
-            unconstrained space, see :mod:`pyroflows.infer.sampling.targets`).
+            unconstrained space, see :mod:`pyroflows.infer.sampling.targets_and_proposals`).
         proposal: a :class:`~pyroflows.Flow`, a :class:`~pyroflows.FlowDistribution`, a torch
             distribution over (D,) vectors, an ``AutoContinuous`` guide (``AutoFlow``, ...), or
             any other Pyro guide of the model (then weighed by tracing guide and model,
@@ -283,13 +322,36 @@ def importance(
         >>> r.log_evidence, r.log_evidence_se, r.khat        # doctest: +SKIP
     """
     with torch.no_grad():
-        return _importance(target, proposal, num_samples, model_args, model_kwargs, target_kind,
-                           chunk_size, defensive, defensive_df, defensive_scale, seed, warn)
+        return _importance(
+            target,
+            proposal,
+            num_samples,
+            model_args,
+            model_kwargs,
+            target_kind,
+            chunk_size,
+            defensive,
+            defensive_df,
+            defensive_scale,
+            seed,
+            warn,
+        )
 
 
-def _importance(target: Callable, proposal: Any, num_samples: int, model_args: tuple,
-                model_kwargs: dict | None, target_kind: str, chunk_size: int, defensive: float,
-                defensive_df: float, defensive_scale: float, seed: int | None, warn: bool) -> ImportanceResult:
+def _importance(
+    target: Callable,
+    proposal: Any,
+    num_samples: int,
+    model_args: tuple,
+    model_kwargs: dict | None,
+    target_kind: str,
+    chunk_size: int,
+    defensive: float,
+    defensive_df: float,
+    defensive_scale: float,
+    seed: int | None,
+    warn: bool,
+) -> ImportanceResult:
     num_samples = check_num_samples(num_samples)
     chunk_size = check_num_samples(chunk_size, "chunk_size")
     if not 0.0 <= defensive < 1.0:
@@ -297,18 +359,26 @@ def _importance(target: Callable, proposal: Any, num_samples: int, model_args: t
     model_kwargs = dict(model_kwargs or {})
     if _is_guide(proposal):
         if defensive:
-            raise ValueError("a defensive mixture needs a vector proposal (Flow, distribution or "
-                             "AutoContinuous guide), not a generic guide")
+            raise ValueError(
+                "a defensive mixture needs a vector proposal (Flow, distribution or "
+                "AutoContinuous guide), not a generic guide"
+            )
         if target_kind == "log_density":
             raise TypeError("a guide proposal needs a Pyro model as the target")
-        return _guide_importance(target, proposal, num_samples, model_args, model_kwargs, chunk_size, seed, warn)
+        return _guide_importance(
+            target, proposal, num_samples, model_args, model_kwargs, chunk_size, seed, warn
+        )
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
     probe = q.sample_and_log_prob(1)[0]
     device, dtype = probe.device, probe.dtype
     with seeded(seed, device):
         n_wide = int(round(defensive * num_samples))
-        wide = _wide_component(q, defensive_df, defensive_scale, max(2000, 20 * q.dim)) if n_wide else None
+        wide = (
+            _wide_component(q, defensive_df, defensive_scale, max(2000, 20 * q.dim))
+            if n_wide
+            else None
+        )
         xs, lps, lqs = [], [], []
         for source, total in (("q", num_samples - n_wide), ("r", n_wide)):
             for start in range(0, total, chunk_size):
@@ -320,28 +390,42 @@ def _importance(target: Callable, proposal: Any, num_samples: int, model_args: t
                     log_q = q.log_prob(x)
                 if wide is not None:
                     log_r = wide.log_prob(x.to(wide.loc.dtype)).to(log_q.dtype)
-                    log_q = torch.logaddexp(log_q + math.log1p(-defensive), log_r + math.log(defensive))
+                    log_q = torch.logaddexp(
+                        log_q + math.log1p(-defensive), log_r + math.log(defensive)
+                    )
                 xs.append(x)
                 lps.append(call_target(log_density, x))
                 lqs.append(log_q)
     x, log_p, log_q = torch.cat(xs), torch.cat(lps), torch.cat(lqs)
-    sites = model_target.unpack(x.to(model_target.dtype)) if isinstance(model_target, ModelTarget) else None
+    sites = (
+        model_target.unpack(x.to(model_target.dtype))
+        if isinstance(model_target, ModelTarget)
+        else None
+    )
     result = finish(log_p - log_q, x, sites, log_p, log_q, warn, defensive)
     if model_target is not None:
         result.info["sites"] = model_target.describe()
     return result
 
 
-def _guide_importance(model: Callable, guide: Callable, num_samples: int, args: tuple, kwargs: dict,
-                      chunk_size: int, seed: int | None, warn: bool) -> ImportanceResult:
-    from .weights import guide_log_weights, plate_nesting
-
+def _guide_importance(
+    model: Callable,
+    guide: Callable,
+    num_samples: int,
+    args: tuple,
+    kwargs: dict,
+    chunk_size: int,
+    seed: int | None,
+    warn: bool,
+) -> ImportanceResult:
     nesting = plate_nesting(model, *args, **kwargs)
     chunks: list[tuple[dict[str, Tensor], Tensor]] = []
     with seeded(seed):
         for start in range(0, num_samples, chunk_size):
             n = min(chunk_size, num_samples - start)
-            chunks.append(guide_log_weights(model, guide, n, *args, max_plate_nesting=nesting, **kwargs))
+            chunks.append(
+                guide_log_weights(model, guide, n, *args, max_plate_nesting=nesting, **kwargs)
+            )
     sites = {k: torch.cat([c[0][k] for c in chunks]) for k in chunks[0][0]}
     log_w = torch.cat([c[1] for c in chunks])
     return finish(log_w, None, sites, None, None, warn, stacklevel=5)

@@ -56,8 +56,12 @@ class DensityRatioResult(ImportanceResult):
         x = x.to(self.log_weights)
         return _log_prob(self.target_flow, x) - _log_prob(self.source_flow, x)
 
-    def expectation(self, f: Callable[[Tensor], Tensor] | Tensor | np.ndarray, smoothed: bool = True,
-                    self_normalized: bool = True) -> tuple[Tensor, Tensor]:
+    def expectation(
+        self,
+        f: Callable[[Tensor], Tensor] | Tensor | np.ndarray,
+        smoothed: bool = True,
+        self_normalized: bool = True,
+    ) -> tuple[Tensor, Tensor]:
         r"""Estimate the target-population mean of outcomes measured on the source points.
 
         Args:
@@ -74,22 +78,28 @@ class DensityRatioResult(ImportanceResult):
         if self_normalized:
             return super().expectation(f, smoothed)
         values = f(self.samples) if callable(f) else f
-        values = torch.as_tensor(np.asarray(values) if not isinstance(values, Tensor) else values,
-                                 device=self.log_weights.device).double()
+        values = torch.as_tensor(
+            np.asarray(values) if not isinstance(values, Tensor) else values,
+            device=self.log_weights.device,
+        ).double()
         if values.shape[0] != self.num_samples:
             raise ValueError(f"got {values.shape[0]} outcomes for {self.num_samples} source points")
         w = self.log_weights.double().exp().reshape((-1,) + (1,) * (values.dim() - 1))
         terms = w * values
-        return terms.mean(0), terms.std(0) / self.num_samples ** 0.5
+        return terms.mean(0), terms.std(0) / self.num_samples**0.5
 
     def __repr__(self) -> str:
-        return "DensityRatioResult" + super().__repr__()[len("ImportanceResult"):]
+        return "DensityRatioResult" + super().__repr__()[len("ImportanceResult") :]
 
 
-def _fit_flow(name: str, x: Tensor, standardize: bool, flow_options: dict, fit_options: dict) -> tuple[Flow, FitResult]:
+def _fit_flow(
+    name: str, x: Tensor, standardize: bool, flow_options: dict, fit_options: dict
+) -> tuple[Flow, FitResult]:
     from ...flows import build
 
-    flow = build(name, x.shape[1], standardize=x if standardize else None, **flow_options).to(x.dtype)
+    flow = build(name, x.shape[1], standardize=x if standardize else None, **flow_options).to(
+        x.dtype
+    )
     return flow, fit(flow, x, **{"progress": False, **fit_options})
 
 
@@ -130,7 +140,11 @@ def density_ratio(
     """
     flow_options, fit_options = dict(flow_options or {}), dict(fit_options or {})
     if isinstance(flow, str):
-        dtype = x_source.dtype if isinstance(x_source, Tensor) and x_source.is_floating_point() else torch.float64
+        dtype = (
+            x_source.dtype
+            if isinstance(x_source, Tensor) and x_source.is_floating_point()
+            else torch.float64
+        )
         device = x_source.device if isinstance(x_source, Tensor) else torch.device("cpu")
         xs = as_data(x_source, "x_source", None, None, device, dtype)
         if xs.dim() != 2:
@@ -143,20 +157,33 @@ def density_ratio(
         source_fit = target_fit = None
         reference = next(iter(source.parameters()), None) if isinstance(source, Flow) else None
         device = reference.device if reference is not None else torch.device("cpu")
-        dtype = reference.dtype if reference is not None else (
-            x_source.dtype if isinstance(x_source, Tensor) else torch.float64)
+        dtype = (
+            reference.dtype
+            if reference is not None
+            else (x_source.dtype if isinstance(x_source, Tensor) else torch.float64)
+        )
         xs = as_data(x_source, "x_source", None, None, device, dtype)
         if xs.dim() != 2:
             raise ValueError(f"x_source must have shape (n, D), got {tuple(xs.shape)}")
         for name, model in (("source", source), ("target", target)):
             features = getattr(model, "features", None) or (
-                model.event_shape[0] if hasattr(model, "event_shape") and len(model.event_shape) == 1 else None)
+                model.event_shape[0]
+                if hasattr(model, "event_shape") and len(model.event_shape) == 1
+                else None
+            )
             if features != xs.shape[1]:
-                raise ValueError(f"the {name} model is over {features} features but the data have {xs.shape[1]}")
+                raise ValueError(
+                    f"the {name} model is over {features} features but the data have {xs.shape[1]}"
+                )
     else:
         raise TypeError("flow must be a registry name or a (source_model, target_model) pair")
     with torch.no_grad():
         log_w = _log_prob(target, xs) - _log_prob(source, xs)
         base = finish(log_w, xs, None, None, None, warn, what="density_ratio", stacklevel=3)
-    return DensityRatioResult(**vars(base), source_flow=source, target_flow=target,
-                              source_fit=source_fit, target_fit=target_fit)
+    return DensityRatioResult(
+        **vars(base),
+        source_flow=source,
+        target_flow=target,
+        source_fit=source_fit,
+        target_fit=target_fit,
+    )

@@ -30,9 +30,15 @@ from pyro.distributions import Rejector
 from torch import Tensor
 
 from .importance import check_num_samples, seeded
-from .targets import ModelTarget, VectorProposal, call_target, resolve_target
+from .targets_and_proposals import ModelTarget, VectorProposal, call_target, resolve_target
 
-__all__ = ["FlowRejector", "RejectionError", "RejectionResult", "estimate_log_M", "rejection_sample"]
+__all__ = [
+    "FlowRejector",
+    "RejectionError",
+    "RejectionResult",
+    "estimate_log_M",
+    "rejection_sample",
+]
 
 
 class RejectionError(RuntimeError):
@@ -120,11 +126,16 @@ def estimate_log_M(  # noqa: N802
         x, log_q = proposal.sample_and_log_prob(num_pilot)
         d = _differences(log_density, proposal, x, log_q)
     if not bool(torch.isfinite(d).any()):
-        raise ValueError("the target is -inf or NaN at every pilot draw: no envelope can be estimated")
+        raise ValueError(
+            "the target is -inf or NaN at every pilot draw: no envelope can be estimated"
+        )
     pilot_max = float(d.max())
     floor = float(log_q[torch.isfinite(log_q)].min())
     finite = torch.isfinite(x).all(1) & torch.isfinite(d)
-    center, spread = x[finite].mean(0), x[finite].std(0).clamp_min(1e-8) if int(finite.sum()) > 1 else 1.0
+    center, spread = (
+        x[finite].mean(0),
+        x[finite].std(0).clamp_min(1e-8) if int(finite.sum()) > 1 else 1.0,
+    )
     best_x = x[d.topk(min(top, num_pilot)).indices].detach()
     best = float(d.max())
     at_edge = False
@@ -152,12 +163,17 @@ def estimate_log_M(  # noqa: N802
                             best = float(value[i])
                             at_edge = bool(lq[i] < floor + 0.5) or bool(outside[i])
         except RuntimeError as error:  # the target is not differentiable: keep the pilot maximum
-            warnings.warn(f"gradient ascent for log_M failed ({error}); using the pilot maximum",
-                          stacklevel=3)
+            warnings.warn(
+                f"gradient ascent for log_M failed ({error}); using the pilot maximum", stacklevel=3
+            )
     if at_edge:
-        warnings.warn("the maximum of log p - log q lies on the edge of the region the pilot "
-                      "explored: the ratio may be unbounded (a target with heavier tails than the "
-                      "proposal); expect envelope violations", UserWarning, stacklevel=3)
+        warnings.warn(
+            "the maximum of log p - log q lies on the edge of the region the pilot "
+            "explored: the ratio may be unbounded (a target with heavier tails than the "
+            "proposal); expect envelope violations",
+            UserWarning,
+            stacklevel=3,
+        )
     return best + margin, {"pilot_max": pilot_max, "ascent_max": best, "at_edge": at_edge}
 
 
@@ -182,7 +198,7 @@ def rejection_sample(
 
     Args:
         target: log-density callable (S, D) -> (S,) or a Pyro model (unconstrained latents,
-            see :mod:`pyroflows.infer.sampling.targets`).
+            see :mod:`pyroflows.infer.sampling.targets_and_proposals`).
         proposal: a Flow, FlowDistribution, torch distribution over (D,) vectors, or an
             ``AutoContinuous`` guide.
         num_samples: accepted samples wanted (>= 1).
@@ -212,15 +228,20 @@ def rejection_sample(
     """
     num_samples = check_num_samples(num_samples)
     batch_size = check_num_samples(batch_size, "batch_size")
-    max_proposals = max(10**6, 1000 * num_samples) if max_proposals is None else check_num_samples(
-        max_proposals, "max_proposals")
+    max_proposals = (
+        max(10**6, 1000 * num_samples)
+        if max_proposals is None
+        else check_num_samples(max_proposals, "max_proposals")
+    )
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
     with seeded(seed, q.sample_and_log_prob(1)[0].device):
         estimated = log_M is None
         info: dict[str, Any] = {}
         if estimated:
-            log_M, info = estimate_log_M(log_density, q, num_pilot, steps=ascent_steps, margin=margin)
+            log_M, info = estimate_log_M(
+                log_density, q, num_pilot, steps=ascent_steps, margin=margin
+            )
         log_M = float(log_M)
         if not math.isfinite(log_M):
             raise ValueError(f"log_M must be finite, got {log_M}")
@@ -229,13 +250,17 @@ def rejection_sample(
             while n_accepted < num_samples:
                 if proposed >= max_proposals:
                     rate = n_accepted / proposed
-                    need = (f"about {num_samples / rate:.3g} proposals would be needed" if rate > 0
-                            else f"the rate is below {1 / proposed:.3g}")
+                    need = (
+                        f"about {num_samples / rate:.3g} proposals would be needed"
+                        if rate > 0
+                        else f"the rate is below {1 / proposed:.3g}"
+                    )
                     raise RejectionError(
                         f"rejection sampling stopped after {proposed} proposals (max_proposals) with "
                         f"{n_accepted} of {num_samples} samples accepted: acceptance rate {rate:.3g} "
                         f"with log_M = {log_M:.3f}; {need}. Use a closer proposal (fit it first), "
-                        "check log_M, or raise max_proposals")
+                        "check log_M, or raise max_proposals"
+                    )
                 n = min(batch_size, max_proposals - proposed)
                 x, log_q = q.sample_and_log_prob(n)
                 raw = call_target(log_density, x) - log_q
@@ -249,19 +274,40 @@ def rejection_sample(
                 n_accepted += int(keep.sum())
                 proposed += n
     samples = torch.cat(accepted)[:num_samples]
-    sites = model_target.unpack(samples.to(model_target.dtype)) if isinstance(model_target, ModelTarget) else None
-    result = RejectionResult(samples, sites, n_accepted / proposed, proposed, n_accepted, log_M, estimated,
-                             info.get("ascent_max"), violations, excess, nans, info)
+    sites = (
+        model_target.unpack(samples.to(model_target.dtype))
+        if isinstance(model_target, ModelTarget)
+        else None
+    )
+    result = RejectionResult(
+        samples,
+        sites,
+        n_accepted / proposed,
+        proposed,
+        n_accepted,
+        log_M,
+        estimated,
+        info.get("ascent_max"),
+        violations,
+        excess,
+        nans,
+        info,
+    )
     if warn and violations:
         warnings.warn(
             f"rejection sampling: {violations} of {proposed} proposals exceeded the envelope "
             f"(log p - log q - log_M up to {excess:.2f} nats): log_M = {log_M:.3f} is too small, "
             "so the samples under-represent the target there (biased). Pass log_M >= "
             f"{log_M + excess:.3f}, or use a proposal with heavier tails than the target",
-            UserWarning, stacklevel=2)
+            UserWarning,
+            stacklevel=2,
+        )
     if warn and nans:
-        warnings.warn(f"rejection sampling: {nans} proposals had a NaN target log-density and were "
-                      "rejected", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"rejection sampling: {nans} proposals had a NaN target log-density and were rejected",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return result
 
 
@@ -294,8 +340,15 @@ class FlowRejector(Rejector):
 
     has_rsample = False
 
-    def __init__(self, log_density: Callable[[Tensor], Tensor], proposal: Any, log_M: float | None = None,  # noqa: N803
-                 num_pilot: int = 10_000, max_proposals: int = 10**7, margin: float = 0.5) -> None:
+    def __init__(
+        self,
+        log_density: Callable[[Tensor], Tensor],
+        proposal: Any,
+        log_M: float | None = None,  # noqa: N803
+        num_pilot: int = 10_000,
+        max_proposals: int = 10**7,
+        margin: float = 0.5,
+    ) -> None:
         q = VectorProposal(proposal)
         self._q, self._log_density = q, log_density
         if log_M is None:
@@ -310,8 +363,11 @@ class FlowRejector(Rejector):
             raise ValueError("no pilot draw would be accepted: the proposal misses the target")
         self.max_proposals = check_num_samples(max_proposals, "max_proposals")
         self.num_proposed = self.num_accepted = self.envelope_violations = 0
-        super().__init__(q.distribution, self._log_prob_accept_fn,
-                         torch.tensor(math.log(self.acceptance_rate), dtype=x.dtype, device=x.device))
+        super().__init__(
+            q.distribution,
+            self._log_prob_accept_fn,
+            torch.tensor(math.log(self.acceptance_rate), dtype=x.dtype, device=x.device),
+        )
 
     def _accept(self, x: Tensor, log_q: Tensor) -> Tensor:
         d = call_target(self._log_density, x) - log_q - self.log_M
@@ -329,10 +385,15 @@ class FlowRejector(Rejector):
             out, got, proposed = [], 0, 0
             while got < n:
                 if proposed >= self.max_proposals:
-                    raise RejectionError(f"FlowRejector used {proposed} proposals for {got} of {n} samples "
-                                         f"(acceptance rate {got / proposed:.3g}, pilot estimate "
-                                         f"{self.acceptance_rate:.3g})")
-                k = min(max(int(1.2 * (n - got) / self.acceptance_rate) + 16, 64), self.max_proposals - proposed)
+                    raise RejectionError(
+                        f"FlowRejector used {proposed} proposals for {got} of {n} samples "
+                        f"(acceptance rate {got / proposed:.3g}, pilot estimate "
+                        f"{self.acceptance_rate:.3g})"
+                    )
+                k = min(
+                    max(int(1.2 * (n - got) / self.acceptance_rate) + 16, 64),
+                    self.max_proposals - proposed,
+                )
                 x, log_q = self._q.sample_and_log_prob(k)
                 d = call_target(self._log_density, x) - log_q - self.log_M
                 self.envelope_violations += int((d > 0).sum())

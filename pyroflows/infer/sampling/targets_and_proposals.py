@@ -22,26 +22,23 @@ distribution over the unconstrained latent vector.
 from __future__ import annotations
 
 import inspect
-import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoContinuous
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import Distribution, biject_to
+from torch.distributions import Distribution
 
 from ...core import Flow, FlowDistribution
-from .weights import plate_nesting
+from ..model_density import LatentLayout, UnconstrainedLogDensity, plate_nesting
 
 __all__ = ["ModelTarget", "VectorProposal", "call_target", "is_model", "resolve_target"]
 
 
-class ModelTarget:
+class ModelTarget(UnconstrainedLogDensity):
     r"""A Pyro model's unnormalised posterior log-density over the flat unconstrained latent vector.
 
     Args:
@@ -52,107 +49,71 @@ class ModelTarget:
             ``AutoContinuous`` guide's order is passed here so the vectors agree).
 
     Calling it maps latents (S, D) to log-densities (S,), vectorised over S with a particle
-    plate (a loop, with a warning, for models whose shapes do not broadcast). Differentiable.
+    plate (a loop, with a warning, for models whose shapes do not broadcast); see
+    :class:`~pyroflows.infer.model_density.UnconstrainedLogDensity`. Differentiable.
 
     Raises:
         TypeError: for discrete latent sites. ValueError: for a model without latent sites.
+
+    Example:
+        >>> def model():
+        ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        >>> target = ModelTarget(model)
+        >>> target(torch.zeros(3, 1)).shape, target.describe()
+        (torch.Size([3]), 's()')
     """
 
-    def __init__(self, model: Callable, model_args: tuple = (), model_kwargs: dict | None = None,
-                 order: list[str] | None = None) -> None:
-        self.model, self.args, self.kwargs = model, tuple(model_args), dict(model_kwargs or {})
+    def __init__(
+        self,
+        model: Callable,
+        model_args: tuple = (),
+        model_kwargs: dict | None = None,
+        order: list[str] | None = None,
+    ) -> None:
+        args, kwargs = tuple(model_args), dict(model_kwargs or {})
         with poutine.block():
-            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
         latent = {}
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                 continue
             if site["fn"].support.is_discrete:
-                raise TypeError(f"latent site {name!r} is discrete; importance and rejection sampling "
-                                "here need continuous latent sites (enumerate or marginalise it)")
+                raise TypeError(
+                    f"latent site {name!r} is discrete; importance and rejection sampling "
+                    "here need continuous latent sites (enumerate or marginalise it)"
+                )
             latent[name] = site
         if not latent:
             raise ValueError("the model has no latent sample sites to weigh")
         order = list(latent) if order is None else list(order)
         if sorted(order) != sorted(latent):
-            raise ValueError(f"the proposal's latent sites {order} differ from the model's {list(latent)}")
-        self.sites = []
-        for name in order:
-            site = latent[name]
-            value = site["value"]
-            transform = biject_to(site["fn"].support)
-            shape = transform.inv(value).shape
-            self.sites.append({"name": name, "transform": transform, "shape": shape,
-                               "size": math.prod(shape),
-                               "batch_dims": value.dim() - site["fn"].event_dim})
+            raise ValueError(
+                f"the proposal's latent sites {order} differ from the model's {list(latent)}"
+            )
+        layout = LatentLayout((name, latent[name]) for name in order)
+        super().__init__(
+            model, layout, plate_nesting(model, *args, **kwargs), args, kwargs, warn=True
+        )
         first = latent[order[0]]["value"]
         self.dtype, self.device = first.dtype, first.device
-        self.dim = sum(s["size"] for s in self.sites)
-        self.nesting = plate_nesting(model, *self.args, **self.kwargs)
-        self._vectorize = True
+        self.dim = layout.dim
 
     def describe(self) -> str:
-        return ", ".join(f"{s['name']}{tuple(s['shape'])}" for s in self.sites)
-
-    def _split(self, u: Tensor, lead: tuple[int, ...], nesting: int) -> dict[str, tuple[Tensor, Tensor]]:
-        out, pos = {}, 0
-        for s in self.sites:
-            pad = (1,) * max(nesting - s["batch_dims"], 0)
-            part = u[..., pos:pos + s["size"]].reshape(lead + pad + tuple(s["shape"]))
-            out[s["name"]] = (part, s["transform"](part))
-            pos += s["size"]
-        return out
+        """``name(shape), ...`` of the model's unconstrained latent sites."""
+        return self.layout.describe()
 
     def unpack(self, u: Tensor) -> dict[str, Tensor]:
         """Constrained site values for latents (S, D): ``name -> (S, *site shape)``."""
-        return {k: v[1] for k, v in self._split(u, (u.shape[0],), 0).items()}
+        return self.layout.unpack_batch(u)
 
-    def __call__(self, u: Tensor) -> Tensor:
+    def __call__(self, u: Tensor, args: tuple | None = None, kwargs: dict | None = None) -> Tensor:
         if u.dim() != 2 or u.shape[1] != self.dim:
-            raise ValueError(f"the model's latent vector has {self.dim} unconstrained dimensions "
-                             f"({self.describe()}); got points of shape {tuple(u.shape)}")
+            raise ValueError(
+                f"the model's latent vector has {self.dim} unconstrained dimensions "
+                f"({self.describe()}); got points of shape {tuple(u.shape)}"
+            )
         x = u.to(device=self.device, dtype=self.dtype)
-        if self._vectorize:
-            try:
-                return self._log_density(x, vectorized=True).to(u.dtype)
-            except (ValueError, RuntimeError, IndexError, AssertionError) as error:
-                warnings.warn(f"the model does not vectorise over a particle plate ({error}); "
-                              "falling back to a slow loop over samples", stacklevel=3)
-                self._vectorize = False
-        return torch.cat([self._log_density(row[None], vectorized=False) for row in x]).to(u.dtype)
-
-    def _log_density(self, u: Tensor, vectorized: bool) -> Tensor:
-        S = u.shape[0]
-        nesting = self.nesting if vectorized else 0
-        parts = self._split(u, (S,) if vectorized else (), nesting)
-        total = u.new_zeros(S)
-        values = {}
-        for s in self.sites:
-            raw, value = parts[s["name"]]
-            log_det = s["transform"].log_abs_det_jacobian(raw, value)
-            total = total + (log_det.reshape(S, -1).sum(1) if vectorized else log_det.sum())
-            values[s["name"]] = value
-        conditioned = poutine.condition(self.model, values)
-        with poutine.block():
-            if vectorized:
-                with pyro.plate("_pyroflows_is_particles", S, dim=-(nesting + 1)):
-                    trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-            else:
-                trace = poutine.trace(conditioned).get_trace(*self.args, **self.kwargs)
-        trace.compute_log_prob(site_filter=lambda n, s: not site_is_subsample(s))
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            lp = site["log_prob"]
-            if not vectorized:
-                total = total + lp.sum()
-            elif lp.dim() > nesting + 1:
-                raise ValueError(f"site {site['name']!r} has more batch dims than the plates declare")
-            elif lp.dim() < nesting + 1:
-                total = total + lp.sum()
-            else:
-                total = total + lp.reshape(lp.shape[0], -1).sum(1)
-        return total
+        return super().__call__(x, args, kwargs).to(u.dtype)
 
 
 class VectorProposal:
@@ -164,11 +125,15 @@ class VectorProposal:
         model_args, model_kwargs: the model's arguments (to set up a guide).
     """
 
-    def __init__(self, proposal: Any, model_args: tuple = (), model_kwargs: dict | None = None) -> None:
+    def __init__(
+        self, proposal: Any, model_args: tuple = (), model_kwargs: dict | None = None
+    ) -> None:
         self.guide = None
         if isinstance(proposal, Flow):
             if proposal.context_features:
-                raise ValueError("a conditional Flow needs a context: pass flow(context) as the proposal")
+                raise ValueError(
+                    "a conditional Flow needs a context: pass flow(context) as the proposal"
+                )
             distribution = proposal()
         elif isinstance(proposal, AutoContinuous):
             if proposal.prototype_trace is None:
@@ -179,12 +144,16 @@ class VectorProposal:
         elif isinstance(proposal, Distribution):
             distribution = proposal
         else:
-            raise TypeError(f"cannot use a {type(proposal).__name__} as a vector proposal: pass a "
-                            "pyroflows Flow or FlowDistribution, a torch distribution or an AutoContinuous guide")
+            raise TypeError(
+                f"cannot use a {type(proposal).__name__} as a vector proposal: pass a "
+                "pyroflows Flow or FlowDistribution, a torch distribution or an AutoContinuous guide"
+            )
         if len(distribution.event_shape) != 1 or len(distribution.batch_shape) != 0:
-            raise ValueError("the proposal must be a distribution over vectors: event shape (D,) and "
-                             f"no batch shape; got batch {tuple(distribution.batch_shape)}, "
-                             f"event {tuple(distribution.event_shape)}")
+            raise ValueError(
+                "the proposal must be a distribution over vectors: event shape (D,) and "
+                f"no batch shape; got batch {tuple(distribution.batch_shape)}, "
+                f"event {tuple(distribution.event_shape)}"
+            )
         self.distribution = distribution
         self.dim = int(distribution.event_shape[0])
 
@@ -227,25 +196,38 @@ def is_model(target: Callable, model_args: tuple, model_kwargs: dict | None) -> 
     return any(site["type"] == "sample" for site in trace.nodes.values())
 
 
-def resolve_target(target: Any, proposal: VectorProposal, model_args: tuple, model_kwargs: dict | None,
-                   target_kind: str) -> tuple[Callable[[Tensor], Tensor], ModelTarget | None]:
+def resolve_target(
+    target: Any,
+    proposal: VectorProposal,
+    model_args: tuple,
+    model_kwargs: dict | None,
+    target_kind: str,
+) -> tuple[Callable[[Tensor], Tensor], ModelTarget | None]:
     """The target as a log-density of (S, D) points, and the :class:`ModelTarget` when it is a model.
 
     Raises ValueError when a model's latent dimension differs from the proposal's.
     """
     if target_kind not in ("auto", "model", "log_density"):
-        raise ValueError(f"target_kind must be 'auto', 'model' or 'log_density', got {target_kind!r}")
+        raise ValueError(
+            f"target_kind must be 'auto', 'model' or 'log_density', got {target_kind!r}"
+        )
     if not callable(target):
-        raise TypeError(f"target must be a Pyro model or a log-density callable, got {type(target).__name__}")
-    model = target_kind == "model" or (target_kind == "auto" and (
-        proposal.guide is not None or is_model(target, model_args, model_kwargs)))
+        raise TypeError(
+            f"target must be a Pyro model or a log-density callable, got {type(target).__name__}"
+        )
+    model = target_kind == "model" or (
+        target_kind == "auto"
+        and (proposal.guide is not None or is_model(target, model_args, model_kwargs))
+    )
     if not model:
         return target, None
     model_target = ModelTarget(target, model_args, model_kwargs, order=proposal.site_order())
     if model_target.dim != proposal.dim:
-        raise ValueError(f"dimension mismatch: the model's unconstrained latent vector has "
-                         f"{model_target.dim} dimensions ({model_target.describe()}) but the "
-                         f"proposal has {proposal.dim}")
+        raise ValueError(
+            f"dimension mismatch: the model's unconstrained latent vector has "
+            f"{model_target.dim} dimensions ({model_target.describe()}) but the "
+            f"proposal has {proposal.dim}"
+        )
     return model_target, model_target
 
 
@@ -254,10 +236,14 @@ def call_target(log_density: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     try:
         out = log_density(x)
     except (RuntimeError, ValueError, IndexError) as error:
-        raise ValueError(f"the target failed on proposal points of shape {tuple(x.shape)} ({error}); "
-                         "do the target and the proposal have the same dimension?") from error
+        raise ValueError(
+            f"the target failed on proposal points of shape {tuple(x.shape)} ({error}); "
+            "do the target and the proposal have the same dimension?"
+        ) from error
     out = torch.as_tensor(out)
     if out.shape != x.shape[:1]:
-        raise ValueError(f"the target returned shape {tuple(out.shape)} for points of shape "
-                         f"{tuple(x.shape)}; it must return one log-density per row, shape ({x.shape[0]},)")
+        raise ValueError(
+            f"the target returned shape {tuple(out.shape)} for points of shape "
+            f"{tuple(x.shape)}; it must return one log-density per row, shape ({x.shape[0]},)"
+        )
     return out.to(device=x.device, dtype=x.dtype) if out.is_floating_point() else out.to(x)

@@ -1,0 +1,109 @@
+r"""The Gaussian a flow guide starts from: the init strategy's point with a fixed scale, or the
+Laplace approximation at the MAP, whichever has the better ELBO estimate.
+
+For a candidate :math:`q_0 = \mathcal{N}(\mu, LL^\top)` the ELBO is estimated with :math:`S`
+draws, :math:`\widehat{\mathcal{L}} = \frac1S\sum_s \log\tilde p(u_s) - \log q_0(u_s)`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from ...core import Flow
+from ...transforms.triangular import LowerTriangularAffine
+from .laplace import find_map, laplace_approximation
+
+__all__ = ["INIT_CHOICES", "gaussian_elbo", "initial_gaussian", "set_affine"]
+
+INIT_CHOICES = ("auto", "laplace", "loc")
+
+
+def gaussian_elbo(
+    log_density: Callable[[Tensor], Tensor], loc: Tensor, scale_tril: Tensor, particles: int
+) -> float:
+    r"""Monte Carlo ELBO of :math:`\mathcal{N}(\text{loc}, LL^\top)` against ``log_density``
+    (``-inf`` when it cannot be evaluated, e.g. a degenerate start whose samples underflow)."""
+    q = dist.MultivariateNormal(loc, scale_tril=scale_tril)
+    u = q.sample((particles,))
+    try:
+        values = log_density(u) - q.log_prob(u)
+    except (ValueError, RuntimeError):
+        return -math.inf
+    value = float(values.mean())
+    return value if math.isfinite(value) else -math.inf
+
+
+def initial_gaussian(
+    log_density: Callable[[Tensor], Tensor],
+    loc: Tensor,
+    init_scale: float,
+    mode: str,
+    try_laplace: bool,
+    particles: int,
+) -> tuple[str, Tensor, Tensor, dict[str, float]]:
+    r"""Choose the start: ``(choice, loc, scale_tril, elbos)``.
+
+    Args:
+        log_density: unnormalised log-density of latents (S, D) -> (S,).
+        loc: the init strategy's point (D,).
+        init_scale: the scale of the ``"loc"`` candidate, :math:`\mathcal{N}(\text{loc}, s^2 I)`.
+        mode: ``"loc"``, ``"laplace"`` (Laplace unless it fails, with a warning) or ``"auto"``
+            (the candidate with the better ELBO estimate).
+        try_laplace: whether to compute the Laplace candidate at all.
+        particles: draws of each ELBO estimate.
+    """
+    D = loc.shape[-1]
+    candidates = {"loc": (loc, init_scale * torch.eye(D, dtype=loc.dtype, device=loc.device))}
+    if try_laplace:
+
+        def log_p(u: Tensor) -> Tensor:
+            return log_density(u[None])[0]
+
+        mode_point = find_map(log_p, loc)
+        scale_tril = None if mode_point is None else laplace_approximation(log_p, mode_point)
+        if scale_tril is not None:
+            candidates["laplace"] = (mode_point, scale_tril)
+        elif mode == "laplace":
+            warnings.warn(
+                "the Laplace approximation failed (no finite MAP or a Hessian that "
+                "is not positive definite); starting from init_loc_fn/init_scale",
+                stacklevel=4,
+            )
+    elbos: dict[str, float] = {}
+    choice = "loc"
+    if len(candidates) > 1:
+        with torch.no_grad():
+            elbos = {
+                k: gaussian_elbo(log_density, m, L, particles) for k, (m, L) in candidates.items()
+            }
+        choice = "laplace" if mode == "laplace" else max(elbos, key=lambda k: elbos[k])
+    return (choice, *candidates[choice], elbos)
+
+
+@torch.no_grad()
+def set_affine(
+    flows_and_slices: Sequence[tuple[Flow, slice]], loc: Tensor, scale_tril: Tensor, scale: float
+) -> None:
+    """Set each flow's fixed whitening ``u = loc + scale_tril @ w`` (its last layer; the block
+    of ``scale_tril``'s covariance for a flow over a slice) and its trainable base-side affine
+    ``y = scale * z`` (its first layer)."""
+    cov = scale_tril @ scale_tril.T
+    for flow, part in flows_and_slices:
+        trainable, whitening = flow.transforms[0], flow.transforms[-1]
+        L = torch.linalg.cholesky(cov[part, part])
+        whitening.loc.copy_(loc[part])
+        if isinstance(whitening, LowerTriangularAffine):
+            whitening.off_diag.copy_(L.tril(-1))
+            whitening.log_diag.copy_(L.diagonal().log())
+            trainable.off_diag.zero_()
+            trainable.log_diag.fill_(math.log(scale))
+        else:
+            whitening.log_scale.copy_(L.diagonal().log())
+            trainable.log_scale.fill_(math.log(scale))
+        trainable.loc.zero_()

@@ -1,0 +1,283 @@
+r"""A Pyro model's log-density over a particle plate: the one piece of machinery under the
+flow guides, importance sampling and the guide-weight helpers.
+
+For :math:`S` particles drawn at once, the model runs inside a plate of size :math:`S` at dim
+:math:`-(n+1)`, :math:`n` its plate nesting, so every site's log-probability carries the
+particle dim; summing each over its other dims gives the log joint per particle,
+
+.. math:: \log p(x, z_s) = \sum_{\text{sites } i} \sum_{\text{dims} \ne \text{particle}}
+   \log p_i(\cdot \mid z_s), \qquad s = 1..S.
+
+A flat unconstrained latent vector :math:`u \in \mathbb{R}^D` (the order of Pyro's
+``AutoContinuous`` guides) maps to the sites' values by :math:`z = \text{biject\_to}(\text{support})(u)`
+and adds the log-Jacobian, :math:`\log\tilde p(u) = \log p(x, z(u)) + \log|\det\partial z/\partial u|`.
+Models whose shapes do not broadcast over a particle plate are evaluated one particle at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import sum_rightmost
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible, init_to_median
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from torch.distributions import biject_to
+
+__all__ = [
+    "LatentLayout",
+    "UnconstrainedLogDensity",
+    "init_trace",
+    "particle_trace",
+    "plate_nesting",
+    "safe_init",
+    "sum_to_particles",
+    "trace_log_joint",
+    "trace_plate_nesting",
+]
+
+#: Name of the plate that vectorises over particles (kept out of the model's own names).
+PARTICLE_PLATE = "_pyroflows_particles"
+#: What a model that does not vectorise over a particle plate raises.
+VECTORIZE_ERRORS = (ValueError, RuntimeError, IndexError, AssertionError)
+
+
+def safe_init(init_loc_fn: Callable) -> Callable:
+    """Wrap an init strategy so distributions that cannot sample (``ImproperUniform``) fall
+    back to :func:`~pyro.infer.autoguide.initialization.init_to_feasible`, then to zero in
+    the unconstrained space.
+
+    Example:
+        >>> fn = dist.ImproperUniform(dist.constraints.positive, (), ())  # cannot sample
+        >>> float(safe_init(init_to_median)({"fn": fn, "name": "x", "is_observed": False}))
+        1.0
+    """
+
+    def init(site: dict) -> Tensor:
+        try:
+            return init_loc_fn(site)
+        except NotImplementedError:
+            pass
+        try:
+            return init_to_feasible(site)
+        except NotImplementedError:
+            fn = site["fn"]
+            transform = biject_to(fn.support)
+            shape = transform.inverse_shape(fn.batch_shape + fn.event_shape)
+            return transform(torch.zeros(shape))
+
+    return init
+
+
+def init_trace(model: Callable, args: tuple, kwargs: dict) -> poutine.Trace:
+    """One trace of the model with latent values from an init strategy (so that even sites
+    that cannot be sampled, such as ``ImproperUniform``, get a value)."""
+    with poutine.block():
+        return poutine.trace(InitMessenger(safe_init(init_to_median))(model)).get_trace(
+            *args, **kwargs
+        )
+
+
+def trace_plate_nesting(trace: poutine.Trace) -> int:
+    """Number of batch dims used by the sample sites of a model ``trace``."""
+    nesting = 0
+    for site in trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        for frame in site["cond_indep_stack"]:
+            if frame.vectorized and frame.dim is not None:
+                nesting = max(nesting, -frame.dim)
+        nesting = max(nesting, len(getattr(site["fn"], "batch_shape", ())))
+    return nesting
+
+
+def plate_nesting(model: Callable, *args: Any, **kwargs: Any) -> int:
+    """Number of batch dims the model uses (its plates and its sites' batch shapes)."""
+    return trace_plate_nesting(init_trace(model, args, kwargs))
+
+
+def sum_to_particles(
+    log_prob: Tensor | float, num: int, nesting: int | None, like: Tensor
+) -> Tensor:
+    r"""Sum a site's log-probability over every dim but the particle dim :math:`-(n+1)`; (num,).
+
+    ``nesting=None`` means no particle plate (one particle): the sum of everything. A value
+    without the particle dim does not depend on the particle and is repeated.
+
+    Raises:
+        ValueError: the value has more batch dims than the plates declare.
+    """
+    if not isinstance(log_prob, Tensor):  # e.g. a masked site's 0.0
+        log_prob = torch.as_tensor(float(log_prob), dtype=like.dtype, device=like.device)
+    if nesting is None or log_prob.dim() < nesting + 1:
+        return log_prob.sum().expand(num)
+    if log_prob.dim() > nesting + 1:
+        raise ValueError("a site has more batch dims than the plates declare")
+    return log_prob.reshape(log_prob.shape[0], -1).sum(1).expand(num)
+
+
+def particle_trace(
+    fn: Callable, num: int, nesting: int | None, args: tuple, kwargs: dict
+) -> poutine.Trace:
+    """Trace ``fn`` (a model, a guide, or either replayed/conditioned) inside a particle
+    plate of size ``num`` at dim ``-(nesting + 1)``, hidden from outer handlers;
+    ``nesting=None``: no plate."""
+    with poutine.block():
+        if nesting is None:
+            return poutine.trace(fn).get_trace(*args, **kwargs)
+        with pyro.plate(PARTICLE_PLATE, num, dim=-(nesting + 1)):
+            return poutine.trace(fn).get_trace(*args, **kwargs)
+
+
+def trace_log_joint(trace: poutine.Trace, num: int, nesting: int | None, like: Tensor) -> Tensor:
+    """Per-particle sum of the log-probabilities of every (non-subsample) sample site, (num,)."""
+    trace.compute_log_prob(site_filter=lambda name, site: not site_is_subsample(site))
+    total = like.new_zeros(num)
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            total = total + sum_to_particles(site["log_prob"], num, nesting, like)
+    return total
+
+
+class LatentLayout:
+    r"""How a flat unconstrained vector :math:`u \in \mathbb{R}^D` splits into a model's sites.
+
+    Args:
+        sites: ``(name, site)`` pairs of a model trace, in the order of the vector.
+
+    Each site takes ``prod(unconstrained shape)`` consecutive coordinates, mapped to its
+    support by ``biject_to(support)``.
+    """
+
+    def __init__(self, sites: Iterable[tuple[str, dict]]) -> None:
+        self.sites: list[dict[str, Any]] = []
+        for name, site in sites:
+            value, fn = site["value"], site["fn"]
+            transform = biject_to(fn.support)
+            shape = tuple(transform.inv(value).shape)
+            self.sites.append(
+                {
+                    "name": name,
+                    "transform": transform,
+                    "shape": shape,
+                    "size": math.prod(shape),
+                    "event_dim": fn.event_dim,
+                    "batch_dims": value.dim() - fn.event_dim,
+                }
+            )
+        self.dim = sum(s["size"] for s in self.sites)
+
+    def describe(self) -> str:
+        """``name(shape), ...`` of the unconstrained sites."""
+        return ", ".join(f"{s['name']}{tuple(s['shape'])}" for s in self.sites)
+
+    def unpack(self, u: Tensor, nesting: int | None) -> tuple[dict[str, Tensor], Tensor]:
+        r"""Constrained values of latents (S, D) and :math:`\log|\det\partial z/\partial u|` (S,).
+
+        With ``nesting`` each value gets shape ``(S, 1, ..., *site shape)`` (its batch dims
+        right-aligned under ``nesting`` plate dims, the particle dim left of them); with
+        ``None``, ``u`` is one point (1, D) and values have the site shapes.
+        """
+        S, pos = u.shape[0], 0
+        values, log_det = {}, u.new_zeros(S)
+        for s in self.sites:
+            if nesting is None:
+                shape = s["shape"]
+            else:
+                shape = (S,) + (1,) * max(nesting - s["batch_dims"], 0) + s["shape"]
+            raw = u[..., pos : pos + s["size"]].reshape(shape)
+            value = s["transform"](raw)
+            ladj = s["transform"].log_abs_det_jacobian(raw, value)
+            # Elementwise transforms keep the event dims in their log-det: sum them first.
+            ladj = sum_rightmost(ladj, ladj.dim() - value.dim() + s["event_dim"])
+            log_det = log_det + sum_to_particles(ladj, S, nesting, u)
+            values[s["name"]] = value
+            pos += s["size"]
+        return values, log_det
+
+    def unpack_batch(self, u: Tensor) -> dict[str, Tensor]:
+        """Constrained values for latents (N, D): ``name -> (N, *site shape)``."""
+        N, pos, out = u.shape[0], 0, {}
+        for s in self.sites:
+            out[s["name"]] = s["transform"](u[:, pos : pos + s["size"]].reshape((N, *s["shape"])))
+            pos += s["size"]
+        return out
+
+
+class UnconstrainedLogDensity:
+    r""":math:`\log p(x, z(u)) + \log|\det\partial z/\partial u|` of latents (S, D) -> (S,).
+
+    Vectorised over the S points with a particle plate; for a model whose shapes do not
+    broadcast over one, a loop over points, used from then on once it works (with a warning
+    when ``warn``). Differentiable in ``u``.
+
+    Args:
+        model: the Pyro model.
+        layout: the :class:`LatentLayout` of its latent sites.
+        nesting: its plate nesting.
+        args, kwargs: its arguments.
+        warn: warn when falling back to the loop.
+
+    Example:
+        >>> def model():
+        ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        >>> trace = init_trace(model, (), {})
+        >>> density = UnconstrainedLogDensity(model, LatentLayout(trace.iter_stochastic_nodes()), 0)
+        >>> density(torch.zeros(4, 1)).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        layout: LatentLayout,
+        nesting: int,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        warn: bool = False,
+    ) -> None:
+        self.model, self.layout, self.nesting = model, layout, nesting
+        self.args, self.kwargs, self.warn = tuple(args), dict(kwargs or {}), warn
+        self.vectorize = True
+
+    def evaluate(
+        self, u: Tensor, nesting: int | None, args: tuple | None = None, kwargs: dict | None = None
+    ) -> Tensor:
+        """The log-density of latents ``u`` (S, D) in a particle plate (``nesting``), or of one
+        point (1, D) without a plate (``nesting=None``); ``args``/``kwargs`` override the
+        model's arguments given at construction."""
+        args = self.args if args is None else args
+        kwargs = self.kwargs if kwargs is None else kwargs
+        values, log_det = self.layout.unpack(u, nesting)
+        trace = particle_trace(
+            poutine.condition(self.model, values), u.shape[0], nesting, args, kwargs
+        )
+        return log_det + trace_log_joint(trace, u.shape[0], nesting, u)
+
+    def __call__(self, u: Tensor, args: tuple | None = None, kwargs: dict | None = None) -> Tensor:
+        if self.vectorize:
+            try:
+                return self.evaluate(u, self.nesting, args, kwargs)
+            except VECTORIZE_ERRORS as error:
+                reason = error
+        else:
+            reason = None
+        # Errors here are not a vectorisation problem (e.g. invalid parameter values): raise.
+        out = torch.cat([self.evaluate(row[None], None, args, kwargs) for row in u])
+        if self.vectorize:
+            # The loop works where the particle plate did not: the model's shapes do not
+            # broadcast over a particle plate, so loop from now on.
+            self.vectorize = False
+            if self.warn:
+                warnings.warn(
+                    f"the model does not vectorise over a particle plate ({reason}); "
+                    "falling back to a slow loop over samples",
+                    stacklevel=3,
+                )
+        return out
