@@ -24,13 +24,19 @@ from torch import Tensor
 
 __all__ = [
     "as_data",
+    "as_sample_shape",
+    "check_batch",
     "check_choice",
     "check_context",
     "check_count",
+    "check_dtype",
     "check_event",
     "check_features",
+    "check_finite",
     "check_flag",
+    "check_floating",
     "check_hidden",
+    "check_not_nan",
     "check_options",
     "check_real",
     "check_shape",
@@ -223,3 +229,80 @@ def check_real(what: str, value: object, low: float = 0.0, high: float = float("
         )
         raise ValueError(f"{what} must be {expected}, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def check_dtype(x: Tensor, dtype: torch.dtype | None, what: str = "value") -> None:
+    """Raise TypeError when tensor ``x`` is not of the floating ``dtype`` a model computes in
+    (``None``: any), naming both dtypes and the conversion to make.
+
+    A model's ``log_prob`` does not convert silently (a float64 value rounded to float32, or
+    integer levels read as reals, are usually mistakes); :func:`~pyroflows.infer.fit` and the
+    destructors' ``fit``, which take user data, convert it to the model's dtype instead.
+
+    Example:
+        >>> check_dtype(torch.zeros(2, dtype=torch.float64), torch.float32)
+        Traceback (most recent call last):
+        TypeError: value has dtype torch.float64 but the model computes in torch.float32; ...
+    """
+    if dtype is not None and x.dtype != dtype:
+        move = f" or move the model (model.to({x.dtype}))" if x.is_floating_point() else ""
+        raise TypeError(
+            f"{what} has dtype {x.dtype} but the model computes in {dtype}; convert it "
+            f"({what}.to({dtype})){move}"
+        )
+
+
+def check_batch(
+    value_shape: Sequence[int], batch_shape: Sequence[int], what: str = "value"
+) -> None:
+    """Raise ValueError naming both shapes when the batch dimensions ``value_shape`` of an
+    input do not broadcast with a distribution's ``batch_shape`` (the context's batch)."""
+    try:
+        torch.broadcast_shapes(torch.Size(value_shape), torch.Size(batch_shape))
+    except RuntimeError:
+        raise ValueError(
+            f"{what} has batch shape {tuple(value_shape)}, which does not broadcast with the "
+            f"distribution's batch shape {tuple(batch_shape)} (the context's rows)"
+        ) from None
+
+
+def check_not_nan(x: Tensor, what: str = "value") -> None:
+    """Raise ValueError naming ``what`` when ``x`` holds NaN (a host sync: call it only under
+    validation, ``pyro.enable_validation``)."""
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"{what} has NaN values (shape {tuple(x.shape)})")
+
+
+def check_finite(x: Tensor, what: str = "context") -> None:
+    """Raise ValueError naming ``what`` when ``x`` holds NaN or infinite values (a host sync:
+    call it only under validation, ``pyro.enable_validation``)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{what} has NaN or infinite values (shape {tuple(x.shape)})")
+
+
+def check_floating(x: Tensor, what: str = "input") -> None:
+    """Raise TypeError naming ``what`` when tensor ``x`` is not real floating point (integer,
+    bool or complex values), which a bijection cannot map."""
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} has dtype {x.dtype}; a transform maps real floating-point tensors "
+            f"(convert it: {what}.to(torch.float32) or .to(torch.float64))"
+        )
+
+
+def as_sample_shape(sample_shape: object) -> torch.Size:
+    """A ``sample_shape`` as a ``torch.Size``: an int ``n`` means ``(n,)``; a sequence of
+    non-negative ints is kept; TypeError otherwise.
+
+    Example:
+        >>> as_sample_shape(5), as_sample_shape((2, 3))
+        (torch.Size([5]), torch.Size([2, 3]))
+    """
+    if _is_count(sample_shape, 0):
+        return torch.Size((operator.index(sample_shape),))  # type: ignore[arg-type]
+    if isinstance(sample_shape, Sequence) and all(_is_count(v, 0) for v in sample_shape):
+        return torch.Size(operator.index(v) for v in sample_shape)
+    raise TypeError(
+        "sample_shape must be a tuple of non-negative integers such as (5,) (or an int n for "
+        f"(n,)), got {sample_shape!r}"
+    )

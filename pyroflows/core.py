@@ -11,18 +11,108 @@ the log-determinant summed over the event's values. A :class:`Flow` meets the
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from .checks import check_context, check_event
-from .transforms.base import Bijection, Compose, real_events
+from .checks import (
+    as_sample_shape,
+    check_batch,
+    check_context,
+    check_dtype,
+    check_event,
+    check_finite,
+    check_not_nan,
+)
+from .transforms.base import Bijection, Compose
+from .transforms.conventions import real_events
 
-__all__ = ["Flow", "FlowDistribution", "StandardNormal", "StandardNormalDistribution"]
+__all__ = [
+    "Flow",
+    "FlowDistribution",
+    "StandardNormal",
+    "StandardNormalDistribution",
+    "Transactional",
+    "transaction",
+]
+
+
+@contextmanager
+def transaction(module: nn.Module) -> Iterator[None]:
+    """Run a block that changes ``module``; on any exception (KeyboardInterrupt included)
+    put the module and every submodule back exactly as they were, then re-raise.
+
+    The snapshot holds a copy of every parameter and buffer value and each submodule's
+    attributes (its parameter, buffer and submodule tables, its flags, lists and dicts one
+    level deep), so what a failed ``load_state_dict`` or ``fit`` rebuilt (a deep destructor's
+    layer list and codes, a ``fitted`` flag, a dtype changed by ``.to``) is undone too. The
+    parameter objects themselves are kept (an optimizer holding them stays valid).
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> before = layer.weight.detach().clone()
+        >>> try:
+        ...     with transaction(layer):
+        ...         _ = layer.weight.data.zero_()
+        ...         raise RuntimeError("midway")
+        ... except RuntimeError:
+        ...     pass
+        >>> torch.equal(layer.weight, before)
+        True
+    """
+    saved = _snapshot(module)
+    try:
+        yield
+    except BaseException:
+        _restore(saved)
+        raise
+
+
+def _snapshot(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list]]:
+    saved = []
+    for sub in module.modules():
+        attributes = {
+            k: copy.copy(v) if isinstance(v, list | dict | set) else v
+            for k, v in sub.__dict__.items()
+        }
+        tensors = [
+            (t, t.detach().clone())
+            for table in ("_parameters", "_buffers")
+            for t in sub.__dict__[table].values()
+            if t is not None
+        ]
+        saved.append((sub, attributes, tensors))
+    return saved
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, Any], list]]) -> None:
+    with torch.no_grad():
+        for sub, attributes, tensors in saved:
+            sub.__dict__.clear()
+            sub.__dict__.update(attributes)
+            for tensor, value in tensors:
+                kept = tensor.shape == value.shape and tensor.dtype == value.dtype
+                if kept and tensor.device == value.device:
+                    tensor.copy_(value)
+                else:  # a .to() or a resize swapped the storage: put the old one back
+                    tensor.data = value
+
+
+class Transactional(nn.Module):
+    """Mixin: ``load_state_dict`` either loads everything or raises and changes nothing
+    (through :func:`transaction`), whatever the error: missing or unexpected keys, a wrong
+    shape, a rebuild that fails."""
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        with transaction(self):
+            return super().load_state_dict(*args, **kwargs)
 
 
 class StandardNormalDistribution(dist.TorchDistribution):
@@ -114,7 +204,14 @@ class FlowDistribution(dist.TransformedDistribution):
     arg_constraints: dict = {}
     has_rsample = True
 
-    def __init__(self, base: dist.TorchDistribution, transform, validate_args=None) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        base: dist.TorchDistribution,
+        transform,  # noqa: ANN001
+        validate_args: bool | None = None,
+        *,
+        support: constraints.Constraint | None = None,
+    ) -> None:
         self.transform = transform
         self.features = transform.features
         if tuple(base.event_shape) != tuple(transform.base_shape):
@@ -127,28 +224,69 @@ class FlowDistribution(dist.TransformedDistribution):
         # same attributes directly.
         self.base_dist = base
         self.transforms = [transform]
+        self._support = support
+        # Pyro's public switch (pyro.enable_validation) unless the caller says otherwise.
+        self.validates = (
+            dist.is_validation_enabled() if validate_args is None else bool(validate_args)
+        )
         torch.distributions.Distribution.__init__(
             self, base.batch_shape, torch.Size(transform.shape), validate_args=validate_args
         )
 
     @property
     def support(self) -> constraints.Constraint:  # type: ignore[override]
-        return real_events(len(self.event_shape))
+        """The data's support: all real events, or what the flow was built with (the unit
+        cube ``independent(unit_interval, 1)`` for a destructor on the cube)."""
+        return real_events(len(self.event_shape)) if self._support is None else self._support
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype the flow computes in (its base's), or ``None`` when the base does not say."""
+        try:
+            return self.base_dist.mean.dtype
+        except (NotImplementedError, AttributeError, RuntimeError):
+            return None
 
     def _check(self, x: Tensor) -> None:
         check_event(x, self.event_shape, "value")
+        check_dtype(x, self.dtype, "value")
+        check_batch(x.shape[: x.dim() - len(self.event_shape)], self.batch_shape, "value")
+        if self.validates:
+            check_not_nan(x, "value")
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """:math:`\\log p(x)`; shape ``value.shape[:-len(event_shape)]`` broadcast with the batch
-        shape."""
+        r""":math:`\log p(x)`; shape ``value.shape[:-len(event_shape)]`` broadcast with the batch
+        shape; ``-inf`` outside the flow's :attr:`support`.
+
+        Raises TypeError for a value whose dtype is not the flow's, ValueError for a wrong event
+        shape, batch dimensions that do not broadcast with the batch shape or (under
+        ``pyro.enable_validation``, Pyro's default) NaN values.
+        """
         self._check(value)
+        # An infinite entry: the density vanishes there (-inf), evaluated at a finite stand-in
+        # (static shapes; the transforms would give NaN at inf).
+        infinite = torch.isinf(value)
+        at_infinity = infinite.flatten(value.dim() - len(self.event_shape)).any(-1)
+        value = torch.where(infinite, torch.zeros_like(value), value)
+        if self._support is None:
+            z, ladj = self.transform.inverse_and_ladj(value)
+            log_prob = self.base_dist.log_prob(z) + ladj
+            return torch.where(at_infinity, torch.full_like(log_prob, -torch.inf), log_prob)
+        # Evaluate at a point of the support (static shapes, finite gradients), then mask.
+        inside = self._support.check(value) & ~at_infinity
+        if getattr(self._support, "base_constraint", self._support) is constraints.unit_interval:
+            value = value.clamp(0, 1)
         z, ladj = self.transform.inverse_and_ladj(value)
-        return self.base_dist.log_prob(z) + ladj
+        log_prob = self.base_dist.log_prob(z) + ladj
+        return torch.where(inside, log_prob, torch.full_like(log_prob, -torch.inf))
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Reparametrised samples ``sample_shape + batch_shape + event_shape`` (an int ``n``
+        means ``(n,)``)."""
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Samples without gradient; ``sample_shape`` as in :meth:`rsample`."""
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -158,19 +296,25 @@ class FlowDistribution(dist.TransformedDistribution):
         """Reparametrised samples and their log-density from one forward pass.
 
         Returns ``(x, log_prob)`` with shapes ``sample_shape + batch_shape + event_shape``
-        and ``sample_shape + batch_shape``.
+        and ``sample_shape + batch_shape``. An int ``n`` means ``(n,)``; anything but ints
+        raises TypeError.
         """
-        z = self.base_dist.rsample(sample_shape)
+        z = self.base_dist.rsample(as_sample_shape(sample_shape))
         x, ladj = self.transform.call_and_ladj(z)
         return x, self.base_dist.log_prob(z) - ladj
 
     def expand(self, batch_shape, _instance=None) -> FlowDistribution:  # noqa: ANN001
         # The transform broadcasts over batch dims, so only the base needs expanding; this is
         # what pyro.plate calls on a flow used as a prior inside a plate.
-        return FlowDistribution(self.base_dist.expand(torch.Size(batch_shape)), self.transform)
+        return FlowDistribution(
+            self.base_dist.expand(torch.Size(batch_shape)),
+            self.transform,
+            self.validates,
+            support=self._support,
+        )
 
 
-class Flow(nn.Module):
+class Flow(Transactional, nn.Module):
     r"""A normalizing flow: a base distribution and a stack of bijections, as a module, over
     any event shape.
 
@@ -184,10 +328,18 @@ class Flow(nn.Module):
             one's ``base_shape``.
         base: a module returning the base distribution given a batch shape; default
             :class:`StandardNormal` over the first bijection's ``base_shape``.
+        support: the data's support when narrower than all real events (a destructor's flow
+            on the cube has ``independent(unit_interval, 1)``): ``log_prob`` is ``-inf``
+            outside it.
 
     Attributes: ``event_shape`` (``torch.Size``, the data's event shape), ``features`` (its
     number of values), ``context_features`` (``0`` when unconditional); a flow meets the
     :class:`~pyroflows.protocol.DensityModel` protocol.
+
+    ``load_state_dict`` is transactional (:class:`Transactional`): it loads everything or
+    raises and leaves the flow as it was. ``log_prob`` refuses a value of another dtype
+    (TypeError naming both; :func:`~pyroflows.infer.fit` converts data for you) and, under
+    ``pyro.enable_validation`` (Pyro's default), NaN in the value or the context (ValueError).
 
     Shapes: without context, ``flow().log_prob(x)`` maps ``(..., *event_shape)`` to ``(...)``.
     With a context of shape (B, c), ``flow(c)`` has batch shape (B,), ``log_prob`` takes
@@ -204,13 +356,19 @@ class Flow(nn.Module):
         (torch.Size([1, 4, 4]), torch.Size([3]))
     """
 
-    def __init__(self, transforms: Sequence[Bijection], base: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        transforms: Sequence[Bijection],
+        base: nn.Module | None = None,
+        support: constraints.Constraint | None = None,
+    ) -> None:
         super().__init__()
         self.bijection = Compose(transforms)
         self.event_shape = torch.Size(self.bijection.shape)
         self.features = self.bijection.features
         self.context_features = self.bijection.context_features
         self.base = StandardNormal(self.bijection.base_shape) if base is None else base
+        self.support = support
         self.config: dict | None = None
 
     @property
@@ -226,11 +384,21 @@ class Flow(nn.Module):
         """The distribution :math:`p(x \\mid c)`; call the flow, ``flow(context)``, rather than this.
 
         Raises ValueError when a conditional flow gets no context, or an unconditional one gets
-        one.
+        one, or (under ``pyro.enable_validation``, Pyro's default) a context with NaN values;
+        TypeError for a context whose dtype is not the flow's.
         """
         check_context(context, self.context_features)
         batch_shape = torch.Size() if context is None else context.shape[:-1]
-        return FlowDistribution(self.base(batch_shape), self.transform(context))
+        distribution = FlowDistribution(
+            self.base(batch_shape),
+            self.transform(context),
+            support=getattr(self, "support", None),
+        )
+        if context is not None:
+            check_dtype(context, distribution.dtype, "context")
+            if distribution.validates:
+                check_finite(context, "context")
+        return distribution
 
     def extra_repr(self) -> str:
         shape = tuple(self.event_shape)

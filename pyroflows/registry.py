@@ -173,9 +173,20 @@ class Registry:
             "name": name,
             "features": config_features,
             "context": context,
-            "options": dict(options),
+            "options": {key: _plain(value) for key, value in options.items()},
         }
         return model
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars made Python numbers (inside tuples and lists too), so a
+    saved config loads under ``torch.load(weights_only=True)``."""
+    if isinstance(value, tuple | list):
+        return type(value)(_plain(v) for v in value)
+    item = getattr(value, "item", None)
+    if type(value).__module__ == "numpy" and callable(item):
+        return item()
+    return value
 
 
 #: The registry every family registers into (``pyroflows.flows``, ``pyroflows.density``,

@@ -46,3 +46,23 @@ def tol(dtype: torch.dtype) -> dict[str, float]:
     if dtype == torch.float64:
         return {"roundtrip": 1e-8, "logdet": 1e-6}
     return {"roundtrip": 1e-3, "logdet": 1e-3}
+
+
+# -- Hypothesis profiles (the drawn property, tail and fuzz tests) --------------------------------
+# "ci" (default): few examples, derandomized (deterministic CI); "slow": many more. Choose with
+# HYPOTHESIS_PROFILE=slow or pytest's --hypothesis-profile=slow. Tests scale their own counts by
+# the profile's max_examples (10 for ci, 100 for slow).
+try:
+    import os
+
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # hypothesis is in the `test` extra; without it those files fail to import
+    pass
+else:
+    _hypothesis_settings.register_profile(
+        "ci", max_examples=10, deadline=None, derandomize=True, print_blob=True
+    )
+    _hypothesis_settings.register_profile(
+        "slow", max_examples=100, deadline=None, derandomize=True, print_blob=True
+    )
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import pyroflows
 from pyroflows.flows import available, build
 
 
@@ -100,3 +101,45 @@ def test_load_rejects_foreign_files(tmp_path):
 
     with pytest.raises(ValueError, match="build"):
         save(Flow([LULinear(2)]), tmp_path / "x.pt")
+
+
+def test_numpy_integer_sizes_are_accepted(tmp_path):
+    import numpy as np
+
+    from pyroflows.destructors import build as build_destructor
+    from pyroflows.flows import load, save
+    from pyroflows.transforms import LULinear
+
+    flow = build("maf", np.int64(3), context=np.int64(2), transforms=1, hidden=(4,))
+    assert flow.features == 3 and type(flow.config["features"]) is int
+    assert build("nsf", np.int64(2), transforms=1, hidden=(np.int64(4),)).features == 2
+    save(flow, tmp_path / "flow.pt")  # the config stays plain ints (weights_only loading)
+    assert load(tmp_path / "flow.pt").features == 3
+    assert LULinear(np.int64(3)).features == 3
+    assert build_destructor("histogram", np.int64(3)).features == 3
+
+
+def test_a_damaged_model_file_names_the_file(tmp_path):
+    from pyroflows.flows import load, save
+
+    flow = build("maf", 2, transforms=1, hidden=(4,))
+    save(flow, tmp_path / "flow.pt")
+    payload = torch.load(tmp_path / "flow.pt", weights_only=True)
+    payload["state_dict"].popitem()
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="damaged.pt.*cannot be rebuilt"):
+        load(tmp_path / "damaged.pt")
+
+
+def test_numpy_sizes_in_options_survive_save_and_load(tmp_path) -> None:
+    """A preset built with NumPy integers in its options saves a config that loads back
+    (``torch.load(weights_only=True)`` refuses NumPy scalars)."""
+    import numpy as np
+
+    flow = pyroflows.flows.build("maf", np.int64(2), transforms=np.int64(1), hidden=(np.int64(4),))
+    assert type(flow.config["options"]["hidden"][0]) is int
+    path = tmp_path / "flow.pt"
+    pyroflows.flows.save(flow, path)
+    loaded = pyroflows.flows.load(path)
+    x = torch.randn(3, 2, dtype=next(flow.parameters()).dtype)
+    assert torch.equal(loaded().log_prob(x), flow().log_prob(x))

@@ -12,7 +12,6 @@ import torch
 
 from .. import flows
 from ..data.files import load_array
-from ..infer import fit as fit_flow
 from ..plots.evaluate import sample_in_chunks, seeded
 from .errors import CommandError
 from .models import (
@@ -22,6 +21,7 @@ from .models import (
     check_flow_name,
     check_output,
     dtype_of,
+    fit_flow,
     load_model,
     log_prob,
     write_table,
@@ -65,12 +65,9 @@ def fit_command(args: argparse.Namespace) -> int:
         result = fit_flow(
             flow,
             data,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
+            args,
             validation=args.validation,
             patience=args.patience,
-            seed=args.seed,
             progress=None if not args.quiet else False,
         )
     best = result.history[result.best_epoch - 1]

@@ -14,9 +14,8 @@ import torch
 
 from ..core import Flow
 from ..data.toy import toy
-from ..infer import fit as fit_flow
 from ..plots.evaluate import seeded
-from .models import build_flow, check_flow_name, check_output, log_prob
+from .models import build_flow, check_flow_name, check_output, fit_flow, log_prob
 
 __all__ = ["demo_command", "gaussian_loglik"]
 
@@ -75,15 +74,7 @@ def demo_command(args: argparse.Namespace) -> int:
         flow = build_flow(args.flow, 2, None, {}).to(args.device, dtype)
         parameters = sum(p.numel() for p in flow.parameters())
         print(f"fitting {parameters:,} parameters for at most {args.epochs} epochs ...")
-        result = fit_flow(
-            flow,
-            train,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
+        result = fit_flow(flow, train, args, progress=not args.quiet)
         flow.eval()
         train_ll = float(np.mean(log_prob(flow, train.numpy())))
         test_ll = float(np.mean(log_prob(flow, test.numpy())))

@@ -1,12 +1,15 @@
 """What the commands do with flows and files: check a flow name and an output path before any
-work, build or load a flow, score rows in chunks and write a table in the model's precision."""
+work, build, train or load a flow, score rows in chunks and write a table in the model's
+precision."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ import torch
 from .. import flows
 from ..core import Flow
 from ..data.files import save_array
+from ..infer import FitResult, fit
 from ..plots.evaluate import log_prob_in_chunks
 from .errors import CommandError
 
@@ -24,6 +28,7 @@ __all__ = [
     "check_flow_name",
     "check_output",
     "dtype_of",
+    "fit_flow",
     "load_model",
     "log_prob",
     "write_table",
@@ -67,6 +72,20 @@ def build_flow(name: str, features: int, data: np.ndarray | None, options: dict)
         return flows.build(name, features, standardize=data, **options)
     except TypeError as error:  # unknown options for this preset
         raise CommandError(str(error)) from None
+
+
+def fit_flow(flow: Flow, data: Any, args: argparse.Namespace, **options: Any) -> FitResult:
+    """Fit ``flow`` to ``data`` with a training command's ``--epochs``, ``--batch-size``,
+    ``--lr`` and ``--seed``; ``options`` go to :func:`pyroflows.infer.fit` as well."""
+    return fit(
+        flow,
+        data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        **options,
+    )
 
 
 def load_model(path: str, device: torch.device) -> Flow:

@@ -7,37 +7,21 @@ exact ``log_prob`` and sequential sampling, usable in ``pyro.sample`` and as a f
 (:class:`DensityBase`).
 """
 
-from . import made, nade, pixelcnn  # noqa: F401  (registers the models)
-from .base import (
-    AutoregressiveDistribution,
-    AutoregressiveModel,
-    Bernoulli,
-    Conditional,
-    DensityBase,
-    Gaussian,
-    MixtureOfGaussians,
-    make_orders,
-)
+from . import base, made, nade, pixelcnn  # noqa: F401  (registers the models)
+from .base import *  # noqa: F403  (re-exports base.__all__)
 from .made import MADEDensity
 from .nade import NADE
 from .pixelcnn import PixelCNN, PixelCNNDistribution
 from .registry import available, build, preset, register
 
 __all__ = [
-    "NADE",
-    "AutoregressiveDistribution",
-    "AutoregressiveModel",
-    "Bernoulli",
-    "Conditional",
-    "DensityBase",
-    "Gaussian",
+    *base.__all__,  # the conditionals, AutoregressiveModel, DensityBase, make_orders
     "MADEDensity",
-    "MixtureOfGaussians",
+    "NADE",
     "PixelCNN",
     "PixelCNNDistribution",
     "available",
     "build",
-    "make_orders",
     "preset",
     "register",
 ]

@@ -20,7 +20,14 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from ..checks import check_context, check_count, check_features, check_real
+from ..checks import (
+    check_batch,
+    check_context,
+    check_count,
+    check_features,
+    check_not_nan,
+    check_real,
+)
 from ..nn import check_order
 from ..transforms.elementwise import soft_clamp
 
@@ -291,8 +298,24 @@ class AutoregressiveDistribution(dist.TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         check_features(value, self.model.features, "value")
+        discrete = self.model.conditional.support.is_discrete
+        if value.is_complex() or not (value.is_floating_point() or discrete):
+            raise TypeError(
+                f"value has dtype {value.dtype}; this model takes real floating-point values"
+            )
+        check_batch(value.shape[:-1], self.batch_shape, "value")
+        if dist.is_validation_enabled() and not torch.compiler.is_compiling():
+            check_not_nan(value, "value")
         self.model.conditional.check(value)
+        if not discrete:
+            # An infinite entry: the density vanishes there (-inf), evaluated at a finite
+            # stand-in (static shapes; the networks would give NaN at inf).
+            infinite = torch.isinf(value)
+            at_infinity = infinite.any(-1)
+            value = torch.where(infinite, torch.zeros_like(value), value)
         log_prob = self.model._log_prob(value, self.context)
+        if not discrete:
+            log_prob = torch.where(at_infinity, torch.full_like(log_prob, -torch.inf), log_prob)
         if len(self.batch_shape):
             log_prob = log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
         return log_prob

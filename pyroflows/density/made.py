@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_count
 from ..nn import MADE
+from ..nn.options import passes_keywords_to
 from .base import (
     AutoregressiveModel,
     Bernoulli,
@@ -24,6 +26,7 @@ from .registry import register
 __all__ = ["MADEDensity", "made", "made_bernoulli", "made_mog"]
 
 
+@passes_keywords_to(MADE, "hidden", "activation", "residual")
 class MADEDensity(AutoregressiveModel):
     r"""An autoregressive density whose conditionals' parameters come from a MADE (Germain,
     Gregor, Murray & Larochelle, ICML 2015, https://arxiv.org/abs/1502.03509):
@@ -46,14 +49,14 @@ class MADEDensity(AutoregressiveModel):
         conditional: the one-dimensional family (:class:`~pyroflows.density.Gaussian`,
             :class:`~pyroflows.density.MixtureOfGaussians`, :class:`~pyroflows.density.Bernoulli`).
         context: size of the conditioning vector (``0``: unconditional).
-        hidden: MADE hidden widths.
         order: ``"natural"``, ``"reversed"``, ``"random"``, a permutation or a list of them
             (see :func:`~pyroflows.density.make_orders`; ``order[i]`` is the position of
             feature ``i``).
         orderings: number of random orderings averaged (with ``order="random"``).
         seed: seed of the random orderings.
-        activation, residual: as for :class:`~pyroflows.nn.MADE`.
         tied: share the weights between orderings.
+        made: ``hidden``, ``activation`` and ``residual`` of each ordering's
+            :class:`~pyroflows.nn.MADE`.
 
     Shapes: ``model(context).log_prob`` maps (..., d) to (...); see
     :class:`~pyroflows.density.AutoregressiveDistribution`.
@@ -69,13 +72,12 @@ class MADEDensity(AutoregressiveModel):
         features: int,
         conditional: Conditional,
         context: int = 0,
-        hidden: Sequence[int] = (64, 64),
+        *,
         order: str | Sequence = "natural",
         orderings: int = 1,
         seed: int = 0,
-        activation: str = "relu",
-        residual: bool = False,
         tied: bool = True,
+        **made: Any,
     ) -> None:
         super().__init__()
         check_count("features", features, 1)
@@ -88,16 +90,7 @@ class MADEDensity(AutoregressiveModel):
         self.conditional = conditional
         nets = []
         for o in orders:
-            net = MADE(
-                features,
-                conditional.num_params,
-                hidden,
-                context,
-                o,
-                activation,
-                residual,
-                zero_output=True,
-            )
+            net = MADE(features, conditional.num_params, context=context, order=o, **made)
             with torch.no_grad():
                 net.output.bias.copy_(conditional.init_bias().repeat(features))
             nets.append(net)
@@ -160,53 +153,26 @@ class MADEDensity(AutoregressiveModel):
 
 @register("made")
 def made(
-    features: int,
-    context: int = 0,
-    hidden: Sequence[int] = (64, 64),
-    order: str | Sequence = "natural",
-    orderings: int = 1,
-    seed: int = 0,
-    activation: str = "relu",
-    residual: bool = False,
-    tied: bool = True,
-    log_scale_bound: float = 7.0,
+    features: int, context: int = 0, log_scale_bound: float = 7.0, **options: Any
 ) -> MADEDensity:
     r"""MADE with Gaussian conditionals (Germain et al. 2015; the "MADE" of Papamakarios,
     Pavlakou & Murray, NeurIPS 2017, https://arxiv.org/abs/1705.07057): :math:`x_i \mid x_{<i} \sim \mathcal N(\mu_i, \sigma_i^2)`.
     Equal to a one-layer MAF; exact ``log_prob`` in one pass, reparametrised sampling in
     ``features`` passes.
 
-    Options: ``hidden``, ``order``, ``orderings``, ``seed``, ``activation``, ``residual``,
-    ``tied`` (see :class:`MADEDensity`), ``log_scale_bound`` (soft bound on
-    :math:`|\log\sigma_i|`).
+    Options: ``log_scale_bound`` (soft bound on :math:`|\log\sigma_i|`); the others are
+    :class:`MADEDensity`'s keywords (``hidden``, ``order``, ``orderings``, ...).
     """
-    return MADEDensity(
-        features,
-        Gaussian(log_scale_bound),
-        context,
-        hidden,
-        order,
-        orderings,
-        seed,
-        activation,
-        residual,
-        tied,
-    )
+    return MADEDensity(features, Gaussian(log_scale_bound), context, **options)
 
 
 @register("made-mog")
 def made_mog(
     features: int,
     context: int = 0,
-    hidden: Sequence[int] = (64, 64),
     components: int = 10,
-    order: str | Sequence = "natural",
-    orderings: int = 1,
-    seed: int = 0,
-    activation: str = "relu",
-    residual: bool = False,
-    tied: bool = True,
     log_scale_bound: float = 7.0,
+    **options: Any,
 ) -> MADEDensity:
     r"""MADE MoG (Papamakarios, Pavlakou & Murray, NeurIPS 2017): each conditional is a
     mixture of ``components`` Gaussians,
@@ -216,32 +182,12 @@ def made_mog(
 
     Options: as :func:`made`, plus ``components`` (:math:`K`, 10 in the paper).
     """
-    return MADEDensity(
-        features,
-        MixtureOfGaussians(components, log_scale_bound),
-        context,
-        hidden,
-        order,
-        orderings,
-        seed,
-        activation,
-        residual,
-        tied,
-    )
+    conditional = MixtureOfGaussians(components, log_scale_bound)
+    return MADEDensity(features, conditional, context, **options)
 
 
 @register("made-bernoulli")
-def made_bernoulli(
-    features: int,
-    context: int = 0,
-    hidden: Sequence[int] = (64, 64),
-    order: str | Sequence = "natural",
-    orderings: int = 1,
-    seed: int = 0,
-    activation: str = "relu",
-    residual: bool = False,
-    tied: bool = True,
-) -> MADEDensity:
+def made_bernoulli(features: int, context: int = 0, **options: Any) -> MADEDensity:
     r"""MADE for binary data, the model of Germain, Gregor, Murray & Larochelle (ICML 2015):
     :math:`p(x_i = 1 \mid x_{<i}) = \sigma(\ell_i(x_{<i}))`, so
 
@@ -252,14 +198,18 @@ def made_bernoulli(
     likelihood over sampled orderings and connectivities the same way). ``log_prob`` of
     anything but 0/1 values raises ValueError.
 
-    Options: ``hidden``, ``order``, ``orderings``, ``seed``, ``activation``, ``residual``,
-    ``tied`` (see :class:`MADEDensity`).
+    Options: :class:`MADEDensity`'s keywords (``hidden``, ``order``, ``orderings``, ...).
 
     Example:
         >>> model = made_bernoulli(4, hidden=(16,))
         >>> model().sample((3,)).shape
         torch.Size([3, 4])
     """
-    return MADEDensity(
-        features, Bernoulli(), context, hidden, order, orderings, seed, activation, residual, tied
-    )
+    return MADEDensity(features, Bernoulli(), context, **options)
+
+
+# The factories pass their other options to MADEDensity, whose keywords (less the conditional,
+# which each sets) they accept and check (see pyroflows.checks.check_options).
+for _factory in (made, made_mog, made_bernoulli):
+    _factory.passes_options_to = MADEDensity  # type: ignore[attr-defined]
+    _factory.fixed_options = ("conditional",)  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -138,48 +139,40 @@ class NADE(AutoregressiveModel):
 
 
 @register("nade")
-def nade(
-    features: int,
-    context: int = 0,
-    hidden: int = 64,
-    order: str | Sequence[int] = "natural",
-    seed: int = 0,
-    activation: str = "sigmoid",
-) -> NADE:
+def nade(features: int, context: int = 0, **options: Any) -> NADE:
     r"""NADE for binary data (Larochelle & Murray, AISTATS 2011):
     :math:`p(x_t = 1 \mid x_{<t}) = \sigma(V_t^\top h_t + b_t)` with the weight-tied hidden
     layer of :class:`NADE`. ``log_prob`` of anything but 0/1 values raises ValueError.
 
-    Options: ``hidden`` (:math:`H`), ``order``, ``seed``, ``activation``.
+    Options: :class:`NADE`'s keywords (``hidden``, ``order``, ``seed``, ``activation``).
     """
-    return NADE(features, Bernoulli(), context, hidden, order, seed, activation)
+    return NADE(features, Bernoulli(), context, rescale=False, **options)
 
 
 @register("rnade")
 def rnade(
     features: int,
     context: int = 0,
-    hidden: int = 64,
     components: int = 10,
-    order: str | Sequence[int] = "natural",
-    seed: int = 0,
     activation: str = "relu",
     log_scale_bound: float = 7.0,
+    **options: Any,
 ) -> NADE:
     r"""RNADE for real data (Uria, Murray & Larochelle, NeurIPS 2013): NADE's hidden layer
     with learned rescaling :math:`\rho_t`, and a mixture of ``components`` Gaussians per
     conditional (mixing logits, means and log-scales all read from :math:`h_t`).
 
-    Options: ``hidden``, ``components``, ``order``, ``seed``, ``activation`` (``"relu"``, as
-    in Uria et al.'s experiments; ``"sigmoid"`` is the paper's formula), ``log_scale_bound``.
+    Options: ``components``, ``log_scale_bound`` (of the
+    :class:`~pyroflows.density.MixtureOfGaussians`), ``activation`` (``"relu"``, as in Uria
+    et al.'s experiments; ``"sigmoid"`` is the paper's formula); the others are
+    :class:`NADE`'s keywords (``hidden``, ``order``, ``seed``).
     """
-    return NADE(
-        features,
-        MixtureOfGaussians(components, log_scale_bound),
-        context,
-        hidden,
-        order,
-        seed,
-        activation,
-        rescale=True,
-    )
+    conditional = MixtureOfGaussians(components, log_scale_bound)
+    return NADE(features, conditional, context, activation=activation, rescale=True, **options)
+
+
+# The factories pass their other options to NADE, whose keywords (less the conditional and the
+# rescaling, which each sets) they accept and check (see pyroflows.checks.check_options).
+for _factory in (nade, rnade):
+    _factory.passes_options_to = NADE  # type: ignore[attr-defined]
+    _factory.fixed_options = ("conditional", "rescale")  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ a pixel, channel by channel (:math:`C H W` passes).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -23,7 +24,8 @@ from torch.distributions import constraints
 
 from ..checks import check_choice, check_count
 from ..nn.masked_conv import PixelCNNConditioner
-from ..transforms.base import check_image_shape
+from ..nn.options import passes_keywords_to
+from ..transforms.conventions import check_image_shape
 from .registry import register
 
 __all__ = ["LIKELIHOODS", "PixelCNN", "PixelCNNDistribution", "pixelcnn"]
@@ -43,6 +45,9 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(small, torch.log(-torch.expm1(-x_small)), torch.log1p(-torch.exp(-x_large)))
 
 
+@passes_keywords_to(
+    PixelCNNConditioner, "hidden", "blocks", "kernel_size", "first_kernel_size", "activation"
+)
 class PixelCNN(nn.Module):
     r"""A small PixelCNN density model :math:`p(x \mid c)` over images of a fixed shape.
 
@@ -63,11 +68,9 @@ class PixelCNN(nn.Module):
         likelihood: one of :data:`LIKELIHOODS`.
         levels: number of discrete values per channel for ``categorical``/``logistic``.
         mixtures: logistic components :math:`K` for ``logistic``.
-        hidden: feature maps per layer.
-        blocks: residual mask-B blocks.
-        kernel_size: residual-block kernel size; ``first_kernel_size``: mask-A kernel size.
         context: size of an optional conditioning vector (class label embedding, ...).
-        activation: non-linearity name.
+        network: the options of the :class:`~pyroflows.nn.PixelCNNConditioner` (``hidden``,
+            ``blocks``, ``kernel_size``, ``first_kernel_size``, ``activation``).
 
     Example:
         >>> model = PixelCNN((1, 4, 4), "bernoulli", hidden=8, blocks=1)
@@ -82,12 +85,9 @@ class PixelCNN(nn.Module):
         likelihood: str = "bernoulli",
         levels: int = 256,
         mixtures: int = 5,
-        hidden: int = 64,
-        blocks: int = 4,
-        kernel_size: int = 3,
-        first_kernel_size: int = 7,
+        *,
         context: int = 0,
-        activation: str = "relu",
+        **network: Any,
     ) -> None:
         super().__init__()
         shape = check_image_shape(shape)
@@ -101,9 +101,7 @@ class PixelCNN(nn.Module):
         self.mixtures = mixtures
         self.context_features = context
         params = {"bernoulli": 1, "categorical": levels, "logistic": 3 * mixtures}[likelihood]
-        self.net = PixelCNNConditioner(
-            shape[0], params, hidden, blocks, kernel_size, first_kernel_size, context, activation
-        )
+        self.net = PixelCNNConditioner(shape[0], params, context=context, **network)
 
     def forward(self, context: Tensor | None = None) -> PixelCNNDistribution:
         """The distribution :math:`p(x \\mid c)`; batch shape ``context.shape[:-1]``."""

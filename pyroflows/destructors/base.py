@@ -42,15 +42,15 @@ finite point.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.distributions import constraints
 
 from ..checks import check_features
-from ..core import Flow
+from ..core import Flow, Transactional, transaction
 from ..nn.device import module_device_dtype
 from ..transforms.base import Bijection, Inverse
 from .cube import StandardNormalCdf, UnitCube
@@ -96,7 +96,7 @@ def mark_fitted(module: nn.Module) -> None:
             sub.fitted.fill_(True)
 
 
-class Destructor(Bijection):
+class Destructor(Transactional, Bijection):
     """Base class of density destructors: data :math:`\\to [0,1]^d`, log-det = log-density.
 
     Subclasses implement ``call_and_ladj`` (data to cube, with :math:`\\log p(x)`),
@@ -191,15 +191,27 @@ class Destructor(Bijection):
         A floating-point tensor ``x`` moves the destructor to ``x``'s device and dtype first
         (other array-likes use the destructor's own). Raises ``ValueError`` for a wrong shape,
         NaN/inf, data outside :attr:`domain`, fewer than :meth:`min_points` points, bad
-        weights, or (where the density needs it) zero-variance columns; on any error the
-        previous fitted state is restored.
+        weights, or (where the density needs it) zero-variance columns. A fit is a
+        transaction: on any error, KeyboardInterrupt included, the destructor is left exactly
+        as before the call (values, dtype, layers, ``fitted`` flags), and the error re-raised.
 
         Args:
             x: training data.
             weights: optional non-negative per-point weights (n,), not all zero.
         """
-        if isinstance(x, Tensor) and x.is_floating_point():
-            self.to(device=x.device, dtype=x.dtype)
+        # One transaction: the dtype move, the checks and the fit all undo on any exception
+        # (KeyboardInterrupt included), so the destructor is left exactly as it was.
+        with transaction(self):
+            if isinstance(x, Tensor) and x.is_floating_point():
+                self.to(device=x.device, dtype=x.dtype)
+            x, w = self._fit_inputs(x, weights)
+            with torch.no_grad():
+                self._fit(x.detach(), w)
+                mark_fitted(self)
+        return self
+
+    def _fit_inputs(self, x: Any, weights: Any) -> tuple[Tensor, Tensor]:
+        """``fit``'s data (n, features) and normalised weights (n,), checked."""
         x = self._as_input(x, "fit data")
         if x.dim() != 2:
             raise ValueError(f"fit data must have shape (n, {self.features}), got {tuple(x.shape)}")
@@ -211,23 +223,14 @@ class Destructor(Bijection):
                 f"{self.features} dimensions, got {n}"
             )
         if weights is None:
-            w = torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
-        else:
-            w = torch.as_tensor(weights).to(device=x.device, dtype=x.dtype).reshape(-1)
-            if w.shape[0] != n:
-                raise ValueError(f"weights has {w.shape[0]} values but the data has {n} rows")
-            if not torch.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
-                raise ValueError("weights must be finite and non-negative with a positive sum")
-            w = w / w.sum()
-        state = copy.deepcopy(self.state_dict())
-        try:
-            with torch.no_grad():
-                self._fit(x.detach(), w)
-                mark_fitted(self)
-        except BaseException:
-            self.load_state_dict(state)
-            raise
-        return self
+            return x, torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+        w = torch.as_tensor(weights).to(device=x.device, dtype=x.dtype)
+        if tuple(w.shape) not in ((n,), (n, 1)):
+            raise ValueError(f"weights must have shape ({n},) for {n} rows, got {tuple(w.shape)}")
+        w = w.reshape(n)
+        if not torch.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+            raise ValueError("weights must be finite and non-negative with a positive sum")
+        return x, w / w.sum()
 
     def to_uniform(self, x: Tensor | np.ndarray) -> Tensor:
         """:math:`u = D(x)`: data (..., features) to the unit cube (checked: finite, inside the
@@ -273,13 +276,20 @@ class Destructor(Bijection):
                 ``Inverse(destructor)`` (exact); ``"normal"``: standard normal base, a
                 :math:`\\Phi` layer, then ``Inverse(destructor)`` (a real-valued latent, e.g.
                 for code that assumes one).
+
+        For a destructor on the cube (``domain == "unit"``) the flow's support is
+        ``independent(unit_interval, 1)`` and its ``log_prob`` is ``-inf`` outside the cube.
         """
         self._check_fitted()
         device, dtype = module_device_dtype(self)
+        # On the cube the density is zero outside it: log_prob -inf there, not the clamped
+        # transform's finite value.
+        support = constraints.independent(constraints.unit_interval, 1)
+        support = support if self.domain == "unit" else None
         if base == "uniform":
-            flow = Flow([Inverse(self)], base=UnitCube(self.features))
+            flow = Flow([Inverse(self)], base=UnitCube(self.features), support=support)
         elif base == "normal":
-            flow = Flow([StandardNormalCdf(self.features), Inverse(self)])
+            flow = Flow([StandardNormalCdf(self.features), Inverse(self)], support=support)
         else:
             raise ValueError(f"base must be 'uniform' or 'normal', got {base!r}")
         return flow.to(device=device, dtype=dtype)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..transforms.base import Bijection, fast_direction_of
+from ..transforms.base import Bijection
+from ..transforms.conventions import fast_direction_of
 from .base import Destructor, mark_fitted
 from .domain import REAL, UNIT
 
@@ -25,7 +26,7 @@ class Stack(Destructor):
 
     Subclasses hold the bijections (in an ``nn.ModuleList``) and return them from
     :meth:`stack`; the passes add the parts' log-determinants and :attr:`fast_direction`
-    follows from the parts' by :func:`~pyroflows.transforms.base.fast_direction_of`.
+    follows from the parts' by :func:`~pyroflows.transforms.conventions.fast_direction_of`.
     """
 
     def stack(self) -> Sequence[Bijection]:

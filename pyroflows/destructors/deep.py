@@ -53,6 +53,12 @@ class DeepDestructor(Stack):
     its place (``accepted=False`` in the history), and the training log-likelihood of the stack
     is checked to be non-decreasing after every layer (``RuntimeError`` otherwise).
 
+    Failures and interruption: ``fit`` is a transaction (see
+    :meth:`~pyroflows.destructors.Destructor.fit`). A KeyboardInterrupt (or any error) during
+    ``fit`` leaves the destructor as it was before the call (its layers, ``layer_codes``,
+    ``history``, ``fitted`` flags, values, dtype and train/eval mode), not with a partial
+    stack (whose depth would not be the held-out choice), and is re-raised.
+
     Args:
         features: dimension.
         layer: a registry name (``"copula"``, ``"tree"``, ``"mixture"``, ...) or a factory

@@ -151,7 +151,11 @@ class MixtureDestructor(Destructor):
 
     def call_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z = self._component_terms(x, self.loc, self.cholesky())  # (..., K, d)
-        ell = normal_log_pdf(z) - self.log_diag  # log of each conditional density factor
+        # Log of each conditional density factor, floored far out (-z^2/2 overflows to -inf
+        # beyond |z| = 1.3e154, and -inf - -inf in `before` is NaN) at a value whose sum over
+        # the features still cannot overflow: only points with zero density are floored.
+        floor = -torch.finfo(z.dtype).max / (4 * self.features)
+        ell = (normal_log_pdf(z) - self.log_diag).clamp_min(floor)
         log_pi = torch.log_softmax(self.logits, -1)[:, None]
         before = torch.cumsum(ell, -1) - ell  # sum over i < j
         w = torch.softmax(log_pi + before, dim=-2)  # (..., K, d): weights over K

@@ -9,7 +9,13 @@ import torch
 
 from ..checks import check_choice, check_count
 from ..core import Flow
-from ..transforms import AffineMap, ElementwiseMap, Inverse, MaskedAutoregressive, SplineMap
+from ..transforms import (
+    AffineMap,
+    ElementwiseMap,
+    Inverse,
+    MaskedAutoregressive,
+    SplineMap,
+)
 from .building import passes_options_to, split_options
 from .registry import register
 
@@ -29,32 +35,31 @@ def orderings(features: int, transforms: int, order: str) -> list[torch.Tensor]:
     return [torch.randperm(features, generator=generator) for _ in range(transforms)]
 
 
-def _autoregressive(
-    features: int,
-    context: int,
-    transforms: int,
-    order: str,
-    make_map: Callable[[], ElementwiseMap],
-    options: dict[str, Any],
-) -> list[MaskedAutoregressive]:
-    """``transforms`` :class:`MaskedAutoregressive` layers of ``make_map()`` maps in the preset's
-    ``order``, each taking ``options`` (the class's keywords)."""
-    orders = orderings(features, check_count("transforms", transforms, 1), order)
-    return [MaskedAutoregressive(features, make_map(), context, order=o, **options) for o in orders]
-
-
-def _affine_layers(
+def _map_layers(
     preset: Callable[..., Flow],
     features: int,
     context: int,
     transforms: int,
     order: str,
     options: dict[str, Any],
+    *,
+    wrap: Callable[[ElementwiseMap], ElementwiseMap] | None = None,
+    **map_options: Any,
 ) -> list[MaskedAutoregressive]:
-    """The affine layers of MAF and IAF, for a preset passing its options to
-    ``(MaskedAutoregressive, AffineMap)``."""
-    layer, affine = split_options(preset, options)
-    return _autoregressive(features, context, transforms, order, lambda: AffineMap(**affine), layer)
+    """``transforms`` :class:`MaskedAutoregressive` layers in the preset's ``order``, for a
+    preset passing its options to ``(MaskedAutoregressive, map class, ...)``: each layer takes
+    its share of the options, each map its share and ``map_options``, wrapped in ``wrap``
+    (:class:`~pyroflows.transforms.InverseMap` for a map whose explicit direction is
+    data-to-noise, as the neural autoregressive papers write theirs)."""
+    layer, transformer, *_ = split_options(preset, options)
+    map_class: type[ElementwiseMap] = preset.passes_options_to[1]  # type: ignore[attr-defined]
+
+    def make_map() -> ElementwiseMap:
+        map = map_class(**transformer, **map_options)
+        return map if wrap is None else wrap(map)
+
+    orders = orderings(features, check_count("transforms", transforms, 1), order)
+    return [MaskedAutoregressive(features, make_map(), context, order=o, **layer) for o in orders]
 
 
 @register("maf")
@@ -74,7 +79,7 @@ def maf(
     :class:`~pyroflows.transforms.MaskedAutoregressive` (``hidden``, ``activation``,
     ``residual``), or to its :class:`~pyroflows.transforms.AffineMap` (``log_scale_bound``).
     """
-    return Flow(_affine_layers(maf, features, context, transforms, order, options))
+    return Flow(_map_layers(maf, features, context, transforms, order, options))
 
 
 @register("iaf")
@@ -93,7 +98,7 @@ def iaf(
     Options: as :func:`maf` (:class:`~pyroflows.transforms.MaskedAutoregressive` and
     :class:`~pyroflows.transforms.AffineMap` take all but ``transforms`` and ``order``).
     """
-    layers = _affine_layers(iaf, features, context, transforms, order, options)
+    layers = _map_layers(iaf, features, context, transforms, order, options)
     return Flow([Inverse(layer) for layer in layers])
 
 
@@ -114,7 +119,4 @@ def nsf(
     :class:`~pyroflows.transforms.MaskedAutoregressive` (``hidden``, ``activation``,
     ``residual``), or to its :class:`~pyroflows.transforms.SplineMap` (``bins``, ``bound``).
     """
-    layer, spline = split_options(nsf, options)
-    return Flow(
-        _autoregressive(features, context, transforms, order, lambda: SplineMap(**spline), layer)
-    )
+    return Flow(_map_layers(nsf, features, context, transforms, order, options))

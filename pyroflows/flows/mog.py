@@ -7,7 +7,7 @@ from typing import Any
 from ..core import Flow
 from ..density import DensityBase, MADEDensity, MixtureOfGaussians
 from ..transforms import AffineMap, MaskedAutoregressive
-from .autoregressive import _autoregressive
+from .autoregressive import _map_layers
 from .building import passes_options_to, split_options
 from .registry import register
 
@@ -38,10 +38,8 @@ def maf_mog(
     :class:`~pyroflows.density.MixtureOfGaussians` (``components``, :math:`K`, 10 in the
     paper; ``spread``). ``log_scale_bound`` goes to the layers' ``AffineMap``.
     """
-    made, affine, mixture = split_options(maf_mog, options)
-    layers = _autoregressive(
-        features, context, transforms, order, lambda: AffineMap(**affine), made
-    )
+    layers = _map_layers(maf_mog, features, context, transforms, order, options)
+    made, _, mixture = split_options(maf_mog, options)
     shared = {k: v for k, v in made.items() if k in ("hidden", "activation", "residual")}
     base = MADEDensity(features, MixtureOfGaussians(**mixture), 0, order="natural", **shared)
     return Flow(layers, DensityBase(base))

@@ -23,7 +23,7 @@ from ..transforms import (
     MultiScale,
     Squeeze,
 )
-from ..transforms.base import check_image_shape
+from ..transforms.conventions import check_image_shape
 from .registry import check_transforms, register
 
 __all__ = ["glow", "realnvp_image"]
@@ -32,6 +32,8 @@ __all__ = ["glow", "realnvp_image"]
 def _widths(hidden: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(hidden, int) and not isinstance(hidden, bool):
         return (hidden, hidden)
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise TypeError(f"hidden must be an int or a sequence of channel counts, got {hidden!r}")
     return tuple(hidden)
 
 

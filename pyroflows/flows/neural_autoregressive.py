@@ -4,50 +4,23 @@ al., UAI 2019)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..core import Flow
 from ..transforms import (
     BlockNeuralAutoregressive,
-    ElementwiseMap,
     InverseMap,
     MaskedAutoregressive,
     Reverse,
     SigmoidalMap,
     UMNNMap,
 )
-from .autoregressive import _autoregressive
+from .autoregressive import _map_layers
 from .building import passes_options_to, split_options, stack
 from .registry import register
 
 __all__ = ["bnaf", "naf", "umnn"]
-
-
-def _neural_autoregressive(
-    preset: Callable[..., Flow],
-    features: int,
-    context: int,
-    transforms: int,
-    order: str,
-    options: dict[str, Any],
-    **map_options: Any,
-) -> Flow:
-    """The flow of a preset passing its options to ``(MaskedAutoregressive, map class)``: the
-    map, built with its options and ``map_options``, runs in the density direction."""
-    layer, transformer = split_options(preset, options)
-    make_map: type[ElementwiseMap] = preset.passes_options_to[1]  # type: ignore[attr-defined]
-    # The papers' explicit map is data-to-noise: InverseMap makes it the one-pass direction.
-    return Flow(
-        _autoregressive(
-            features,
-            context,
-            transforms,
-            order,
-            lambda: InverseMap(make_map(**transformer, **map_options)),
-            layer,
-        )
-    )
 
 
 @register("umnn")
@@ -76,9 +49,17 @@ def umnn(
     its :class:`~pyroflows.transforms.UMNNMap` (``embedding``, ``nodes``, ``quadrature``,
     ``log_slope_bound``, ``iterations``, ``newton``).
     """
-    return _neural_autoregressive(
-        umnn, features, context, transforms, order, options, hidden=integrand_hidden
+    layers = _map_layers(
+        umnn,
+        features,
+        context,
+        transforms,
+        order,
+        options,
+        wrap=InverseMap,
+        hidden=integrand_hidden,
     )
+    return Flow(layers)
 
 
 @register("naf")
@@ -100,7 +81,7 @@ def naf(
     its :class:`~pyroflows.transforms.SigmoidalMap` (``components``, ``depth``,
     ``min_slope``, ``iterations``).
     """
-    return _neural_autoregressive(naf, features, context, transforms, order, options)
+    return Flow(_map_layers(naf, features, context, transforms, order, options, wrap=InverseMap))
 
 
 @register("bnaf")

@@ -121,7 +121,11 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Flow:
-    """Load a flow saved by :func:`save`; parameters keep the dtype they were saved in."""
+    """Load a flow saved by :func:`save`; parameters keep the dtype they were saved in.
+
+    Raises ValueError naming the file when it is not a pyroflows model file, or when its
+    config or parameters do not rebuild a model (a damaged or edited file).
+    """
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for a bad file
@@ -137,15 +141,23 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a pyroflows model file")
-    config = payload["config"]
-    flow = build(config["name"], config["features"], config["context"], **config["options"])
-    if config["standardize"]:
-        flow = Flow(
-            [*flow.transforms, ElementwiseAffine(config["features"], trainable=False)], flow.base
-        )
-    dtypes = [v.dtype for v in payload["state_dict"].values() if v.is_floating_point()]
-    if dtypes:
-        flow = flow.to(dtypes[0])
-    flow.load_state_dict(payload["state_dict"])
+    try:
+        config, state = payload["config"], payload["state_dict"]
+        flow = build(config["name"], config["features"], config["context"], **config["options"])
+        if config["standardize"]:
+            flow = Flow(
+                [*flow.transforms, ElementwiseAffine(config["features"], trainable=False)],
+                flow.base,
+            )
+        dtypes = [v.dtype for v in state.values() if v.is_floating_point()]
+        if dtypes:
+            flow = flow.to(dtypes[0])
+        flow.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(
+            f"{os.fspath(path)!r} is a pyroflows model file whose model cannot be rebuilt "
+            f"({type(error).__name__}: {detail.splitlines()[0] if detail else ''})"
+        ) from error
     flow.config = config
     return flow

@@ -11,8 +11,7 @@ provide it, the spline the shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from torch import Tensor
+from typing import Any
 
 from ..core import Flow
 from ..transforms import AffineMap, ElementwiseMap, Inverse, InverseMap, MaskedAutoregressive
@@ -24,29 +23,23 @@ __all__ = ["inverse_autoregressive", "nsf_iaf"]
 
 
 def inverse_autoregressive(
-    features: int,
-    map: ElementwiseMap,
-    context: int = 0,
-    hidden: Sequence[int] = (64, 64),
-    order: Sequence[int] | Tensor | None = None,
-    activation: str = "relu",
+    features: int, map: ElementwiseMap, context: int = 0, **options: Any
 ) -> Inverse:
     r"""Inverse autoregressive layer :math:`x_i = \tau(z_i;\ \theta_i(z_{<i}, c))`.
 
     The parameters come from the *base-side* values, so sampling with its log-density is one
     MADE pass (``fast_direction = "forward"``); the inverse (density of external points) takes
     ``features`` passes. Built from the shared pieces:
-    ``Inverse(MaskedAutoregressive(features, InverseMap(map), ...))``. Shapes: (..., features)
-    in and out, context (..., context).
+    ``Inverse(MaskedAutoregressive(features, InverseMap(map), context, **options))``, so the
+    options are :class:`~pyroflows.transforms.MaskedAutoregressive`'s (``hidden``, ``order``,
+    ``activation``, ``residual``). Shapes: (..., features) in and out, context (..., context).
 
     Example:
         >>> layer = inverse_autoregressive(3, AffineMap(), hidden=(8,))
         >>> layer.fast_direction
         'forward'
     """
-    return Inverse(
-        MaskedAutoregressive(features, InverseMap(map), context, tuple(hidden), order, activation)
-    )
+    return Inverse(MaskedAutoregressive(features, InverseMap(map), context, **options))
 
 
 @register("nsf-iaf")
@@ -126,6 +119,8 @@ def nsf_iaf(
             AffineMap(log_scale_bound) if affine else AffineSplineMap(bins, bound, log_scale_bound)
         )
         layers.append(
-            inverse_autoregressive(features, map, context, tuple(hidden), order, activation)
+            inverse_autoregressive(
+                features, map, context, hidden=hidden, order=order, activation=activation
+            )
         )
     return Flow(layers)

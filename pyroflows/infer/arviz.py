@@ -17,6 +17,7 @@ import torch
 
 from .model_density import init_trace
 from .sampling.guide_weights import guide_log_weights
+from .sampling.psis import psis
 
 __all__ = ["to_inference_data"]
 
@@ -75,8 +76,10 @@ def to_inference_data(
         name: value.detach().cpu().double().numpy()[None] for name, value in samples.items()
     }
     log_w_np = log_w.detach().cpu().double().numpy()
-    smoothed, khat = az.psislw(log_w_np.copy())
-    sample_stats = {"log_weight": log_w_np[None], "psis_log_weight": np.asarray(smoothed)[None]}
+    # pyroflows' PSIS: NaN weights count as zero, and equal weights give k-hat = -inf.
+    smoothed, khat = psis(log_w.detach().double())
+    smoothed = smoothed.cpu().numpy()
+    sample_stats = {"log_weight": log_w_np[None], "psis_log_weight": smoothed[None]}
     attrs = {
         "psis_khat": float(khat),
         "elbo": float(np.mean(log_w_np)),

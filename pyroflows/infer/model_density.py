@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyro
@@ -33,6 +33,8 @@ from torch.distributions import biject_to
 __all__ = [
     "LatentLayout",
     "UnconstrainedLogDensity",
+    "check_model_arguments",
+    "nan_arguments",
     "init_trace",
     "particle_trace",
     "plate_nesting",
@@ -46,6 +48,50 @@ __all__ = [
 PARTICLE_PLATE = "_pyroflows_particles"
 #: What a model that does not vectorise over a particle plate raises.
 VECTORIZE_ERRORS = (ValueError, RuntimeError, IndexError, AssertionError)
+
+
+def check_model_arguments(model_args: object, model_kwargs: object) -> tuple[tuple, dict]:
+    """A model's arguments as ``(tuple, dict)``; ``None`` gives empty ones.
+
+    Raises:
+        TypeError: ``model_args`` is not a tuple (``model_args=x`` for one argument must be
+            ``(x,)``: a tensor or a list would be split into several arguments) or
+            ``model_kwargs`` not a mapping.
+
+    Example:
+        >>> check_model_arguments((1,), None)
+        ((1,), {})
+    """
+    if model_args is None:
+        args: tuple = ()
+    elif isinstance(model_args, tuple):
+        args = model_args
+    else:
+        raise TypeError(
+            "model_args must be a tuple of the model's positional arguments, e.g. "
+            f"model_args=(data,) for one argument; got {type(model_args).__name__}"
+        )
+    if model_kwargs is None:
+        kwargs: dict = {}
+    elif isinstance(model_kwargs, Mapping):
+        kwargs = dict(model_kwargs)
+    else:
+        raise TypeError(
+            "model_kwargs must be a dict of the model's keyword arguments, e.g. "
+            f"model_kwargs={{'data': data}}; got {type(model_kwargs).__name__}"
+        )
+    return args, kwargs
+
+
+def nan_arguments(args: tuple, kwargs: dict) -> list[str]:
+    """Which of a model's tensor arguments hold NaN values: ``["model_args[0]", ...]``."""
+    named = [(f"model_args[{i}]", v) for i, v in enumerate(args)]
+    named += [(f"model_kwargs[{k!r}]", v) for k, v in kwargs.items()]
+    return [
+        name
+        for name, value in named
+        if isinstance(value, Tensor) and value.is_floating_point() and bool(value.isnan().any())
+    ]
 
 
 def safe_init(init_loc_fn: Callable) -> Callable:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_hidden
 from .mlp import MLP
 
 __all__ = ["AmortizedParameters"]
@@ -26,8 +27,9 @@ class AmortizedParameters(nn.Module):
         init: initial :math:`\theta_0`, shape ``(p,)``.
         context: context size (0: no network).
         hidden: widths of the context network :math:`g` (an :class:`~pyroflows.nn.MLP`,
-            zero-initialised output).
-        activation: its non-linearity.
+            zero-initialised output; checked even without a context, so that a bad value fails
+            at once rather than when a context is added).
+        activation: its non-linearity (see :data:`~pyroflows.nn.ACTIVATIONS`).
 
     Shapes: ``context`` (..., c) -> (..., p); without context -> (p,).
     """
@@ -40,10 +42,9 @@ class AmortizedParameters(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
+        hidden = check_hidden(hidden)
         self.free = nn.Parameter(init.detach().clone().to(torch.get_default_dtype()))
-        self.net = (
-            MLP(context, init.numel(), tuple(hidden), activation=activation) if context else None
-        )
+        self.net = MLP(context, init.numel(), hidden, activation=activation) if context else None
 
     def forward(self, context: Tensor | None = None) -> Tensor:
         if self.net is None:

@@ -10,6 +10,7 @@ either starts as the identity map, as in Glow.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from ..checks import check_hidden
 from .activations import make_activation
 from .layers import residual_body, residual_width, zero_init
+from .options import passes_keywords_to
 
 __all__ = ["ConvNet", "ResidualConvNet"]
 
@@ -58,17 +60,24 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         hidden = check_hidden(hidden, "channel counts")
+        self._build(in_channels + context, hidden, activation)
+        self.output = zero_init(nn.Conv2d(hidden[-1], out_channels, 3, padding=1), zero_output)
+
+    def _build(self, inputs: int, hidden: tuple[int, ...], activation: str) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels + context, hidden[0], 3, padding=1),
+            nn.Conv2d(inputs, hidden[0], 3, padding=1),
             make_activation(activation),
         ]
         for a, b in zip(hidden[:-1], hidden[1:]):
             layers += [nn.Conv2d(a, b, 1), make_activation(activation)]
         self.hidden = nn.Sequential(*layers)
-        self.output = zero_init(nn.Conv2d(hidden[-1], out_channels, 3, padding=1), zero_output)
+
+    def _features(self, h: Tensor) -> Tensor:
+        """The last hidden layer's activations from the joined input."""
+        return self.hidden(h)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.output(self.hidden(_join(x, context)))
+        return self.output(self._features(_join(x, context)))
 
 
 class _Block(nn.Module):
@@ -84,7 +93,8 @@ class _Block(nn.Module):
         return h + self.net(h)
 
 
-class ResidualConvNet(nn.Module):
+@passes_keywords_to(ConvNet, "context", "activation", "zero_output")
+class ResidualConvNet(ConvNet):
     r"""RealNVP's coupling network (Dinh et al. 2017, https://arxiv.org/abs/1605.08803): a 3x3 input convolution, residual blocks
     :math:`h \leftarrow h + \text{conv}(\sigma(\text{conv}(\sigma(h))))` (He et al. 2016), and a
     zero-initialised 3x3 output convolution. Batch normalisation is left out: its train-time
@@ -92,30 +102,25 @@ class ResidualConvNet(nn.Module):
 
     Args:
         in_channels, out_channels, context, activation, zero_output: as :class:`ConvNet`.
-        hidden: widths, all equal; each entry adds one residual block.
+        hidden: widths, all equal; each entry adds one residual block (RealNVP's default
+            here is narrower than Glow's).
 
     Example:
-        >>> net = ResidualConvNet(1, 2, hidden=(8, 8))
-        >>> net(torch.randn(3, 1, 4, 4)).shape
-        torch.Size([3, 2, 4, 4])
+        >>> net = ResidualConvNet(1, 2, hidden=(8, 8, 8))
+        >>> len(net.blocks)
+        3
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        hidden: Sequence[int] = (64, 64),
-        context: int = 0,
-        activation: str = "relu",
-        zero_output: bool = True,
+        self, in_channels: int, out_channels: int, hidden: Sequence[int] = (64, 64), **options: Any
     ) -> None:
-        super().__init__()
-        hidden = check_hidden(hidden, "channel counts")
+        super().__init__(in_channels, out_channels, hidden, **options)
+
+    def _build(self, inputs: int, hidden: tuple[int, ...], activation: str) -> None:
         width = residual_width(hidden, "ResidualConvNet")
-        self.input = nn.Conv2d(in_channels + context, width, 3, padding=1)
+        self.input = nn.Conv2d(inputs, width, 3, padding=1)
         self.blocks = nn.Sequential(*(_Block(width, activation) for _ in hidden))
         self.activation = make_activation(activation)
-        self.output = zero_init(nn.Conv2d(width, out_channels, 3, padding=1), zero_output)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.output(self.activation(self.blocks(self.input(_join(x, context)))))
+    def _features(self, h: Tensor) -> Tensor:
+        return self.activation(self.blocks(self.input(h)))

@@ -131,7 +131,8 @@ class LipschitzMLP(nn.Module):
         features: size of :math:`z` (input and output).
         hidden: hidden widths.
         context: context size (0: none).
-        coefficient: the per-layer spectral bound :math:`c \in (0, 1)`.
+        coefficient: the per-layer spectral bound :math:`c \in (0, 1)`, so that
+            :math:`\mathrm{Lip}(g) \le c^{L}` with :math:`L` = ``len(hidden) + 1``.
 
     Shapes: ``z`` (..., d), ``context`` (..., c) broadcastable -> (..., d).
 

@@ -124,5 +124,9 @@ def monotone_inverse(
         root = bisect(f, target, lo, hi, steps)
     slope = derivative(root).detach().clamp_min(torch.finfo(target.dtype).tiny)
     x = root - (f(root) - target) / slope
-    # The Newton correction is tiny at a bracketed root; never let it leave the bracket.
-    return torch.minimum(torch.maximum(x, lo.detach()), hi.detach())
+    # The Newton correction is tiny at a bracketed root; never let it leave the bracket. Strict
+    # comparisons: at a tie (a zero-width bracket, e.g. a layer at its identity) x keeps its
+    # implicit gradient; torch.maximum/minimum would split it with the detached bound, halving
+    # the Jacobian once per side.
+    lo, hi = lo.detach(), hi.detach()
+    return torch.where(x < lo, lo, torch.where(x > hi, hi, x))

@@ -31,7 +31,8 @@ from .planar import Planar
 from .radial import Radial
 from .recurrent import RecurrentAutoregressive
 from .residual import ResidualBlock
-from .reversible import ReversibleCompose, SavedTensorMeter, is_exactly_invertible
+from .reversible import ReversibleCompose, is_exactly_invertible
+from .saved_tensors import SavedTensorMeter
 from .splines import SplineMap
 from .sylvester import Sylvester
 from .triangular import LowerTriangularAffine

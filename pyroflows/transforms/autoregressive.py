@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
 from ..nn import MADE
+from ..nn.options import passes_keywords_to
 from .base import Bijection
 from .elementwise import ElementwiseMap
 
 __all__ = ["MaskedAutoregressive"]
 
 
+@passes_keywords_to(MADE, "hidden", "order", "activation", "residual")
 class MaskedAutoregressive(Bijection):
     r"""Autoregressive layer with a MADE conditioner (Papamakarios et al., "Masked Autoregressive
     Flow for Density Estimation", NeurIPS 2017):
@@ -31,10 +33,8 @@ class MaskedAutoregressive(Bijection):
         features: event size.
         map: elementwise map :math:`\tau` (affine for MAF, spline for autoregressive NSF).
         context: context size.
-        hidden: MADE widths.
-        order: autoregressive ordering, a permutation of ``range(features)``.
-        activation: non-linearity name.
-        residual: residual MADE blocks.
+        made: the options of the :class:`~pyroflows.nn.MADE` conditioner (``hidden``,
+            ``order``, ``activation``, ``residual``).
 
     Example:
         >>> from pyroflows.transforms import AffineMap
@@ -47,19 +47,10 @@ class MaskedAutoregressive(Bijection):
 
     fast_direction = "inverse"
 
-    def __init__(
-        self,
-        features: int,
-        map: ElementwiseMap,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        order: Sequence[int] | Tensor | None = None,
-        activation: str = "relu",
-        residual: bool = False,
-    ) -> None:
+    def __init__(self, features: int, map: ElementwiseMap, context: int = 0, **made: Any) -> None:
         super().__init__(features, context)
         self.map = map
-        self.made = MADE(features, map.num_params, hidden, context, order, activation, residual)
+        self.made = MADE(features, map.num_params, context=context, **made)
 
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, ladj = self.map.inverse(x, self.made(x, context))

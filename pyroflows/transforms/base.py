@@ -20,8 +20,7 @@ dimensions, so it has the broadcast batch shape of the input and the context.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from functools import cache
+from collections.abc import Sequence
 
 import torch
 from pyro.distributions import TransformModule
@@ -29,42 +28,17 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
-from ..checks import check_context, check_count, check_event, check_shape
+from ..checks import (
+    check_batch,
+    check_context,
+    check_count,
+    check_event,
+    check_floating,
+    check_shape,
+)
+from .conventions import fast_direction_of, real_events, swap_direction
 
-__all__ = [
-    "Bijection",
-    "Compose",
-    "ConditionedBijection",
-    "Inverse",
-    "fast_direction_of",
-    "check_image_shape",
-    "real_events",
-]
-
-
-@cache
-def real_events(event_dim: int) -> constraints.Constraint:
-    """The support :math:`\\mathbb{R}^{\\text{event shape}}` of an event of ``event_dim``
-    dimensions, ``constraints.independent(constraints.real, event_dim)`` (one shared object per
-    rank; for vectors it equals ``constraints.real_vector``)."""
-    return constraints.independent(constraints.real, event_dim)
-
-
-def check_image_shape(shape: object, what: str = "shape") -> tuple[int, int, int]:
-    """Return ``shape`` as a ``(C, H, W)`` tuple of positive integers, or raise ValueError.
-
-    Example:
-        >>> check_image_shape([1, 28, 28])
-        (1, 28, 28)
-    """
-    message = f"{what} must be a (C, H, W) tuple of positive integers, got {shape!r}"
-    try:
-        values = check_shape(shape, what)  # type: ignore[arg-type]
-    except ValueError:
-        raise ValueError(message) from None
-    if len(values) != 3 or not isinstance(shape, Sequence):
-        raise ValueError(message)
-    return values  # type: ignore[return-value]
+__all__ = ["Bijection", "Compose", "ConditionedBijection", "Inverse"]
 
 
 def _event_shape(features: int | Sequence[int], what: str) -> tuple[int, ...]:
@@ -73,32 +47,6 @@ def _event_shape(features: int | Sequence[int], what: str) -> tuple[int, ...]:
     if isinstance(features, Sequence) and not isinstance(features, str):
         return check_shape(features, what)
     return (check_count(what, features, 1),)
-
-
-def _swap(direction: str) -> str:
-    return {"forward": "inverse", "inverse": "forward"}.get(direction, "both")
-
-
-def fast_direction_of(directions: Iterable[str]) -> str:
-    """The ``fast_direction`` of parts applied in turn, from the parts' own.
-
-    A direction of the whole is a single pass when it is one in every part: ``"both"`` when
-    every part says ``"both"``, ``"forward"`` (``"inverse"``) when every part is fast that way,
-    and ``"both"``, when no direction is fast in all of them (each direction is then exact
-    but slow in some part).
-
-    Example:
-        >>> fast_direction_of(["both", "forward"]), fast_direction_of(["forward", "inverse"])
-        ('forward', 'both')
-    """
-    directions = set(directions)
-    forward = directions <= {"both", "forward"}
-    inverse = directions <= {"both", "inverse"}
-    if forward and not inverse:
-        return "forward"
-    if inverse and not forward:
-        return "inverse"
-    return "both"
 
 
 class Bijection(TransformModule, ConditionalTransform):
@@ -178,11 +126,13 @@ class Bijection(TransformModule, ConditionalTransform):
 
     def _call(self, z: Tensor) -> Tensor:
         check_event(z, self.base_shape)
+        check_floating(z)
         check_context(None, self.context_features)
         return self.call_and_ladj(z)[0]
 
     def _inverse(self, x: Tensor) -> Tensor:
         check_event(x, self.shape)
+        check_floating(x)
         check_context(None, self.context_features)
         return self.inverse_and_ladj(x)[0]
 
@@ -296,12 +246,18 @@ class ConditionedBijection(Transform):
         return self.bijection.inverse_and_ladj(x, self.context)
 
     def _call(self, z: Tensor) -> Tensor:
-        check_event(z, self.base_shape)
+        self._check(z, self.base_shape)
         return self.call_and_ladj(z)[0]
 
     def _inverse(self, x: Tensor) -> Tensor:
-        check_event(x, self.shape)
+        self._check(x, self.shape)
         return self.inverse_and_ladj(x)[0]
+
+    def _check(self, v: Tensor, shape: tuple[int, ...]) -> None:
+        check_event(v, shape)
+        check_floating(v)
+        # The input's batch must broadcast with the context's rows.
+        check_batch(v.shape[: v.dim() - len(shape)], self.context.shape[:-1], "input")
 
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
         return _ladj_from_fast_side(self, z, x)
@@ -330,7 +286,7 @@ class Inverse(Bijection):
             bijection.base_shape, bijection.context_features, base_shape=bijection.shape
         )
         self.bijection = bijection
-        self.fast_direction = _swap(bijection.fast_direction)
+        self.fast_direction = swap_direction(bijection.fast_direction)
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.bijection.inverse_and_ladj(z, context)

@@ -40,6 +40,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from ..checks import check_choice, check_hidden, check_real
 from ..nn.layers import zero_init
+from ..nn.options import passes_keywords_to
 from .base import Bijection
 from .elementwise import register_values
 
@@ -104,6 +105,12 @@ class ODENet(nn.Module):
     Layer :math:`k` computes :math:`h_k = \sigma(W_k [h_{k-1}, t, c] + b_k)` (time and context
     concatenated at every layer, as FFJORD's ``ConcatLinear``); the output layer is
     zero-initialised, so the flow starts as the identity map.
+
+    Args:
+        features: size of :math:`z` (input and output).
+        context: size of :math:`c`.
+        hidden: widths of the hidden layers.
+        activation: ``"tanh"`` (default), ``"softplus"`` or ``"silu"`` (smooth fields only).
 
     Shapes: ``z`` (..., d), ``t`` scalar, ``context`` (..., c) broadcast with ``z`` -> (..., d).
     """
@@ -195,6 +202,7 @@ class _Dynamics:
         return tuple(out)
 
 
+@passes_keywords_to(ODENet, "hidden", "activation")
 class ContinuousFlow(Bijection):
     r"""A continuous normalizing flow block: :math:`x = z(T)`, :math:`dz/dt = f(z, t; c)`
     (Chen et al. 2018, https://arxiv.org/abs/1806.07366; Grathwohl et al. 2019, FFJORD).
@@ -208,8 +216,6 @@ class ContinuousFlow(Bijection):
     Args:
         features: event size :math:`d`.
         context: context size; the field takes the context as an input at every layer.
-        hidden: widths of the field's MLP (:class:`ODENet`).
-        activation: ``"tanh"`` (default), ``"softplus"`` or ``"silu"`` (smooth fields only).
         time: integration time :math:`T` (default 1).
         train_time: make :math:`T` a trainable parameter (default) or a fixed buffer (any
             real :math:`T` gives a bijection; :math:`T = 0` is the identity).
@@ -228,6 +234,7 @@ class ContinuousFlow(Bijection):
         field: a custom vector field, a module called as ``field(z, t, context)`` returning
             ``dz/dt`` of the shape of ``z`` (replaces the :class:`ODENet`; ``hidden`` and
             ``activation`` are then unused).
+        network: ``hidden`` and ``activation`` of the field's network (:class:`ODENet`).
 
     Shapes: ``z`` (..., d) and ``context`` (..., c) broadcast; the log-determinant has their
     broadcast batch shape. Time points and noise are created on the input's device and dtype.
@@ -248,8 +255,7 @@ class ContinuousFlow(Bijection):
         self,
         features: int,
         context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "tanh",
+        *,
         time: float = 1.0,
         train_time: bool = True,
         trace: str = "auto",
@@ -260,6 +266,7 @@ class ContinuousFlow(Bijection):
         options: Mapping[str, Any] | None = None,
         adjoint: bool = False,
         field: nn.Module | None = None,
+        **network: Any,
     ) -> None:
         super().__init__(features, context)
         for what, value, choices in (
@@ -283,7 +290,7 @@ class ContinuousFlow(Bijection):
             raise TypeError(
                 f"field must be an nn.Module f(z, t, context), got {type(field).__name__}"
             )
-        self.net = ODENet(features, context, hidden, activation) if field is None else field
+        self.net = ODENet(features, context, **network) if field is None else field
         register_values(self, train_time, time=torch.tensor(float(time)))
         self.trace = trace
         self.exact = trace == "exact" or (trace == "auto" and features <= AUTO_EXACT_MAX)

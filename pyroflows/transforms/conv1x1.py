@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from .base import Bijection, check_image_shape
+from .base import Bijection
+from .conventions import check_image_shape
 from .linear import LULinear
 
 __all__ = ["InvertibleConv1x1"]

@@ -87,6 +87,8 @@ class ElementwiseMap(nn.Module):
 class AdditiveMap(ElementwiseMap):
     r"""Shift only, :math:`v = u + t` (NICE, Dinh et al. 2014, https://arxiv.org/abs/1410.8516): volume preserving."""
 
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
+
     num_params = 1
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -108,6 +110,8 @@ class AffineMap(ElementwiseMap):
     Args:
         log_scale_bound: the bound :math:`b` on the log-scale.
     """
+
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
 
     num_params = 2
 
@@ -154,6 +158,11 @@ class InverseMap(ElementwiseMap):
 
     def inverse(self, v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self.map.forward(v, params)
+
+    @property
+    def exact_inverse(self) -> bool:
+        """Whether both directions are closed-form: those of the wrapped map."""
+        return bool(getattr(self.map, "exact_inverse", False))
 
 
 class Elementwise(Bijection):
@@ -224,6 +233,8 @@ class ElementwiseAffine(Bijection):
         >>> t(torch.zeros(1, 2))
         tensor([[ 1., -1.]], grad_fn=<AddBackward0>)
     """
+
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
 
     def __init__(
         self,

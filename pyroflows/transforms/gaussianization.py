@@ -28,14 +28,16 @@ finite input.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..checks import check_count, check_real
+from ..nn.amortized import AmortizedParameters
+from ..nn.options import passes_keywords_to
 from ..numerics.bisection import monotone_inverse
-from .amortized import AmortizedBijection
+from .amortized import NETWORK_KEYWORDS, AmortizedBijection
 from .elementwise import ElementwiseMap, broadcast_params, soft_clamp
 
 __all__ = ["GaussianizationMap", "MarginalGaussianization", "ndtri_log"]
@@ -45,6 +47,25 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 def _log_normal_density(z: Tensor) -> Tensor:
     return -0.5 * z.square() - _LOG_SQRT_2PI
+
+
+def _log_hazard(z: Tensor) -> Tensor:
+    r"""The log of the normal hazard :math:`\varphi(z) / \Phi(-z)` for :math:`z \ge 0`.
+
+    Formed directly up to :math:`z_0 = \epsilon^{-1/6}` (bit-for-bit the difference of logs
+    used before; its rounding, about :math:`\epsilon z^2`, stays below :math:`\epsilon^{2/3}`);
+    beyond, where that difference of two :math:`-z^2/2` cancels catastrophically (and then
+    overflows), from the asymptotic series
+    :math:`\log z - \log(1 - z^{-2} + 3 z^{-4} - 15 z^{-6})` (error about
+    :math:`105 z^{-8} \le 105\,\epsilon^{4/3}`).
+    """
+    big = torch.finfo(z.dtype).eps ** (-1 / 6)
+    near = z.clamp_max(big)
+    direct = _log_normal_density(near) - torch.special.log_ndtr(-near)
+    far = z.clamp_min(big)
+    r = far.reciprocal().square()
+    asymptotic = torch.log(far) - torch.log1p(r * (-1 + r * (3 - 15 * r)))
+    return torch.where(z > big, asymptotic, direct)
 
 
 def ndtri_log(log_p: Tensor) -> Tensor:
@@ -69,10 +90,11 @@ def ndtri_log(log_p: Tensor) -> Tensor:
     with torch.no_grad():
         for _ in range(3):
             log_cdf = torch.special.log_ndtr(tail)
-            tail = tail - (log_cdf - far) / torch.exp(_log_normal_density(tail) - log_cdf)
+            tail = tail - (log_cdf - far) / torch.exp(_log_hazard(-tail))
     tail = tail.detach()
     log_cdf = torch.special.log_ndtr(tail)
-    slope = torch.exp(_log_normal_density(tail) - log_cdf).detach()
+    # d log Phi / dz, the hazard at -z: finite far out (the difference of logs overflows).
+    slope = torch.exp(_log_hazard(-tail)).detach()
     tail = tail - (log_cdf - far) / slope
     return torch.where(log_p > threshold, direct, tail)
 
@@ -161,15 +183,40 @@ class GaussianizationMap(ElementwiseMap):
         return out
 
     def gaussianize(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        """:math:`(\\Phi^{-1}(F(u)), \\log F'(u) - \\log\\varphi(v))`, elementwise."""
-        log_cdf, log_sf, log_density = self._log_cdf_sf(u, params)
+        """:math:`(\\Phi^{-1}(F(u)), \\log F'(u) - \\log\\varphi(v))`, elementwise.
+
+        Far out (:math:`|v| > \\epsilon^{-1/6}`) :math:`\\log f` and :math:`\\log\\varphi(v)`,
+        both about :math:`-|u|/s`, would cancel (an error of :math:`\\epsilon |u| / s`: +4e84
+        at :math:`u = 10^{100}`); there the log-slope is formed as
+        :math:`\\log(f / T) - \\log(\\varphi(v) / \\Phi(-|v|))`, :math:`T` the smaller
+        tail (:math:`F` or :math:`1 - F`, with :math:`\\Phi(-|v|) = T` by construction): the
+        mixture's tail hazard, a weighted mean of the components' own (no cancellation), minus
+        the normal log-hazard (:func:`_log_hazard`).
+        """
+        log_w, loc, log_s = self.mixture(params)
+        y = (u[..., None] - loc) * torch.exp(-log_s)
+        lower = torch.nn.functional.logsigmoid(y)
+        upper = lower - y
+        a, b = log_w + lower, log_w + upper
+        log_cdf, log_sf = torch.logsumexp(a, -1), torch.logsumexp(b, -1)
+        log_density = torch.logsumexp(log_w - log_s + lower + upper, -1)
         half = math.log(0.5)
+        below = log_cdf <= log_sf
         v = torch.where(
-            log_cdf <= log_sf,
+            below,
             ndtri_log(log_cdf.clamp_max(half)),
             -ndtri_log(log_sf.clamp_max(half)),
         )
-        return v, log_density - _log_normal_density(v)
+        near = log_density - _log_normal_density(v)
+        # log f - log T = log sum_k softmax(tail terms)_k * (component k's density / tail).
+        hazards = torch.where(
+            below[..., None],
+            torch.log_softmax(a, -1) + upper,
+            torch.log_softmax(b, -1) + lower,
+        )
+        far = torch.logsumexp(hazards - log_s, -1) - _log_hazard(v.abs())
+        big = torch.finfo(v.dtype).eps ** (-1 / 6)
+        return v, torch.where(v.abs() > big, far, near)
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return self.gaussianize(u, params)
@@ -209,6 +256,14 @@ class GaussianizationMap(ElementwiseMap):
         return u, -self.gaussianize(u, params)[1]
 
 
+@passes_keywords_to(
+    GaussianizationMap,
+    "components",
+    "log_scale_bound",
+    "iterations",
+    AmortizedParameters,
+    *NETWORK_KEYWORDS,
+)
 class MarginalGaussianization(AmortizedBijection):
     r"""Marginal Gaussianization layer :math:`x_i = F_i^{-1}(\Phi(z_i))` of a Gaussianization flow.
 
@@ -224,11 +279,10 @@ class MarginalGaussianization(AmortizedBijection):
     Args:
         features: event size :math:`d`.
         context: context size (0: unconditional).
-        components: number :math:`K` of logistic components per feature.
-        hidden: widths of the context network (ignored without context).
-        activation: its non-linearity.
-        log_scale_bound: bound on :math:`|\log s_{ik}|`.
-        iterations: bisection steps of sampling (default: the dtype's resolution).
+        options: those of the :class:`GaussianizationMap` (``components``,
+            ``log_scale_bound``, ``iterations``: the bisection steps of sampling) and of the
+            context network, ``hidden`` and ``activation``
+            (:class:`~pyroflows.nn.AmortizedParameters`).
 
     Example:
         >>> t = MarginalGaussianization(2, components=4)
@@ -239,20 +293,10 @@ class MarginalGaussianization(AmortizedBijection):
 
     fast_direction = "inverse"
 
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        components: int = 8,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "relu",
-        log_scale_bound: float = 6.0,
-        iterations: int | None = None,
-    ) -> None:
-        map = GaussianizationMap(components, log_scale_bound, iterations)
-        super().__init__(
-            features, context, torch.zeros(features * map.num_params), hidden, activation
-        )
+    def __init__(self, features: int, context: int = 0, **options: Any) -> None:
+        network = {name: options.pop(name) for name in NETWORK_KEYWORDS if name in options}
+        map = GaussianizationMap(**options)
+        super().__init__(features, context, torch.zeros(features * map.num_params), **network)
         self.map = map
 
     def extra_repr(self) -> str:

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from ..checks import check_context
 from ..nn.conv import ConvNet, ResidualConvNet
-from .base import Bijection, check_image_shape
+from .base import Bijection
+from .conventions import check_image_shape
 from .coupling import checkerboard_mask
 from .elementwise import ElementwiseMap
 
@@ -113,7 +114,7 @@ class ImageCoupling(Bijection):
             raise ValueError(f"mask must be 'checkerboard' or 'channel', got {mask!r}")
         self.transformed_channels = outputs
         self.conditioner = CONDITIONERS[conditioner](
-            inputs, outputs * map.num_params, hidden, context, activation
+            inputs, outputs * map.num_params, hidden, context=context, activation=activation
         )
 
     def conditioner_params(self, a: Tensor, context: Tensor | None) -> Tensor:

@@ -32,6 +32,8 @@ class LULinear(Bijection):
         True
     """
 
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
+
     def __init__(self, features: int, permute: bool = False, seed: int = 0) -> None:
         super().__init__(features)
         if permute:

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import Bijection, Compose, check_image_shape
+from .base import Bijection, Compose
+from .conventions import check_image_shape
 
 __all__ = ["MultiScale", "Squeeze", "squeeze", "unsqueeze"]
 

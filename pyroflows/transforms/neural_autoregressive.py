@@ -75,10 +75,13 @@ class SigmoidalMap(ElementwiseMap):
 
     Example:
         >>> m = SigmoidalMap(components=4, depth=2)
-        >>> params = torch.randn(5, 2, m.num_params)
-        >>> u = torch.randn(5, 2)
-        >>> v, ladj = m(u, params)
-        >>> torch.allclose(m.inverse(v, params)[0], u, atol=1e-5)
+        >>> m.num_params  # 3 K per block
+        24
+        >>> u, zero = torch.linspace(-2, 2, 5), torch.zeros(5, m.num_params)
+        >>> v, _ = m(u, zero)  # zero parameters: smooth and increasing, not the identity
+        >>> bool((v.diff() > 0).all()), torch.equal(v, u)
+        (True, False)
+        >>> torch.allclose(m.inverse(v, zero)[0], u, atol=1e-5)  # a bisection per block
         True
     """
 

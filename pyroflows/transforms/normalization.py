@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import Bijection, check_image_shape
+from .base import Bijection
+from .conventions import check_image_shape
 
 __all__ = ["ActNorm", "ChannelActNorm"]
 
@@ -47,6 +48,8 @@ class ActNorm(_DataDependentInit, Bijection):
         >>> bool((z.mean(0).abs() < 1e-4).all())
         True
     """
+
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
 
     def __init__(self, features: int) -> None:
         super().__init__(features)

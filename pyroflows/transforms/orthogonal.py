@@ -117,6 +117,8 @@ class HouseholderRotation(Bijection):
         True
     """
 
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
+
     def __init__(self, features: int, reflections: int | None = None) -> None:
         super().__init__(features)
         self.reflections = check_count(

@@ -23,6 +23,8 @@ class Permutation(Bijection):
         tensor([[12., 10., 11.]])
     """
 
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
+
     def __init__(self, perm: Sequence[int] | Tensor) -> None:
         perm = torch.as_tensor(perm)
         features = perm.numel()

@@ -21,14 +21,14 @@ gradients), then :math:`z = x - \hat u\, h(\alpha + b)`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..numerics.bisection import monotone_inverse
-from .amortized import AmortizedBijection
+from .amortized import AmortizedBijection, network_options
 
 __all__ = ["Planar", "tanh_derivative"]
 
@@ -38,6 +38,7 @@ def tanh_derivative(a: Tensor) -> Tensor:
     return torch.cosh(a).reciprocal().square()
 
 
+@network_options
 class Planar(AmortizedBijection):
     r"""One planar layer :math:`x = z + \hat u \tanh(w^\top z + b)` (Rezende & Mohamed 2015).
 
@@ -48,10 +49,10 @@ class Planar(AmortizedBijection):
     Args:
         features: event size :math:`d`.
         context: context size; the conditional layer's :math:`(u, w, b)` are free parameters
-            plus an MLP of the context (:class:`AmortizedParameters`).
-        hidden: widths of the context network (ignored without context).
-        activation: its non-linearity.
+            plus an MLP of the context.
         iterations: bisection steps of the inverse (default: the dtype's resolution).
+        network: ``hidden`` and ``activation`` of the context network
+            (:class:`~pyroflows.nn.AmortizedParameters`).
 
     Example:
         >>> t = Planar(3)
@@ -64,17 +65,12 @@ class Planar(AmortizedBijection):
     fast_direction = "forward"
 
     def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "relu",
-        iterations: int | None = None,
+        self, features: int, context: int = 0, *, iterations: int | None = None, **network: Any
     ) -> None:
         # u = 0 (identity at start), w random (so that u gets a gradient), b = 0.
         w = torch.randn(features) / features**0.5
         init = torch.cat([torch.zeros(features), w, torch.zeros(1)])
-        super().__init__(features, context, init, hidden, activation)
+        super().__init__(features, context, init, **network)
         self.iterations = iterations
 
     def _uwb(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -24,17 +24,18 @@ taken in closed form (in its cancellation-free form); then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .amortized import AmortizedBijection
+from .amortized import AmortizedBijection, network_options
 
 __all__ = ["Radial"]
 
 
+@network_options
 class Radial(AmortizedBijection):
     r"""One radial layer :math:`x = z + \beta (z - z_0) / (\alpha + \|z - z_0\|)`.
 
@@ -45,8 +46,8 @@ class Radial(AmortizedBijection):
         features: event size :math:`d`.
         context: context size; the conditional layer's :math:`(z_0, \tilde\alpha,
             \tilde\beta)` are free parameters plus an MLP of the context.
-        hidden: widths of the context network (ignored without context).
-        activation: its non-linearity.
+        network: ``hidden`` and ``activation`` of the context network
+            (:class:`~pyroflows.nn.AmortizedParameters`).
 
     Example:
         >>> t = Radial(2)
@@ -57,16 +58,10 @@ class Radial(AmortizedBijection):
 
     fast_direction = "both"
 
-    def __init__(
-        self,
-        features: int,
-        context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        activation: str = "relu",
-    ) -> None:
+    def __init__(self, features: int, context: int = 0, **network: Any) -> None:
         # A random centre per layer; alpha~ = beta~ = 0 gives alpha = log 2, beta = 0 (identity).
         init = torch.cat([torch.randn(features), torch.zeros(2)])
-        super().__init__(features, context, init, hidden, activation)
+        super().__init__(features, context, init, **network)
 
     def radial_params(self, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """``(z0, alpha, gamma)`` with ``gamma = alpha + beta = softplus(beta~) > 0``.
@@ -86,15 +81,25 @@ class Radial(AmortizedBijection):
 
     @staticmethod
     def _norm(y: Tensor) -> Tensor:
-        # tiny keeps the gradient of the norm finite at the centre.
-        return (y.square().sum(-1) + torch.finfo(y.dtype).tiny).sqrt()
+        # tiny keeps the gradient of the norm finite at the centre. Far out (an entry above
+        # max ** (1/4)) the entries are scaled by the largest first, so the square cannot
+        # overflow; below, the scale is 1 (the plain formula, bit for bit).
+        big = torch.finfo(y.dtype).max ** 0.25
+        m = y.abs().amax(-1).detach()
+        m = torch.where(m > big, m, torch.ones_like(m))
+        return ((y / m[..., None]).square().sum(-1) + torch.finfo(y.dtype).tiny).sqrt() * m
 
     def _ladj(self, r: Tensor, alpha: Tensor, gamma: Tensor) -> Tensor:
         log_ar = torch.log(alpha + r)
-        return (
-            (self.features - 1) * (torch.log(r + gamma) - log_ar)
-            + torch.log(r * r + 2 * alpha * r + alpha * gamma)
-            - 2 * log_ar
+        first = (self.features - 1) * (torch.log(r + gamma) - log_ar)
+        # r^2 + 2 alpha r + alpha gamma = (alpha + r)^2 + alpha (gamma - alpha): far out
+        # (r > max ** (1/4), where r^2 would overflow) the log of the ratio is a log1p.
+        big = torch.finfo(r.dtype).max ** 0.25
+        near, far = r.clamp_max(big), r.clamp_min(big)
+        return torch.where(
+            r > big,
+            first + torch.log1p(alpha * (gamma - alpha) / (alpha + far).square()),
+            first + torch.log(near * near + 2 * alpha * near + alpha * gamma) - 2 * log_ar,
         )
 
     def call_and_ladj(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -109,7 +114,14 @@ class Radial(AmortizedBijection):
         y = x - z0
         rho = self._norm(y)
         b = gamma - rho  # alpha + beta - rho
-        s = (b * b + 4 * alpha * rho).sqrt()
+        # sqrt(b^2 + 4 alpha rho); far out (|b| > max ** (1/4)) as a hypot: b^2 would overflow.
+        big = torch.finfo(b.dtype).max ** 0.25
+        near = b.clamp(-big, big)
+        s = torch.where(
+            b.abs() > big,
+            torch.hypot(b, 2 * (alpha * rho).sqrt()),
+            (near * near + 4 * alpha * rho).sqrt(),
+        )
         # The positive root of r^2 + b r - alpha rho = 0, without cancellation either side.
         r = torch.where(b > 0, 2 * alpha * rho / (b + s), (s - b) / 2)
         z = z0 + ((alpha + r) / (r + gamma))[..., None] * y

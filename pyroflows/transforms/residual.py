@@ -46,13 +46,14 @@ Neumann series).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..checks import check_choice, check_count, check_real
-from ..nn.lipschitz import LipschitzMLP, check_coefficient
+from ..nn.lipschitz import LipschitzMLP
+from ..nn.options import passes_keywords_to
 from .base import Bijection
 
 __all__ = ["LOGDETS", "ResidualBlock", "roulette_weights"]
@@ -82,6 +83,7 @@ def roulette_weights(n_terms: int, extra: int, distribution: str, mean: float) -
     return [1.0 / _tail(distribution, mean, k - n_terms) for k in range(1, n_terms + extra + 1)]
 
 
+@passes_keywords_to(LipschitzMLP, "hidden", "coefficient")
 class ResidualBlock(Bijection):
     r"""An invertible residual block :math:`x = z + g(z; c)` with :math:`\mathrm{Lip}_z(g) < 1`.
 
@@ -93,9 +95,6 @@ class ResidualBlock(Bijection):
     Args:
         features: event size :math:`d`.
         context: context size (offsets of :math:`g`'s hidden pre-activations).
-        hidden: hidden widths of :math:`g`.
-        coefficient: per-layer spectral bound :math:`c`; :math:`\mathrm{Lip}(g) \le c^{L}`
-            with :math:`L` = ``len(hidden) + 1``.
         logdet: ``"auto"``, ``"exact"``, ``"series"`` or ``"roulette"``.
         n_terms: series terms (``"series"``), or sure terms before the roulette
             (``"roulette"``); default 10 and 2.
@@ -104,6 +103,8 @@ class ResidualBlock(Bijection):
         neumann_gradient: use the Neumann-series gradient for the stochastic estimators.
         iterations: fixed-point steps of the inverse (default 20, or 200 above 64 features).
         newton: safeguarded Newton steps after them (default 6; only up to 64 features).
+        network: ``hidden`` and ``coefficient`` of :math:`g` (a
+            :class:`~pyroflows.nn.LipschitzMLP`).
 
     Example:
         >>> t = ResidualBlock(3, hidden=(16, 16), logdet="exact")
@@ -119,8 +120,7 @@ class ResidualBlock(Bijection):
         self,
         features: int,
         context: int = 0,
-        hidden: Sequence[int] = (64, 64),
-        coefficient: float = 0.97,
+        *,
         logdet: str = "auto",
         n_terms: int | None = None,
         roulette: str = "geometric",
@@ -128,9 +128,10 @@ class ResidualBlock(Bijection):
         neumann_gradient: bool = True,
         iterations: int | None = None,
         newton: int | None = None,
+        **network: Any,
     ) -> None:
         super().__init__(features, context)
-        coefficient = check_coefficient(coefficient)
+        self.net = LipschitzMLP(features, context=context, **network)
         if check_choice("logdet", logdet, LOGDETS) == "auto":
             logdet = "exact" if features <= EXACT_MAX_FEATURES else "roulette"
         check_choice("roulette", roulette, ROULETTES)
@@ -152,7 +153,6 @@ class ResidualBlock(Bijection):
         self.roulette = roulette
         self.extra_terms = extra_terms
         self.neumann_gradient = bool(neumann_gradient)
-        self.net = LipschitzMLP(features, hidden, context, coefficient)
 
     # -- log-determinant -----------------------------------------------------------------------
 

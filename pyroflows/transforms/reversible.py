@@ -32,9 +32,8 @@ iteration: UMNN, NAF, planar, Sylvester, ...) are refused with a TypeError.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -44,56 +43,26 @@ from torch.autograd.function import once_differentiable
 from ..checks import check_count
 from .base import Bijection, Compose, Inverse
 from .coupling import Coupling
-from .elementwise import (
-    AdditiveMap,
-    AffineMap,
-    Elementwise,
-    ElementwiseAffine,
-    ElementwiseMap,
-    InverseMap,
-)
-from .linear import LULinear
-from .normalization import ActNorm
-from .orthogonal import HouseholderRotation
-from .permutation import Permutation
-from .splines import SplineMap
-from .triangular import LowerTriangularAffine
+from .elementwise import Elementwise
 
-__all__ = ["ReversibleCompose", "SavedTensorMeter", "is_exactly_invertible"]
-
-#: Layers whose inverse is a closed-form expression of the output (up to rounding).
-EXACT_LAYERS: tuple[type[Bijection], ...] = (
-    ActNorm,
-    ElementwiseAffine,
-    HouseholderRotation,
-    LowerTriangularAffine,
-    LULinear,
-    Permutation,
-)
-#: Elementwise maps with a closed-form inverse (the spline's is the root of a quadratic).
-EXACT_MAPS: tuple[type[ElementwiseMap], ...] = (AdditiveMap, AffineMap, SplineMap)
-
-
-def _exact_map(map: ElementwiseMap) -> bool:
-    flag = getattr(map, "exact_inverse", None)
-    if flag is not None:
-        return bool(flag)
-    if isinstance(map, InverseMap):
-        return _exact_map(map.map)
-    return isinstance(map, EXACT_MAPS)
+__all__ = ["ReversibleCompose", "is_exactly_invertible"]
 
 
 def is_exactly_invertible(layer: Bijection) -> bool:
     """Whether ``layer``'s input can be recomputed from its output by a closed-form inverse.
 
-    A class (or instance) attribute ``exact_inverse`` decides when present, so a new layer opts
-    in with ``exact_inverse = True`` (and a subclass of an accepted layer opts out with
-    ``False``). Otherwise: :class:`Compose` and :class:`Inverse` when all their parts are;
-    :class:`Coupling` and :class:`Elementwise` when their elementwise map is additive, affine or
-    a rational-quadratic spline (or an :class:`InverseMap` of one); :class:`ActNorm`,
-    :class:`ElementwiseAffine`, :class:`LowerTriangularAffine`, :class:`LULinear` and
-    :class:`Permutation`. Autoregressive layers are refused: their inverse costs ``features``
-    sequential passes.
+    A class (or instance) attribute ``exact_inverse`` decides when present: the layers with
+    a closed-form inverse set it (:class:`~pyroflows.transforms.ActNorm`,
+    :class:`~pyroflows.transforms.ElementwiseAffine`,
+    :class:`~pyroflows.transforms.HouseholderRotation`,
+    :class:`~pyroflows.transforms.LowerTriangularAffine`,
+    :class:`~pyroflows.transforms.LULinear`, :class:`~pyroflows.transforms.Permutation`), a new
+    layer opts in with ``exact_inverse = True`` and a subclass of an accepted layer opts out
+    with ``False``. Otherwise: :class:`Compose` and :class:`Inverse` when all their parts are;
+    :class:`Coupling` and :class:`Elementwise` when their elementwise map is (the additive,
+    affine and rational-quadratic spline maps set the same attribute, and an
+    :class:`~pyroflows.transforms.InverseMap` has its map's). Autoregressive layers are
+    refused: their inverse costs ``features`` sequential passes.
 
     Example:
         >>> from pyroflows.transforms import AffineMap, Coupling, Planar
@@ -108,8 +77,8 @@ def is_exactly_invertible(layer: Bijection) -> bool:
     if isinstance(layer, Inverse):
         return is_exactly_invertible(layer.bijection)
     if isinstance(layer, (Coupling, Elementwise)):
-        return _exact_map(layer.map)
-    return isinstance(layer, EXACT_LAYERS)
+        return bool(getattr(layer.map, "exact_inverse", False))
+    return False
 
 
 @dataclass
@@ -327,85 +296,3 @@ class ReversibleCompose(Compose):
 
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._reversible(x, context, inverse=True)
-
-
-class _Saved:
-    """A saved tensor held for autograd; tells its meter when autograd lets go of it."""
-
-    __slots__ = ("key", "meter", "tensor")
-
-    def __init__(self, meter: SavedTensorMeter, key: int, tensor: Tensor) -> None:
-        self.meter, self.key, self.tensor = meter, key, tensor
-
-    def __del__(self) -> None:
-        self.meter._release(self.key)
-
-
-class SavedTensorMeter:
-    """Live and peak bytes of the tensors autograd saves for backward inside a ``with`` block.
-
-    Uses :func:`torch.autograd.graph.saved_tensors_hooks`. Tensors are counted by storage (a
-    storage saved twice, or through views, counts once) while autograd holds them, so running
-    the backward pass inside the block as well gives the peak over the whole training step.
-    Storages of ``exclude`` (e.g. the parameters, which exist anyway) are not counted.
-
-    Attributes:
-        current: bytes held now. peak: the most held at once. packed: storages saved in all.
-
-    Example:
-        >>> layer = torch.nn.Linear(100, 100)
-        >>> with SavedTensorMeter(exclude=layer.parameters()) as meter:
-        ...     layer(torch.randn(10, 100)).tanh().sum().backward()
-        >>> meter.peak, meter.current  # the input (10x100 floats) and tanh's output
-        (8000, 0)
-    """
-
-    def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
-        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
-        self._live: dict[int, list[int]] = {}
-        self.current = 0
-        self.peak = 0
-        self.packed = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    def _pack(self, tensor: Tensor) -> Any:
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key in self._excluded or storage.nbytes() == 0:
-            return tensor
-        entry = self._live.get(key)
-        if entry is None:
-            self._live[key] = [1, storage.nbytes()]
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
-            self.packed += 1
-        else:
-            entry[0] += 1
-        # Detached: a saved *output* (tanh, exp) would otherwise hold its own grad_fn, a
-        # reference cycle that keeps it alive (and counted) after the graph is dropped.
-        return _Saved(self, key, tensor.detach())
-
-    @staticmethod
-    def _unpack(packed: Any) -> Tensor:
-        return packed.tensor if isinstance(packed, _Saved) else packed
-
-    def _release(self, key: int) -> None:
-        entry = self._live.get(key)
-        if entry is None:
-            return
-        entry[0] -= 1
-        if entry[0] == 0:
-            del self._live[key]
-            self.current -= entry[1]
-
-    def __enter__(self) -> SavedTensorMeter:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._hooks.__exit__(kind, error, traceback)

@@ -31,14 +31,14 @@ fixed-point iteration :math:`z \leftarrow x - QRh(\cdot)`, which needs a contrac
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..checks import check_count
 from ..numerics.bisection import monotone_inverse
-from .amortized import AmortizedBijection
+from .amortized import AmortizedBijection, network_options
 from .orthogonal import householder_product
 from .planar import tanh_derivative
 
@@ -51,6 +51,7 @@ def _log_cosh(x: Tensor) -> Tensor:
     return ax + torch.log1p(torch.exp(-2 * ax)) - math.log(2.0)
 
 
+@network_options
 class Sylvester(AmortizedBijection):
     r"""One Sylvester layer :math:`x = z + QR\tanh(\tilde R Q^\top z + b)` (van den Berg et al.
     2018), with :math:`M = d` (square :math:`R`).
@@ -64,12 +65,12 @@ class Sylvester(AmortizedBijection):
         context: context size; the conditional layer's Householder vectors, triangular
             matrices and bias are free parameters plus an MLP of the context (amortised, as in
             the paper, where the encoder outputs them).
-        hidden: widths of the context network (ignored without context).
         reflections: number :math:`K` of Householder reflections in :math:`Q` (0: the
             triangular variant, :math:`Q` a permutation).
         flip: compose :math:`Q` with the reversal of the coordinates (T-SNF alternates it).
-        activation: non-linearity of the context network.
         iterations: bisection steps per sweep (default: the dtype's resolution).
+        network: ``hidden`` and ``activation`` of the context network
+            (:class:`~pyroflows.nn.AmortizedParameters`).
 
     Example:
         >>> t = Sylvester(3, reflections=2)
@@ -85,11 +86,11 @@ class Sylvester(AmortizedBijection):
         self,
         features: int,
         context: int = 0,
-        hidden: Sequence[int] = (64, 64),
+        *,
         reflections: int = 2,
         flip: bool = False,
-        activation: str = "relu",
         iterations: int | None = None,
+        **network: Any,
     ) -> None:
         d = features
         check_count("reflections", reflections, 0)
@@ -106,7 +107,7 @@ class Sylvester(AmortizedBijection):
                 torch.zeros(d),
             ]
         )
-        super().__init__(features, context, init, hidden, activation)
+        super().__init__(features, context, init, **network)
         self.reflections = reflections
         self.flip = bool(flip)
         self.iterations = iterations

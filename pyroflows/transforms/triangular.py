@@ -34,6 +34,8 @@ class LowerTriangularAffine(Bijection):
         tensor([[3.0000, 2.5000]], grad_fn=<AddBackward0>)
     """
 
+    exact_inverse = True  # closed-form inverse: reversible stacks accept it
+
     def __init__(
         self,
         features: int,

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...checks import check_event
-from ...transforms.base import Compose, check_image_shape
+from ...transforms.base import Compose
+from ...transforms.conventions import check_image_shape
 from ...transforms.elementwise import AffineMap
 from ...transforms.image_coupling import ImageCoupling
 

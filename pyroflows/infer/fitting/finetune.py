@@ -43,6 +43,11 @@ def fine_tune(
     destructor's held-out log-likelihood (on the same split ``fit`` holds out, with the same
     weighting), the greedy parameters are restored and the result's ``kept_greedy`` is ``True``.
 
+    A KeyboardInterrupt during training ends it as it ends :func:`fit`: nothing is
+    re-raised; the destructor holds the best state reached (the best epoch's, or the greedy
+    start's when that scores better), in eval mode, and the returned result says
+    ``interrupted=True``.
+
     Args:
         destructor: a fitted destructor (a :class:`~pyroflows.destructors.DeepDestructor`,
             or any single one).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ...checks import as_data, check_choice, check_count
+from ...checks import as_data, check_choice, check_count, check_real
+from ...core import transaction
 from ...nn.device import module_device_dtype
 from .callbacks import EarlyStopping, FitState, TimeBudget
 from .checkpoint import Checkpoint, load_checkpoint
@@ -110,6 +112,11 @@ def _inputs(
         raise ValueError(f"context has {c.shape[0]} rows but the data has {n}")
     if weights is None:
         return x, c, torch.ones(n, device=device, dtype=dtype)
+    shape = tuple(weights.shape) if isinstance(weights, Tensor) else np.shape(weights)
+    if tuple(shape) not in ((n,), (n, 1)):
+        raise ValueError(
+            f"weights must have shape ({n},), one per data row ({n} rows); got {tuple(shape)}"
+        )
     w = as_data(torch.as_tensor(weights).reshape(-1, 1), "weights", 1, n, device, dtype)[:, 0]
     if (w < 0).any() or not w.sum() > 0:
         raise ValueError("weights must be non-negative with a positive sum")
@@ -131,6 +138,10 @@ def _scheduler(
     # Cosine annealing from lr to 0 over the whole budget, in the units it is stepped in.
     total = epochs if interval == "epoch" else epochs * steps_per_epoch
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def fit(
@@ -177,8 +188,12 @@ def fit(
     :class:`~pyroflows.infer.fitting.callbacks.EarlyStopping` callback (``patience``,
     ``min_delta``), added unless ``callbacks`` holds one or ``patience`` is ``None``.
 
-    All inputs are checked before any parameter changes: a wrong shape, NaN or infinite values
-    raise ``ValueError``. Data are moved to the model's device and dtype.
+    All inputs are checked before any parameter changes: a wrong shape, NaN or infinite values,
+    weights that are zero on every training or every validation row, a ``clip_grad`` that is
+    not positive or a ``patience`` below 1 raise ``ValueError``. Data are moved to the model's device and
+    dtype. An exception during training (a callback's, a non-finite loss) leaves the model
+    holding the best (or initial) parameters in eval mode and is re-raised; a failed
+    ``resume`` leaves the model as it was.
 
     Args:
         model: the model to train (in place).
@@ -191,10 +206,10 @@ def fit(
         lr: Adam's learning rate (ignored when ``optimizer`` is given).
         weight_decay: Adam's weight decay (ignored when ``optimizer`` is given).
         validation: held-out fraction in ``[0, 1)``; ``0`` trains on everything.
-        patience: early stopping after ``patience`` epochs without a validation gain above
-            ``min_delta`` (``None``: no early stopping).
+        patience: early stopping after ``patience`` (an integer >= 1) epochs without a
+            validation gain above ``min_delta`` (``None``: no early stopping).
         min_delta: the smallest validation gain (nats per point) that counts.
-        clip_grad: gradient-norm clip (``None``: no clipping).
+        clip_grad: gradient-norm clip, a positive number (``None``: no clipping).
         optimizer: a ready optimizer over ``model.parameters()``.
         seed: seed of the split, the shuffling and the validation noise (``None``: random).
         progress: show a tqdm progress bar (default: only on a terminal).
@@ -232,9 +247,19 @@ def fit(
     check_count("checkpoint_every", checkpoint_every)
     if eval_batch_size is not None:
         check_count("eval_batch_size", eval_batch_size)
-    if not 0 <= validation < 1:
+    if not _is_real(validation) or not 0 <= validation < 1:
         raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
+    if optimizer is None:  # else the optimizer's own settings apply
+        check_real("lr", lr)
+        if not _is_real(weight_decay) or not 0 <= weight_decay < math.inf:
+            raise ValueError(
+                f"weight_decay must be a non-negative finite number, got {weight_decay!r}"
+            )
     check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
+    if clip_grad is not None:
+        check_real("clip_grad", clip_grad)
+    if patience is not None:
+        check_count("patience", patience)
     x, c, w = _inputs(model, data, context, weights)
     n = x.shape[0]
     n_val = int(round(validation * n))
@@ -255,6 +280,13 @@ def fit(
     else:
         generator.manual_seed(seed)
     order = torch.randperm(n, generator=generator).to(x.device)
+    for part, rows in (("training", order[n_val:]), ("validation", order[:n_val])):
+        if len(rows) and not w[rows].sum() > 0:
+            raise ValueError(
+                f"every {part} row has weight zero ({len(rows)} rows): nothing to "
+                f"{'train on' if part == 'training' else 'score'}; give them weight, change "
+                "the seed or the validation fraction"
+            )
     eval_seed = int(torch.randint(2**31 - 1, (), generator=generator))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -272,7 +304,8 @@ def fit(
     )
     state.best_state = snapshot(state)  # restored if the fit ends before any epoch does
     if resume is not None:
-        load_checkpoint(resume, state, callbacks)
+        with transaction(model):  # a checkpoint that does not fit leaves the model as it was
+            load_checkpoint(resume, state, callbacks)
     # 4096 vectors at a time, fewer images (a PixelCNN's feature maps are large).
     chunk = eval_batch_size or max(batch_size, min(4096, 2**18 // max(1, math.prod(x.shape[1:]))))
     interrupted = False
@@ -292,6 +325,9 @@ def fit(
         )
     except KeyboardInterrupt:
         reason, interrupted = "interrupted", True
+    except BaseException:
+        restore_best(state)  # any other failure: the best (or initial) state, then re-raise
+        raise
     restore_best(state)
     for callback in callbacks:
         getattr(callback, "on_fit_end", lambda s: None)(state)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
+from ...core import transaction
 from .callbacks import FitState
 
 __all__ = ["evaluate", "restore_best", "run_epochs", "snapshot"]
@@ -37,7 +38,8 @@ def snapshot(state: FitState) -> dict[str, Tensor]:
 def restore_best(state: FitState) -> None:
     """Put the best parameters back and the model in eval mode."""
     if state.best_state:
-        state.model.load_state_dict(state.best_state)
+        with transaction(state.model):  # all or nothing, whatever the model's class
+            state.model.load_state_dict(state.best_state)
     state.model.eval()
 
 

@@ -35,8 +35,9 @@ from torch.distributions import biject_to
 from ...core import Flow
 from .flow_spec import DEFAULT_FLOW, check_flow_name, resolve_flow
 from .guide_distribution import GuideFlowDistribution
-from .param_sync import pyro_fullname, sync_module
-from .sites import bindable, guide_plates, prototype_trace, sample_delta
+from .lazy_build import LazyBuild
+from .param_sync import pyro_prefix, sync_module
+from .sites import check_enumerated, guide_plates, prototype_trace, sample_delta
 
 __all__ = ["AutoAmortizedFlow"]
 
@@ -50,7 +51,7 @@ def _first_arg(*args: Any, **kwargs: Any) -> Tensor:
     return args[0]
 
 
-class AutoAmortizedFlow(AutoGuide):
+class AutoAmortizedFlow(LazyBuild, AutoGuide):
     r"""Amortized conditional-flow guide for the local latent sites of one plate.
 
     Args:
@@ -104,19 +105,10 @@ class AutoAmortizedFlow(AutoGuide):
         self._plate_name = plate
         self._data_fn = data_fn
         self._stl = bool(stl)
-        args = () if model_args is None else tuple(model_args)
-        kwargs = {} if model_kwargs is None else dict(model_kwargs)
-        if model_args is not None or model_kwargs is not None or bindable(model, (), {}):
-            self.setup(*args, **kwargs)
-
-    def setup(self, *args: Any, **kwargs: Any) -> AutoAmortizedFlow:
-        """Build the guide now from one run of the model on ``*args, **kwargs`` (idempotent)."""
-        if self.prototype_trace is None:
-            self._build(args, kwargs)
-        return self
+        self._build_if_known(model, model_args, model_kwargs)
 
     def _build(self, args: tuple, kwargs: dict) -> None:
-        trace, self._frames = prototype_trace(self.model, args, kwargs)
+        trace, self._frames, self._plain_discrete = prototype_trace(self.model, args, kwargs)
         sites = list(trace.iter_stochastic_nodes())
         if not sites:
             raise ValueError("AutoAmortizedFlow found no continuous latent sites in the model")
@@ -204,13 +196,12 @@ class AutoAmortizedFlow(AutoGuide):
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """Sample the local latent sites of the data points in this call's (sub)sample of the
-        data plate, given the model's ``*args, **kwargs``."""
+        data plate, given the model's ``*args, **kwargs`` (discrete latent sites must be
+        enumerated, as for :class:`~pyroflows.infer.AutoFlow`)."""
         self.setup(*args, **kwargs)
+        check_enumerated(type(self).__name__, getattr(self, "_plain_discrete", []))
         plates = guide_plates(self, self._frames, args, kwargs)
-        # The guide's name in the param store ("AutoAmortizedFlow", or "AutoGuideList.0" in
-        # a guide list), from where PyroModule registers its flow while the guide runs.
-        flow_name = pyro_fullname(self, "flow")
-        prefix = None if flow_name is None else flow_name[: -len("flow")].rstrip(".")
+        prefix = pyro_prefix(self, "flow")
         encoder = self._synced("encoder", prefix)
         result = {}
         with ExitStack() as stack:

@@ -35,23 +35,26 @@ from ..model_density import LatentLayout, UnconstrainedLogDensity, safe_init, tr
 from .averaging import ParameterAverage
 from .flow_spec import DEFAULT_FLOW, check_flow_name, resolve_flow
 from .guide_distribution import GuideFlowDistribution
-from .initialization import INIT_CHOICES, initial_gaussian, set_affine
-from .param_sync import pyro_fullname, sync_with_param_store
+from .initialization import INIT_CHOICES, check_init_scale, initial_gaussian, set_affine
+from .lazy_build import LazyBuild
+from .param_sync import pyro_prefix, sync_with_param_store
 from .sites import (
-    bindable,
+    check_enumerated,
     continuous_latent_hide_fn,
+    discrete_message,
     guide_plates,
     prototype_trace,
     sample_delta,
     unpack_latent,
 )
+from .summaries import PosteriorSummaries
 
 __all__ = ["AutoFlow"]
 
 STL_AUTO_MAX_DIM = 16
 
 
-class AutoFlow(AutoContinuous):
+class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
     r"""Normalizing-flow autoguide over all continuous latent sites (unconstrained space).
 
     An ``AutoContinuous`` (so Pyro and :func:`~pyroflows.infer.importance` treat it as a guide
@@ -163,30 +166,21 @@ class AutoFlow(AutoContinuous):
         super().__init__(model, init_loc_fn=safe_init(init_loc_fn))
         self.create_plates = create_plates
         self.model_without_init = model
-        args = () if model_args is None else tuple(model_args)
-        kwargs = {} if model_kwargs is None else dict(model_kwargs)
-        if model_args is not None or model_kwargs is not None or bindable(model, (), {}):
-            if not bindable(model, args, kwargs):
-                raise TypeError("model_args/model_kwargs do not match the model's signature")
-            self.setup(*args, **kwargs)
+        self._build_if_known(model, model_args, model_kwargs)
 
     # -- construction ----------------------------------------------------------------------------
 
-    def setup(self, *args: Any, **kwargs: Any) -> AutoFlow:
-        """Build the guide now from one run of the model on ``*args, **kwargs`` (idempotent)."""
-        if self.prototype_trace is None:
-            self._build(args, kwargs)
-        return self
-
     def _build(self, args: tuple, kwargs: dict) -> None:
         # self.model runs under init_loc_fn, so the prototype's values are the init point.
-        trace, self._frames = prototype_trace(self.model, args, kwargs)
+        trace, self._frames, discrete = prototype_trace(self.model, args, kwargs)
         self._layout = LatentLayout(trace.iter_stochastic_nodes())
         if self._layout.dim == 0:
             raise ValueError(
                 f"{type(self).__name__} found no continuous latent sites in the model; "
                 "observed and discrete (enumerated) sites are not modelled by a flow guide"
+                + ("; " + discrete_message(type(self).__name__, discrete) if discrete else "")
             )
+        self._plain_discrete = discrete
         self._site_frames = {n: s["cond_indep_stack"] for n, s in trace.iter_stochastic_nodes()}
         self.latent_dim = self._layout.dim
         self._density = UnconstrainedLogDensity(
@@ -200,6 +194,7 @@ class AutoFlow(AutoContinuous):
             ]
         )
         self._dtype, self._device = loc.dtype, loc.device
+        check_init_scale(self._init_scale, loc)
         # Start at N(loc, init_scale^2 I) (needed by the Laplace search, which never uses the
         # flow's values), then move to the chosen initial Gaussian.
         self._build_flows(loc)
@@ -281,8 +276,7 @@ class AutoFlow(AutoContinuous):
     def _pyro_prefix(self) -> str | None:
         """The guide's name in the param store (``"AutoFlow"``, ``"AutoGuideList.0"`` in a
         guide list) while it runs; ``None`` outside its calls."""
-        name = pyro_fullname(self, self._flows_attr)
-        return None if name is None else name[: -len(self._flows_attr)].rstrip(".")
+        return pyro_prefix(self, self._flows_attr)
 
     def _posterior_flows(self, prefix: str | None = None) -> list[Flow]:
         """The flows that give the posterior: the live ones while training (gradients enabled
@@ -367,8 +361,13 @@ class AutoFlow(AutoContinuous):
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """Sample every latent site of the model, given its ``*args, **kwargs``: the latent
-        vector from the flow, then each site at its value, in its plates."""
+        vector from the flow, then each site at its value, in its plates.
+
+        Raises ValueError when the model has discrete latent sites and the call is not under
+        enumeration (``TraceEnum_ELBO`` with the sites marked for it): see
+        :func:`~pyroflows.infer.guides.sites.check_enumerated`."""
         self.setup(*args, **kwargs)
+        check_enumerated(type(self).__name__, getattr(self, "_plain_discrete", []))
         # Looked up once per call: it registers the flow with the param store.
         latent = self._sample_latent(self._pyro_prefix())
         plates = guide_plates(self, self._frames, args, kwargs)
@@ -395,42 +394,6 @@ class AutoFlow(AutoContinuous):
         latent = latent.to(device=self._device, dtype=self._dtype)
         return self._density(latent, args, kwargs)
 
-    # -- posterior summaries ----------------------------------------------------------------------
-
-    @torch.no_grad()
-    def sample_posterior(
-        self, num_samples: int = 1000, *args: Any, **kwargs: Any
-    ) -> dict[str, Tensor]:
-        """Draw ``num_samples`` posterior samples of every latent site, in the constrained space.
-
-        Returns a dict ``name -> tensor (num_samples, *site shape)``.
-        """
-        self.setup(*args, **kwargs)
-        return self._layout.unpack_batch(self._sample_latent_batch(num_samples))
-
     def _sample_latent_batch(self, num_samples: int) -> Tensor:
         flows = self._posterior_flows()
         return torch.cat([flow().sample((num_samples,)) for flow in flows], dim=-1)
-
-    @torch.no_grad()
-    def median(self, *args: Any, num_samples: int = 4000, **kwargs: Any) -> dict[str, Tensor]:
-        """Posterior marginal medians of every latent site (Monte Carlo, ``num_samples`` draws)."""
-        return {
-            k: v[0]
-            for k, v in self.quantiles([0.5], *args, num_samples=num_samples, **kwargs).items()
-        }
-
-    @torch.no_grad()
-    def quantiles(
-        self, quantiles: Any, *args: Any, num_samples: int = 4000, **kwargs: Any
-    ) -> dict[str, Tensor]:
-        """Posterior marginal quantiles of every latent site (Monte Carlo).
-
-        Returns a dict ``name -> tensor (len(quantiles), *site shape)``, as Pyro's autoguides.
-        """
-        samples = self.sample_posterior(num_samples, *args, **kwargs)
-        out = {}
-        for name, value in samples.items():
-            q = torch.as_tensor(quantiles, dtype=value.dtype, device=value.device)
-            out[name] = torch.quantile(value, q, dim=0)
-        return out

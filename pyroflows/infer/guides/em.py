@@ -20,10 +20,11 @@ bound, and the fitted attributes ``converged_``, ``n_iter_``, ``lower_bound_``, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
@@ -33,6 +34,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...core import transaction
 from ..model_density import init_trace, plate_nesting
 
 __all__ = ["ConvergenceWarning", "VariationalEM"]
@@ -50,6 +52,23 @@ def _has_discrete_latents(model: Callable, args: tuple, kwargs: dict) -> bool:
             if site["infer"].get("enumerate") or (support is not None and support.is_discrete):
                 return True
     return False
+
+
+@contextlib.contextmanager
+def _restored_on_error(guide: Any, tensors: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run one iteration; on any exception (KeyboardInterrupt included) put the optimised
+    tensors and the guide's module state (its flows, averages and buffers) back as they were
+    before it, then re-raise."""
+    saved = {name: t.detach().clone() for name, t in tensors.items()}
+    guarded = transaction(guide) if isinstance(guide, nn.Module) else contextlib.nullcontext()
+    try:
+        with guarded:
+            yield
+    except BaseException:
+        with torch.no_grad():
+            for name, t in tensors.items():
+                t.copy_(saved[name])
+        raise
 
 
 class VariationalEM:
@@ -81,6 +100,7 @@ class VariationalEM:
         history_: one dict per iteration of every restart: ``init``, ``iteration``,
             ``lower_bound``, ``moving_average``, ``seconds``.
         guide_: the kept restart's guide.
+        interrupted_: whether a KeyboardInterrupt ended the fit (see :meth:`fit`).
         params_: the model's fitted parameters (constrained values), ``name -> tensor``.
 
     Example:
@@ -157,7 +177,15 @@ class VariationalEM:
     # -- fitting ---------------------------------------------------------------------------------------
 
     def fit(self, *args: Any, **kwargs: Any) -> VariationalEM:
-        """Run EM on the model's arguments ``*args, **kwargs``; returns ``self``."""
+        """Run EM on the model's arguments ``*args, **kwargs``; returns ``self``.
+
+        A KeyboardInterrupt (Ctrl-C) ends the fit like ``max_iter`` does: the iteration in
+        progress is undone (the model's and the guide's parameters, the guide's averages, as
+        they were after the last completed iteration), the best restart so far is kept as
+        usual, ``interrupted_`` is set and a RuntimeWarning says so. Interrupted before any
+        iteration completed, the parameters are put back and the KeyboardInterrupt
+        re-raised.
+        """
         self.history_: list[dict[str, float]] = []
         best: dict[str, Any] | None = None
         bar = tqdm(
@@ -167,6 +195,7 @@ class VariationalEM:
         )
         store = pyro.get_param_store()
         last_names: list[str] = []
+        self.interrupted_ = False
         for init in range(self.n_init):
             if self.random_state is not None:
                 pyro.set_rng_seed(self.random_state + init)
@@ -176,7 +205,16 @@ class VariationalEM:
                 if name in store:
                     del store[name]
             before = set(store.keys())
-            run = self._fit_one(init, args, kwargs, bar)
+            try:
+                run = self._fit_one(init, args, kwargs, bar)
+            except KeyboardInterrupt:  # before any iteration of this restart completed
+                if best is None:
+                    bar.close()
+                    raise
+                for name in set(store.keys()) - before:
+                    del store[name]
+                self.interrupted_ = True
+                break
             # Everything the restart put in the store (parameters, and the guides' fixed
             # buffers and averages kept there), so the next restart starts afresh.
             last_names = sorted(set(run["names"]) | (set(store.keys()) - before))
@@ -187,6 +225,9 @@ class VariationalEM:
             }
             if best is None or run["lower_bound"] > best["lower_bound"]:
                 best = run
+            if run["interrupted"]:
+                self.interrupted_ = True
+                break
         bar.close()
         assert best is not None
         # Put the kept restart's tensors back (its guide's modules hold those same tensors):
@@ -201,7 +242,14 @@ class VariationalEM:
         self.lower_bound_ = best["lower_bound"]
         with torch.no_grad():
             self.params_ = {name: pyro.param(name).detach().clone() for name in best["model_names"]}
-        if not self.converged_:
+        if self.interrupted_:
+            warnings.warn(
+                f"VariationalEM was interrupted (KeyboardInterrupt) in restart {init}; kept the "
+                f"best of the iterations completed so far ({self.n_iter_} in the kept restart)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif not self.converged_:
             warnings.warn(
                 f"VariationalEM did not converge in {self.max_iter} iterations "
                 f"(best of {self.n_init} restarts); increase max_iter or tol",
@@ -210,6 +258,31 @@ class VariationalEM:
             )
         return self
 
+    def _iterate(
+        self,
+        iteration: int,
+        init: int,
+        objective: Callable[[], torch.Tensor],
+        e_opt: torch.optim.Optimizer | None,
+        m_opt: torch.optim.Optimizer | None,
+        values: list[float],
+    ) -> None:
+        """One EM iteration: the E-steps, then the M-steps; appends each step's bound."""
+        for optimizer, steps in ((e_opt, self.e_steps), (m_opt, self.m_steps)):
+            if optimizer is None:
+                continue
+            for _ in range(steps):
+                optimizer.zero_grad(set_to_none=True)
+                value = objective()
+                if not torch.isfinite(value):
+                    raise FloatingPointError(
+                        f"the ELBO became {float(value)} at iteration {iteration} of restart "
+                        f"{init}; try a smaller lr"
+                    )
+                value.backward()
+                optimizer.step()
+                values.append(-float(value.detach()))
+
     def _fit_one(self, init: int, args: tuple, kwargs: dict, bar: tqdm) -> dict[str, Any]:
         guide = self.guide if isinstance(self.guide, nn.Module) else self.guide(self.model)
         loss, model = self._loss_and_model(args, kwargs)
@@ -217,7 +290,13 @@ class VariationalEM:
         def objective() -> torch.Tensor:
             return loss.differentiable_loss(model, guide, *args, **kwargs)
 
-        guide_params = self._param_sites(guide, args, kwargs)
+        # Under TraceEnum_ELBO the guide runs under enumeration (a flow guide refuses to run
+        # otherwise when the model has discrete sites): so does this look at its parameters.
+        enumerated = guide
+        if isinstance(loss, TraceEnum_ELBO):
+            nesting = plate_nesting(self.model, *args, **kwargs)
+            enumerated = poutine.enum(guide, first_available_dim=-1 - nesting)
+        guide_params = self._param_sites(enumerated, args, kwargs)
         model_params = {
             k: v for k, v in self._param_sites(model, args, kwargs).items() if k not in guide_params
         }
@@ -227,24 +306,19 @@ class VariationalEM:
         )
         bounds: list[float] = []
         previous = math.nan
-        converged, n_iter = False, 0
+        converged, n_iter, interrupted = False, 0, False
+        tensors = {**guide_params, **model_params}
         for iteration in range(1, self.max_iter + 1):
             start = time.perf_counter()
-            values = []
-            for optimizer, steps in ((e_opt, self.e_steps), (m_opt, self.m_steps)):
-                if optimizer is None:
-                    continue
-                for _ in range(steps):
-                    optimizer.zero_grad(set_to_none=True)
-                    value = objective()
-                    if not torch.isfinite(value):
-                        raise FloatingPointError(
-                            f"the ELBO became {float(value)} at iteration {iteration} of restart {init}; "
-                            "try a smaller lr"
-                        )
-                    value.backward()
-                    optimizer.step()
-                    values.append(-float(value.detach()))
+            values: list[float] = []
+            try:
+                with _restored_on_error(guide, tensors):
+                    self._iterate(iteration, init, objective, e_opt, m_opt, values)
+            except KeyboardInterrupt:
+                if not bounds:  # nothing completed: the state is the initial one again
+                    raise
+                interrupted = True
+                break
             bound = sum(values) / len(values)
             bounds.append(bound)
             average = sum(bounds[-self.window :]) / len(bounds[-self.window :])
@@ -271,6 +345,7 @@ class VariationalEM:
         return {
             "guide": guide,
             "converged": converged,
+            "interrupted": interrupted,
             "n_iter": n_iter,
             "lower_bound": sum(bounds[-self.window :]) / len(bounds[-self.window :]),
             "names": names,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...core import Flow
 from .averaging import ParameterAverage
 
-__all__ = ["pyro_fullname", "store_tensor", "sync_module", "sync_with_param_store"]
+__all__ = ["pyro_fullname", "pyro_prefix", "store_tensor", "sync_module", "sync_with_param_store"]
 
 
 def pyro_fullname(owner: PyroModule, attr: str) -> str | None:
@@ -36,6 +36,14 @@ def pyro_fullname(owner: PyroModule, attr: str) -> str | None:
     for name in capture.trace.nodes:
         return module_from_param_with_module_name(name)
     return None
+
+
+def pyro_prefix(owner: PyroModule, attr: str) -> str | None:
+    """The name of the running guide ``owner`` in the param store (``"AutoFlow"``, or
+    ``"AutoGuideList.0"`` inside a guide list), found from where its attribute ``attr``
+    registers (:func:`pyro_fullname`); ``None`` outside its calls."""
+    name = pyro_fullname(owner, attr)
+    return None if name is None else name[: -len(attr)].rstrip(".")
 
 
 def store_tensor(key: str, tensor: Tensor) -> None:

@@ -19,7 +19,9 @@ import torch
 from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.utils import helpful_support_errors
+from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Transform, biject_to
@@ -28,12 +30,24 @@ from ..model_density import LatentLayout
 
 __all__ = [
     "bindable",
+    "check_enumerated",
+    "discrete_message",
     "continuous_latent_hide_fn",
     "guide_plates",
     "prototype_trace",
     "sample_delta",
     "unpack_latent",
 ]
+
+
+def _plain_discrete(msg: dict) -> bool:
+    """A discrete latent sample site that is not enumerated: no flow guide can model it."""
+    if msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
+        return False
+    if msg["infer"].get("enumerate") or msg["infer"].get("is_auxiliary"):
+        return False
+    support = getattr(msg["fn"], "support", None)
+    return bool(support is not None and support.is_discrete)
 
 
 def continuous_latent_hide_fn(msg: dict) -> bool:
@@ -58,19 +72,26 @@ def bindable(fn: Callable, args: tuple, kwargs: dict) -> bool:
 
 def prototype_trace(
     model: Callable, args: tuple, kwargs: dict
-) -> tuple[poutine.Trace, dict[str, CondIndepStackFrame]]:
+) -> tuple[poutine.Trace, dict[str, CondIndepStackFrame], list[str]]:
     """One run of ``model``, hidden from every outer handler, recording only the continuous
-    latent sites (:func:`continuous_latent_hide_fn`), and the plate frames of those sites by
-    name.
+    latent sites (:func:`continuous_latent_hide_fn`), the plate frames of those sites by
+    name, and the names of the discrete latent sites not marked for enumeration (see
+    :func:`check_enumerated`).
 
     Raises:
         NotImplementedError: a site lies in a sequential plate, which a guide that samples all
             its sites at once cannot follow (as Pyro's autoguides), or has a support without
             a bijection to the reals (with Pyro's advice on what to do).
     """
-    shown = poutine.block(model, hide_fn=continuous_latent_hide_fn)
+
+    def hide(msg: dict) -> bool:
+        return continuous_latent_hide_fn(msg) and not _plain_discrete(msg)
+
     with poutine.block():
-        trace = poutine.trace(shown).get_trace(*args, **kwargs)
+        trace = poutine.trace(poutine.block(model, hide_fn=hide)).get_trace(*args, **kwargs)
+    discrete = [name for name, site in trace.nodes.items() if _plain_discrete(site)]
+    for name in discrete:
+        trace.remove_node(name)
     frames = {}
     for name, site in trace.iter_stochastic_nodes():
         with helpful_support_errors(site):
@@ -82,7 +103,36 @@ def prototype_trace(
                     "flow guides support vectorized pyro.plate only"
                 )
             frames[frame.name] = frame
-    return trace, frames
+    return trace, frames, discrete
+
+
+def check_enumerated(guide: str, names: list[str]) -> None:
+    """Refuse to run a flow guide (named ``guide``) whose model has the discrete latent sites
+    ``names`` unless they are being enumerated: ``TraceEnum_ELBO`` runs the guide under
+    enumeration (then the ELBO sums them out, e.g. a model marked with
+    ``config_enumerate``, as :class:`~pyroflows.infer.VariationalEM` does); anywhere else Pyro
+    would leave them unguided (sampled from the prior) with only a warning.
+
+    Raises:
+        ValueError: naming the sites and how to enumerate or remove them.
+    """
+    if names and not any(isinstance(m, EnumMessenger) for m in _PYRO_STACK):
+        raise ValueError(discrete_message(guide, names))
+
+
+def discrete_message(guide: str, names: list[str]) -> str:
+    """Why ``guide`` cannot model the discrete latent sites ``names``, and what to do."""
+    sites = ", ".join(repr(n) for n in names)
+    first = names[0]
+    return (
+        f"{guide} cannot guide the discrete latent site(s) {sites}: a flow models continuous "
+        "latents only, and Pyro would leave the site unguided (drawn from its prior) with only "
+        "a warning. Enumerate it, e.g. pyro.sample("
+        f"{first!r}, ..., infer={{'enumerate': 'parallel'}}) (or config_enumerate(model)), and "
+        "train with TraceEnum_ELBO; or marginalise it out of the model; or guide it with "
+        f"another guide, e.g. AutoGuideList with a flow guide of poutine.block(model, "
+        f"hide=[{first!r}])"
+    )
 
 
 def guide_plates(

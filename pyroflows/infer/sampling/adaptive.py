@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,12 @@ from typing import Any
 import torch
 from pyro.infer.autoguide import AutoContinuous
 
+from ...checks import check_count
 from ...core import Flow
 from ..fitting.fit import fit
-from .importance import ImportanceResult, check_num_samples, importance
+from ..model_density import check_model_arguments
+from .importance import importance
+from .importance_result import ImportanceResult
 from .targets_and_proposals import VectorProposal
 
 __all__ = ["AdaptiveResult", "adaptive_importance"]
@@ -47,12 +51,15 @@ class AdaptiveResult:
             ``log_evidence_se`` (round 0 is the initial proposal).
         converged: whether k-hat reached ``khat_goal``.
         flow: the (refitted, in place) proposal flow.
+        interrupted: whether a KeyboardInterrupt ended the rounds (see
+            :func:`adaptive_importance`).
     """
 
     result: ImportanceResult
     history: list[dict[str, float]] = field(default_factory=list)
     converged: bool = False
     flow: Flow | None = None
+    interrupted: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -94,7 +101,9 @@ def _weighted_refit(
         for p in flow.parameters():
             p.requires_grad_(True)
         with torch.enable_grad():
-            fit(flow, samples, weights=weights, **options)
+            outcome = fit(flow, samples, weights=weights, **options)
+        if outcome.interrupted:  # fit ends quietly on Ctrl-C: end the rounds too
+            raise KeyboardInterrupt
     finally:
         for p, flag in zip(flow.parameters(), flags):
             p.requires_grad_(flag)
@@ -132,19 +141,26 @@ def adaptive_importance(
         k-hat and ``result`` is that round's sample (redrawn with the same seed, now warning
         when k-hat is above the threshold). Intermediate rounds do not warn.
 
+        A KeyboardInterrupt (Ctrl-C) during a round ends the rounds: the flow is put back to
+        the parameters of the completed round with the smallest k-hat, that round's sample is
+        returned as ``result`` (not redrawn) with ``interrupted=True``, and a RuntimeWarning
+        says so. Interrupted before the first round's sample is drawn, the flow is untouched
+        and the KeyboardInterrupt re-raised.
+
     Example:
         >>> flow = pyroflows.flows.build("maf", 2)
         >>> out = adaptive_importance(log_p, flow, 4000, rounds=5)   # doctest: +SKIP
         >>> out.converged, out.result.log_evidence                  # doctest: +SKIP
     """
-    num_samples = check_num_samples(num_samples)
+    num_samples = check_count("num_samples", num_samples)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
     if not (isinstance(khat_goal, (int, float)) and math.isfinite(khat_goal)):
         raise ValueError(f"khat_goal must be a finite number, got {khat_goal!r}")
-    flow = _flow_of(
-        proposal, importance_options.get("model_args", ()), importance_options.get("model_kwargs")
+    model_args, model_kwargs = check_model_arguments(
+        importance_options.get("model_args"), importance_options.get("model_kwargs")
     )
+    flow = _flow_of(proposal, model_args, model_kwargs)
     options = {
         "epochs": 20,
         "validation": 0.0,
@@ -155,29 +171,44 @@ def adaptive_importance(
     }
     importance_options.pop("warn", None)
     history: list[dict[str, float]] = []
-    best: tuple[float, int, dict] | None = None  # (k-hat, round, parameters)
-    for t in range(rounds + 1):
-        round_seed = None if seed is None else seed + t
-        result = importance(
-            target, proposal, num_samples, seed=round_seed, warn=False, **importance_options
+    best: tuple[float, int, dict, ImportanceResult] | None = None  # k-hat, round, params, result
+    try:
+        for t in range(rounds + 1):
+            round_seed = None if seed is None else seed + t
+            result = importance(
+                target, proposal, num_samples, seed=round_seed, warn=False, **importance_options
+            )
+            history.append(
+                {
+                    "round": t,
+                    **{
+                        k: result.diagnostics()[k]
+                        for k in ("khat", "ess", "log_evidence", "log_evidence_se", "num_nan")
+                    },
+                }
+            )
+            if best is None or result.khat < best[0]:
+                best = (result.khat, t, copy.deepcopy(flow.state_dict()), result)
+            good = result.khat <= min(khat_goal, result.khat_threshold)
+            if good or t == rounds:
+                break
+            if result.samples is None:
+                raise TypeError(
+                    "adaptive_importance needs vector draws (a Flow or AutoFlow proposal)"
+                )
+            _weighted_refit(flow, result.samples, result.pareto_weights, options)
+    except KeyboardInterrupt:
+        if best is None:
+            raise
+        flow.load_state_dict(best[2])
+        warnings.warn(
+            f"adaptive_importance was interrupted (KeyboardInterrupt) after {len(history)} "
+            f"round(s); returning round {best[1]} (k-hat {best[0]:.3f}), the flow holding its "
+            "parameters",
+            RuntimeWarning,
+            stacklevel=2,
         )
-        history.append(
-            {
-                "round": t,
-                **{
-                    k: result.diagnostics()[k]
-                    for k in ("khat", "ess", "log_evidence", "log_evidence_se", "num_nan")
-                },
-            }
-        )
-        if best is None or result.khat < best[0]:
-            best = (result.khat, t, copy.deepcopy(flow.state_dict()))
-        good = result.khat <= min(khat_goal, result.khat_threshold)
-        if good or t == rounds:
-            break
-        if result.samples is None:
-            raise TypeError("adaptive_importance needs vector draws (a Flow or AutoFlow proposal)")
-        _weighted_refit(flow, result.samples, result.pareto_weights, options)
+        return AdaptiveResult(best[3], history, False, flow, interrupted=True)
     if not good:
         # Keep the round with the smallest k-hat; redraw its sample (same seed) with warnings on.
         flow.load_state_dict(best[2])

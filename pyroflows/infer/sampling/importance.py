@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyro.distributions as dist
@@ -32,20 +30,14 @@ from pyro.infer.autoguide import AutoContinuous
 from torch import Tensor
 from torch.distributions import Distribution
 
+from ...checks import check_count
 from ...core import Flow
-from ..model_density import plate_nesting
+from ..model_density import check_model_arguments, nan_arguments, plate_nesting
 from .guide_weights import guide_log_weights
-from .psis import clean_log_weights, ess, khat_threshold, log_evidence, psis, weighted_mean_and_mcse
-from .targets_and_proposals import ModelTarget, VectorProposal, call_target, resolve_target
+from .importance_result import ImportanceResult, finish
+from .targets_and_proposals import VectorProposal, call_target, resolve_target
 
-__all__ = ["ImportanceResult", "check_num_samples", "importance", "seeded"]
-
-
-def check_num_samples(num_samples: Any, name: str = "num_samples") -> int:
-    """Return ``num_samples`` as an int, raising ValueError unless it is an integer >= 1."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {num_samples!r}")
-    return num_samples
+__all__ = ["ImportanceResult", "importance", "seeded"]
 
 
 @contextlib.contextmanager
@@ -58,197 +50,6 @@ def seeded(seed: int | None, device: torch.device | None = None):  # noqa: ANN20
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-@dataclass
-class ImportanceResult:
-    r"""Weighted draws of an importance sampler and their diagnostics.
-
-    Attributes:
-        log_weights: :math:`\log w_s`, shape (S,); ``-inf`` where the target was NaN.
-        samples: the draws as vectors (S, D) (unconstrained latents for a model), or ``None``
-            for a generic guide proposal.
-        site_samples: for a Pyro model, constrained values ``name -> (S, *site shape)``.
-        log_target, log_proposal: :math:`\log\tilde p(x_s)` and :math:`\log q(x_s)` (S,),
-            ``None`` for a generic guide.
-        smoothed_log_weights: PSIS-smoothed normalised log-weights (S,).
-        khat: the Pareto :math:`\hat k`; khat_threshold: :math:`\min(1-1/\log_{10}S, 0.7)`.
-        num_nan: draws whose target (or proposal) log-density was NaN; they get weight zero.
-    """
-
-    log_weights: Tensor
-    samples: Tensor | None
-    site_samples: dict[str, Tensor] | None
-    log_target: Tensor | None
-    log_proposal: Tensor | None
-    smoothed_log_weights: Tensor
-    khat: float
-    khat_threshold: float
-    num_nan: int = 0
-    defensive: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.log_weights.shape[0])
-
-    @property
-    def normalized_weights(self) -> Tensor:
-        r"""Self-normalised weights :math:`\bar w_s` (sum to one), shape (S,)."""
-        return torch.softmax(self.log_weights, 0)
-
-    @property
-    def pareto_weights(self) -> Tensor:
-        """PSIS-smoothed normalised weights (sum to one), shape (S,)."""
-        return self.smoothed_log_weights.exp()
-
-    @property
-    def ess(self) -> float:
-        r"""Effective sample size :math:`1/\sum_s \bar w_s^2` of the PSIS-smoothed weights."""
-        return float(ess(self.smoothed_log_weights))
-
-    @property
-    def ess_raw(self) -> float:
-        """Effective sample size of the raw (unsmoothed) weights."""
-        return float(ess(self.log_weights))
-
-    @property
-    def log_evidence(self) -> float:
-        r""":math:`\log\hat Z = \log\frac1S\sum_s w_s` (raw weights, unbiased :math:`\hat Z`)."""
-        return float(log_evidence(self.log_weights)[0])
-
-    @property
-    def log_evidence_se(self) -> float:
-        r"""Delta-method standard error :math:`\operatorname{sd}(w)/(\sqrt S\,\bar w)` of :math:`\log\hat Z`."""
-        return float(log_evidence(self.log_weights)[1])
-
-    @property
-    def reliable(self) -> bool:
-        """Whether k-hat is below the sample-size-dependent threshold."""
-        return self.khat <= self.khat_threshold
-
-    @property
-    def values(self) -> Tensor | dict[str, Tensor]:
-        """What ``expectation``'s function receives: ``site_samples`` for a model, else ``samples``."""
-        return self.site_samples if self.site_samples is not None else self.samples
-
-    def expectation(
-        self, f: Callable[[Any], Tensor] | Tensor, smoothed: bool = True
-    ) -> tuple[Tensor, Tensor]:
-        r"""Self-normalised estimate of :math:`\mathbb{E}_p[f]` and its Monte Carlo standard error.
-
-        Args:
-            f: a function of :attr:`values` returning (S,) or (S, ...) values, or those values.
-            smoothed: use the PSIS-smoothed weights (default) or the raw ones.
-
-        Returns:
-            ``(estimate, mcse)`` with shape ``f``'s output shape without the sample dim.
-
-        Example:
-            >>> mean, mcse = result.expectation(lambda x: x)          # doctest: +SKIP
-        """
-        values = f(self.values) if callable(f) else f
-        values = torch.as_tensor(values, device=self.log_weights.device)
-        lw = self.smoothed_log_weights if smoothed else self.log_weights
-        return weighted_mean_and_mcse(values, lw)
-
-    def resample(self, n: int, smoothed: bool = True, generator: torch.Generator | None = None):  # noqa: ANN201
-        """``n`` draws resampled (multinomially, with replacement) by their weights.
-
-        Returns a tensor (n, D), or a dict of constrained site values for a model.
-        """
-        n = check_num_samples(n, "n")
-        weights = self.pareto_weights if smoothed else self.normalized_weights
-        index = torch.multinomial(weights.double(), n, replacement=True, generator=generator)
-        values = self.values
-        if isinstance(values, dict):
-            return {k: v[index.to(v.device)] for k, v in values.items()}
-        return values[index.to(values.device)]
-
-    def diagnostics(self) -> dict[str, float]:
-        """k-hat, its threshold, ESS, log Z and its SE, and the NaN count, as plain numbers."""
-        return {
-            "num_samples": self.num_samples,
-            "khat": self.khat,
-            "khat_threshold": self.khat_threshold,
-            "ess": self.ess,
-            "ess_raw": self.ess_raw,
-            "log_evidence": self.log_evidence,
-            "log_evidence_se": self.log_evidence_se,
-            "num_nan": self.num_nan,
-        }
-
-    def to_inference_data(self, resample: int | None = None) -> Any:
-        """An ``arviz.InferenceData``: the draws (one chain) with ``log_weight`` and
-        ``psis_log_weight`` in ``sample_stats`` and the diagnostics in ``attrs``; with
-        ``resample=n``, ``n`` equally weighted resampled draws instead."""
-        import arviz as az
-
-        def numpy(t: Tensor) -> Any:
-            return t.detach().cpu().double().numpy()
-
-        values = self.values if resample is None else self.resample(resample)
-        if values is None:
-            raise ValueError("this result holds no samples")
-        posterior = (
-            {k: numpy(v)[None] for k, v in values.items()}
-            if isinstance(values, dict)
-            else {"x": numpy(values)[None]}
-        )
-        groups: dict[str, Any] = {"posterior": posterior}
-        if resample is None:
-            groups["sample_stats"] = {
-                "log_weight": numpy(self.log_weights)[None],
-                "psis_log_weight": numpy(self.smoothed_log_weights)[None],
-            }
-        attrs = {k: float(v) for k, v in self.diagnostics().items()}
-        attrs["inference_library"] = "pyroflows.infer.importance"
-        return az.from_dict(**groups, attrs=attrs)
-
-    def __repr__(self) -> str:
-        d = self.diagnostics()
-        return (
-            f"ImportanceResult(S={d['num_samples']}, khat={d['khat']:.3f} "
-            f"(threshold {d['khat_threshold']:.3f}), ess={d['ess']:.1f}, "
-            f"log_evidence={d['log_evidence']:.4f} ± {d['log_evidence_se']:.4f}, num_nan={d['num_nan']})"
-        )
-
-
-def finish(
-    log_w: Tensor,
-    samples: Tensor | None,
-    sites: dict | None,
-    log_p: Tensor | None,
-    log_q: Tensor | None,
-    warn: bool,
-    defensive: float = 0.0,
-    what: str = "importance",
-    stacklevel: int = 4,
-) -> ImportanceResult:
-    """Clean NaN weights, run PSIS, warn, and build the :class:`ImportanceResult`."""
-    log_w, num_nan = clean_log_weights(log_w)
-    S = log_w.shape[0]
-    if num_nan and warn:
-        warnings.warn(
-            f"{what}: {num_nan} of {S} draws had a NaN (or +inf) log-density; they were "
-            "given weight zero",
-            RuntimeWarning,
-            stacklevel=stacklevel,
-        )
-    smoothed, khat = psis(log_w)
-    threshold = khat_threshold(S)
-    if warn and not khat <= threshold:
-        warnings.warn(
-            f"{what}: Pareto k-hat = {khat:.2f} exceeds the threshold {threshold:.2f} for "
-            f"S = {S}: the weights are too heavy-tailed for reliable estimates (ESS "
-            f"{float(ess(smoothed)):.1f}); use a better proposal, more samples or a "
-            "defensive mixture",
-            UserWarning,
-            stacklevel=stacklevel,
-        )
-    return ImportanceResult(
-        log_w, samples, sites, log_p, log_q, smoothed, khat, threshold, num_nan, defensive
-    )
 
 
 def _wide_component(proposal: VectorProposal, df: float, scale: float, pilot: int) -> Distribution:
@@ -270,6 +71,7 @@ def _is_guide(proposal: Any) -> bool:
     return callable(proposal) and not isinstance(proposal, (Flow, Distribution, AutoContinuous))
 
 
+@torch.no_grad()
 def importance(
     target: Callable,
     proposal: Any,
@@ -321,42 +123,11 @@ def importance(
         >>> r = importance(log_p, flow, 10_000, seed=0)     # doctest: +SKIP
         >>> r.log_evidence, r.log_evidence_se, r.khat        # doctest: +SKIP
     """
-    with torch.no_grad():
-        return _importance(
-            target,
-            proposal,
-            num_samples,
-            model_args,
-            model_kwargs,
-            target_kind,
-            chunk_size,
-            defensive,
-            defensive_df,
-            defensive_scale,
-            seed,
-            warn,
-        )
-
-
-def _importance(
-    target: Callable,
-    proposal: Any,
-    num_samples: int,
-    model_args: tuple,
-    model_kwargs: dict | None,
-    target_kind: str,
-    chunk_size: int,
-    defensive: float,
-    defensive_df: float,
-    defensive_scale: float,
-    seed: int | None,
-    warn: bool,
-) -> ImportanceResult:
-    num_samples = check_num_samples(num_samples)
-    chunk_size = check_num_samples(chunk_size, "chunk_size")
+    num_samples = check_count("num_samples", num_samples)
+    chunk_size = check_count("chunk_size", chunk_size)
     if not 0.0 <= defensive < 1.0:
         raise ValueError(f"defensive must be a mixture weight in [0, 1), got {defensive!r}")
-    model_kwargs = dict(model_kwargs or {})
+    model_args, model_kwargs = check_model_arguments(model_args, model_kwargs)
     if _is_guide(proposal):
         if defensive:
             raise ValueError(
@@ -397,12 +168,17 @@ def _importance(
                 lps.append(call_target(log_density, x))
                 lqs.append(log_q)
     x, log_p, log_q = torch.cat(xs), torch.cat(lps), torch.cat(lqs)
-    sites = (
-        model_target.unpack(x.to(model_target.dtype))
-        if isinstance(model_target, ModelTarget)
-        else None
+    sites = None if model_target is None else model_target.unpack(x)
+    result = finish(
+        log_p - log_q,
+        x,
+        sites,
+        log_p,
+        log_q,
+        warn,
+        defensive,
+        hint=_nan_hint(model_args, model_kwargs),
     )
-    result = finish(log_p - log_q, x, sites, log_p, log_q, warn, defensive)
     if model_target is not None:
         result.info["sites"] = model_target.describe()
     return result
@@ -428,4 +204,12 @@ def _guide_importance(
             )
     sites = {k: torch.cat([c[0][k] for c in chunks]) for k in chunks[0][0]}
     log_w = torch.cat([c[1] for c in chunks])
-    return finish(log_w, None, sites, None, None, warn, stacklevel=5)
+    return finish(log_w, None, sites, None, None, warn, stacklevel=5, hint=_nan_hint(args, kwargs))
+
+
+def _nan_hint(args: tuple, kwargs: dict) -> str:
+    """What an all-NaN target may come from, for the error message."""
+    bad = nan_arguments(args, kwargs)
+    if bad:
+        return f"{', '.join(bad)} hold NaN values (missing data needs obs_mask)"
+    return "NaN in the data or parameters the target uses?"

@@ -68,8 +68,17 @@ def psis(log_weights: Tensor) -> tuple[Tensor, float]:
 
     Returns:
         ``(smoothed, khat)``: smoothed normalised log-weights, shape (S,), same device and
-        dtype as the input (``logsumexp(smoothed) == 0``); :math:`\hat k` as a float (``inf``
-        when too few finite weights exist to fit the tail).
+        dtype as the input (``logsumexp(smoothed) == 0``); :math:`\hat k` as a float: ``inf``
+        when too few weights exist to fit the tail (one nonzero weight, or fewer than five
+        above ArviZ's tail cutoff, i.e. S <= 20), ``-inf`` when every nonzero weight is the
+        same (to the dtype's rounding).
+
+    Equal weights (a proposal equal to the target up to a constant) have no tail: their
+    distribution is a point mass, the limit of a generalized Pareto distribution with bounded
+    support :math:`[0, \sigma/|k|]` as :math:`k \to -\infty`, so :math:`\hat k = -\infty`,
+    below every threshold (the estimates are those of plain Monte Carlo from the target), and
+    the smoothed weights are the raw ones. (ArviZ itself reports ``inf`` there: its tail
+    above the cutoff is empty.)
     """
     import arviz as az
 
@@ -80,6 +89,12 @@ def psis(log_weights: Tensor) -> tuple[Tensor, float]:
         raise ValueError("every importance weight is zero (all log-weights are -inf or NaN)")
     lw = log_weights.detach().double().cpu().numpy()
     keep = finite.cpu().numpy()
+    raw = lw[keep]
+    if raw.size == 1 or raw.max() - raw.min() <= _tie_tolerance(raw, log_weights.dtype):
+        # One weight (no tail to fit: inf) or equal weights (no tail at all: -inf).
+        smoothed = np.where(keep, -np.log(raw.size), -np.inf)
+        khat = math.inf if raw.size == 1 else -math.inf
+        return torch.as_tensor(smoothed, device=log_weights.device).to(log_weights.dtype), khat
     with warnings.catch_warnings():
         # ArviZ warns itself about large k-hat; callers warn with the threshold that applies.
         warnings.simplefilter("ignore")
@@ -89,12 +104,18 @@ def psis(log_weights: Tensor) -> tuple[Tensor, float]:
     if not np.isfinite(smoothed_finite).all():
         # ArviZ's tail fit degenerates (NaN) on (near-)constant weights, i.e. a proposal equal
         # to the target: there is no tail to smooth, so the normalised raw weights are exact.
-        raw = lw[keep]
         smoothed_finite = raw - (raw.max() + np.log(np.exp(raw - raw.max()).sum()))
     smoothed = np.full_like(lw, -np.inf)
     smoothed[keep] = smoothed_finite
     smoothed = torch.as_tensor(smoothed, device=log_weights.device).to(log_weights.dtype)
     return smoothed, float(khat)
+
+
+def _tie_tolerance(raw: np.ndarray, dtype: torch.dtype) -> float:
+    """Spread of log-weights that rounding alone explains: a few units in the last place of
+    the input dtype at the weights' magnitude."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
+    return 16 * eps * max(1.0, float(np.abs(raw).max()))
 
 
 def _normalize(log_weights: Tensor) -> Tensor:

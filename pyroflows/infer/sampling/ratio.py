@@ -30,7 +30,7 @@ from torch import Tensor
 from ...checks import as_data
 from ...core import Flow
 from ..fitting.fit import FitResult, fit
-from .importance import ImportanceResult, finish
+from .importance_result import ImportanceResult, finish
 
 __all__ = ["DensityRatioResult", "density_ratio"]
 

@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pyro.distributions import Rejector
 from torch import Tensor
 
-from .importance import check_num_samples, seeded
-from .targets_and_proposals import ModelTarget, VectorProposal, call_target, resolve_target
+from ...checks import check_count
+from ..model_density import check_model_arguments
+from .envelope import RejectionError, estimate_log_M, propose
+from .flow_rejector import FlowRejector
+from .importance import seeded
+from .targets_and_proposals import VectorProposal, resolve_target
 
 __all__ = [
     "FlowRejector",
@@ -39,10 +42,6 @@ __all__ = [
     "estimate_log_M",
     "rejection_sample",
 ]
-
-
-class RejectionError(RuntimeError):
-    """Raised when rejection sampling runs out of its proposal budget."""
 
 
 @dataclass
@@ -91,90 +90,6 @@ class RejectionResult:
         r"""Delta-method SE :math:`\sqrt{(1-a)/(a N)}` of :attr:`log_evidence`."""
         a = self.acceptance_rate
         return math.sqrt((1 - a) / (a * self.num_proposed))
-
-
-def _differences(log_density: Callable, q: VectorProposal, x: Tensor, log_q: Tensor) -> Tensor:
-    d = call_target(log_density, x) - log_q
-    return torch.where(torch.isnan(d), torch.full_like(d, -math.inf), d)
-
-
-def estimate_log_M(  # noqa: N802
-    log_density: Callable[[Tensor], Tensor],
-    proposal: VectorProposal,
-    num_pilot: int = 4096,
-    top: int = 16,
-    steps: int = 100,
-    lr: float = 0.05,
-    margin: float = 0.5,
-) -> tuple[float, dict[str, Any]]:
-    r"""Estimate :math:`\log M \ge \max_x \log\tilde p(x) - \log q(x)` from a pilot.
-
-    Args:
-        log_density: the target, (n, D) -> (n,), differentiable for the ascent.
-        proposal: the proposal.
-        num_pilot: pilot draws.
-        top: number of best pilot draws refined by gradient ascent.
-        steps: Adam steps of the ascent (0: pilot maximum only).
-        lr: Adam step in units of the pilot's standard deviation per coordinate.
-        margin: nats added to the maximum found.
-
-    Returns:
-        ``(log_M, info)`` with ``info`` holding ``pilot_max`` (before ascent), ``ascent_max``
-        and ``at_edge`` (the maximum lies on the edge of the pilot's region).
-    """
-    with torch.no_grad():
-        x, log_q = proposal.sample_and_log_prob(num_pilot)
-        d = _differences(log_density, proposal, x, log_q)
-    if not bool(torch.isfinite(d).any()):
-        raise ValueError(
-            "the target is -inf or NaN at every pilot draw: no envelope can be estimated"
-        )
-    pilot_max = float(d.max())
-    floor = float(log_q[torch.isfinite(log_q)].min())
-    finite = torch.isfinite(x).all(1) & torch.isfinite(d)
-    center, spread = (
-        x[finite].mean(0),
-        x[finite].std(0).clamp_min(1e-8) if int(finite.sum()) > 1 else 1.0,
-    )
-    best_x = x[d.topk(min(top, num_pilot)).indices].detach()
-    best = float(d.max())
-    at_edge = False
-    if steps > 0:
-        y = ((best_x - center) / spread).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([y], lr=lr)
-        try:
-            for _ in range(steps):
-                xs = center + spread * y
-                lq = proposal.log_prob(xs)
-                value = call_target(log_density, xs) - lq
-                objective = torch.where(torch.isfinite(value), value, torch.zeros_like(value))
-                optimizer.zero_grad()
-                (-objective.sum()).backward()
-                previous = y.detach().clone()
-                optimizer.step()
-                with torch.no_grad():
-                    new_lq = proposal.log_prob(center + spread * y)
-                    outside = ~(new_lq >= floor)  # also catches NaN
-                    y.copy_(torch.where(outside[:, None], previous, y))
-                    ok = torch.isfinite(value)
-                    if bool(ok.any()):
-                        i = int(torch.where(ok, value, torch.full_like(value, -math.inf)).argmax())
-                        if float(value[i]) > best:
-                            best = float(value[i])
-                            at_edge = bool(lq[i] < floor + 0.5) or bool(outside[i])
-        except RuntimeError as error:  # the target is not differentiable: keep the pilot maximum
-            warnings.warn(
-                f"gradient ascent for log_M failed ({error}); using the pilot maximum", stacklevel=3
-            )
-    if at_edge:
-        warnings.warn(
-            "the maximum of log p - log q lies on the edge of the region the pilot "
-            "explored: the ratio may be unbounded (a target with heavier tails than the "
-            "proposal); expect envelope violations",
-            UserWarning,
-            stacklevel=3,
-        )
-    return best + margin, {"pilot_max": pilot_max, "ascent_max": best, "at_edge": at_edge}
 
 
 def rejection_sample(
@@ -226,13 +141,14 @@ def rejection_sample(
         >>> r = rejection_sample(lambda x: -0.5 * (x**2).sum(-1), flow, 1000, seed=0)  # doctest: +SKIP
         >>> r.samples.shape, r.acceptance_rate, r.log_M                               # doctest: +SKIP
     """
-    num_samples = check_num_samples(num_samples)
-    batch_size = check_num_samples(batch_size, "batch_size")
+    num_samples = check_count("num_samples", num_samples)
+    batch_size = check_count("batch_size", batch_size)
     max_proposals = (
         max(10**6, 1000 * num_samples)
         if max_proposals is None
-        else check_num_samples(max_proposals, "max_proposals")
+        else check_count("max_proposals", max_proposals)
     )
+    model_args, model_kwargs = check_model_arguments(model_args, model_kwargs)
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
     with seeded(seed, q.sample_and_log_prob(1)[0].device):
@@ -262,23 +178,15 @@ def rejection_sample(
                         "check log_M, or raise max_proposals"
                     )
                 n = min(batch_size, max_proposals - proposed)
-                x, log_q = q.sample_and_log_prob(n)
-                raw = call_target(log_density, x) - log_q
-                nan = torch.isnan(raw)
-                nans += int(nan.sum())
-                d = torch.where(nan, torch.full_like(raw, -math.inf), raw) - log_M
+                kept, d, nan = propose(log_density, q, n, log_M)
+                nans += nan
                 violations += int((d > 0).sum())
                 excess = max(excess, float(d.max()))
-                keep = torch.rand_like(d).log() < d
-                accepted.append(x[keep])
-                n_accepted += int(keep.sum())
+                accepted.append(kept)
+                n_accepted += kept.shape[0]
                 proposed += n
     samples = torch.cat(accepted)[:num_samples]
-    sites = (
-        model_target.unpack(samples.to(model_target.dtype))
-        if isinstance(model_target, ModelTarget)
-        else None
-    )
+    sites = None if model_target is None else model_target.unpack(samples)
     result = RejectionResult(
         samples,
         sites,
@@ -309,106 +217,3 @@ def rejection_sample(
             stacklevel=2,
         )
     return result
-
-
-class FlowRejector(Rejector):
-    r"""A Pyro distribution sampling :math:`p \propto \tilde p` by rejection from a flow.
-
-    Like Pyro's :class:`~pyro.distributions.Rejector`, but the acceptance rate
-    :math:`\mathbb{E}_q[\min(1, \tilde p/(Mq))]` is estimated for you (from ``num_pilot`` draws),
-    ``log_M`` may be estimated too, and sampling is batched with bounded work (a
-    :class:`RejectionError` instead of a hang). Its density is that of the accepted draws,
-    :math:`\log q(x) + \min(0, \log\tilde p(x) - \log q(x) - \log M) - \log(\text{rate})`,
-    which equals :math:`\log p(x)` where the envelope holds.
-
-    Args:
-        log_density: unnormalised target, (n, D) -> (n,).
-        proposal: a Flow, FlowDistribution or torch distribution over (D,) vectors.
-        log_M: envelope constant (estimated when ``None``).
-        num_pilot: draws for the acceptance-rate (and log_M) estimate.
-        max_proposals: proposal budget per ``sample`` call.
-        margin: safety margin of an estimated log_M (nats).
-
-    Attributes:
-        acceptance_rate, acceptance_rate_se: the pilot estimate and its standard error.
-        num_proposed, num_accepted, envelope_violations: running counts over all ``sample`` calls.
-
-    Example:
-        >>> d = FlowRejector(lambda x: -0.5 * (x**2).sum(-1), flow)     # doctest: +SKIP
-        >>> pyro.sample("x", d)                                         # doctest: +SKIP
-    """
-
-    has_rsample = False
-
-    def __init__(
-        self,
-        log_density: Callable[[Tensor], Tensor],
-        proposal: Any,
-        log_M: float | None = None,  # noqa: N803
-        num_pilot: int = 10_000,
-        max_proposals: int = 10**7,
-        margin: float = 0.5,
-    ) -> None:
-        q = VectorProposal(proposal)
-        self._q, self._log_density = q, log_density
-        if log_M is None:
-            log_M, _ = estimate_log_M(log_density, q, min(num_pilot, 4096), margin=margin)
-        self.log_M = float(log_M)
-        with torch.no_grad():
-            x, log_q = q.sample_and_log_prob(check_num_samples(num_pilot, "num_pilot"))
-            a = self._accept(x, log_q).exp()
-        self.acceptance_rate = float(a.mean())
-        self.acceptance_rate_se = float(a.std() / math.sqrt(num_pilot))
-        if not self.acceptance_rate > 0:
-            raise ValueError("no pilot draw would be accepted: the proposal misses the target")
-        self.max_proposals = check_num_samples(max_proposals, "max_proposals")
-        self.num_proposed = self.num_accepted = self.envelope_violations = 0
-        super().__init__(
-            q.distribution,
-            self._log_prob_accept_fn,
-            torch.tensor(math.log(self.acceptance_rate), dtype=x.dtype, device=x.device),
-        )
-
-    def _accept(self, x: Tensor, log_q: Tensor) -> Tensor:
-        d = call_target(self._log_density, x) - log_q - self.log_M
-        d = torch.where(torch.isnan(d), torch.full_like(d, -math.inf), d)
-        return d.clamp(max=0.0)
-
-    def _log_prob_accept_fn(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        return self._accept(flat, self._q.log_prob(flat)).reshape(x.shape[:-1])
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        """Batched rejection sampling of ``sample_shape`` draws with bounded work."""
-        n = math.prod(sample_shape)
-        with torch.no_grad():
-            out, got, proposed = [], 0, 0
-            while got < n:
-                if proposed >= self.max_proposals:
-                    raise RejectionError(
-                        f"FlowRejector used {proposed} proposals for {got} of {n} samples "
-                        f"(acceptance rate {got / proposed:.3g}, pilot estimate "
-                        f"{self.acceptance_rate:.3g})"
-                    )
-                k = min(
-                    max(int(1.2 * (n - got) / self.acceptance_rate) + 16, 64),
-                    self.max_proposals - proposed,
-                )
-                x, log_q = self._q.sample_and_log_prob(k)
-                d = call_target(self._log_density, x) - log_q - self.log_M
-                self.envelope_violations += int((d > 0).sum())
-                keep = torch.rand_like(d).log() < d
-                out.append(x[keep])
-                got += int(keep.sum())
-                proposed += k
-                self.num_accepted += int(keep.sum())
-            self.num_proposed += proposed
-        return torch.cat(out)[:n].reshape(tuple(sample_shape) + (self._q.dim,))
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        raise NotImplementedError("FlowRejector samples are not reparametrised; use sample()")
-
-    @property
-    def observed_acceptance_rate(self) -> float:
-        """Accepted / proposed over every ``sample`` call so far (``nan`` before any)."""
-        return self.num_accepted / self.num_proposed if self.num_proposed else math.nan

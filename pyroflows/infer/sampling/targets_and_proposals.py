@@ -33,7 +33,12 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ...core import Flow, FlowDistribution
-from ..model_density import LatentLayout, UnconstrainedLogDensity, plate_nesting
+from ..model_density import (
+    LatentLayout,
+    UnconstrainedLogDensity,
+    check_model_arguments,
+    plate_nesting,
+)
 
 __all__ = ["ModelTarget", "VectorProposal", "call_target", "is_model", "resolve_target"]
 
@@ -70,7 +75,7 @@ class ModelTarget(UnconstrainedLogDensity):
         model_kwargs: dict | None = None,
         order: list[str] | None = None,
     ) -> None:
-        args, kwargs = tuple(model_args), dict(model_kwargs or {})
+        args, kwargs = check_model_arguments(model_args, model_kwargs)
         with poutine.block():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
         latent = {}
@@ -104,7 +109,7 @@ class ModelTarget(UnconstrainedLogDensity):
 
     def unpack(self, u: Tensor) -> dict[str, Tensor]:
         """Constrained site values for latents (S, D): ``name -> (S, *site shape)``."""
-        return self.layout.unpack_batch(u)
+        return self.layout.unpack_batch(u.to(self.dtype))
 
     def __call__(self, u: Tensor, args: tuple | None = None, kwargs: dict | None = None) -> Tensor:
         if u.dim() != 2 or u.shape[1] != self.dim:
@@ -129,6 +134,7 @@ class VectorProposal:
         self, proposal: Any, model_args: tuple = (), model_kwargs: dict | None = None
     ) -> None:
         self.guide = None
+        model_args, model_kwargs = check_model_arguments(model_args, model_kwargs)
         if isinstance(proposal, Flow):
             if proposal.context_features:
                 raise ValueError(
@@ -138,9 +144,9 @@ class VectorProposal:
         elif isinstance(proposal, AutoContinuous):
             if proposal.prototype_trace is None:
                 with poutine.block():
-                    proposal(*model_args, **(model_kwargs or {}))
+                    proposal(*model_args, **model_kwargs)
             self.guide = proposal
-            distribution = proposal.get_posterior(*model_args, **(model_kwargs or {}))
+            distribution = proposal.get_posterior(*model_args, **model_kwargs)
         elif isinstance(proposal, Distribution):
             distribution = proposal
         else:
@@ -236,9 +242,13 @@ def call_target(log_density: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     try:
         out = log_density(x)
     except (RuntimeError, ValueError, IndexError) as error:
+        hint = (
+            "are the target's data and parameters valid (no NaN, inside the supports)?"
+            if "invalid values" in str(error) or "support" in str(error)
+            else "do the target and the proposal have the same dimension?"
+        )
         raise ValueError(
-            f"the target failed on proposal points of shape {tuple(x.shape)} ({error}); "
-            "do the target and the proposal have the same dimension?"
+            f"the target failed on proposal points of shape {tuple(x.shape)} ({error}); {hint}"
         ) from error
     out = torch.as_tensor(out)
     if out.shape != x.shape[:1]:
