@@ -50,8 +50,9 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..checks import check_features
-from ..core import Flow, Transactional, transaction
+from ..core import Flow
 from ..nn.device import module_device_dtype
+from ..nn.transaction import Transactional, transaction
 from ..transforms.base import Bijection, Inverse
 from .cube import StandardNormalCdf, UnitCube
 from .domain import REAL, UNIT

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from ...checks import as_data, check_choice, check_count, check_real
-from ...core import transaction
 from ...nn.device import module_device_dtype
+from ...nn.transaction import transaction
 from .callbacks import EarlyStopping, FitState, TimeBudget
 from .checkpoint import Checkpoint, load_checkpoint
 from .loop import restore_best, run_epochs, snapshot
@@ -250,11 +250,10 @@ def fit(
     if not _is_real(validation) or not 0 <= validation < 1:
         raise ValueError(f"validation must be a fraction in [0, 1), got {validation!r}")
     if optimizer is None:  # else the optimizer's own settings apply
-        check_real("lr", lr)
-        if not _is_real(weight_decay) or not 0 <= weight_decay < math.inf:
-            raise ValueError(
-                f"weight_decay must be a non-negative finite number, got {weight_decay!r}"
-            )
+        # lr = 0 is allowed: it evaluates a start without moving it (fine_tune's baseline).
+        for what, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if not _is_real(value) or not 0 <= value < math.inf:
+                raise ValueError(f"{what} must be a non-negative finite number, got {value!r}")
     check_choice("schedule_interval", schedule_interval, ("epoch", "step"))
     if clip_grad is not None:
         check_real("clip_grad", clip_grad)

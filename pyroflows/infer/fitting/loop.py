@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
-from ...core import transaction
+from ...nn.transaction import transaction
 from .callbacks import FitState
 
 __all__ = ["evaluate", "restore_best", "run_epochs", "snapshot"]

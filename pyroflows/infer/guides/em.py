@@ -34,7 +34,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...core import transaction
+from ...nn.transaction import transaction
 from ..model_density import init_trace, plate_nesting
 
 __all__ = ["ConvergenceWarning", "VariationalEM"]
