@@ -268,14 +268,20 @@ def check_batch(
 
 def check_not_nan(x: Tensor, what: str = "value") -> None:
     """Raise ValueError naming ``what`` when ``x`` holds NaN (a host sync: call it only under
-    validation, ``pyro.enable_validation``)."""
+    validation, ``pyro.enable_validation``). Skipped while ``torch.compile`` traces: a
+    value-dependent branch would break the graph, and compiled code is past debugging."""
+    if torch.compiler.is_compiling():
+        return
     if bool(torch.isnan(x).any()):
         raise ValueError(f"{what} has NaN values (shape {tuple(x.shape)})")
 
 
 def check_finite(x: Tensor, what: str = "context") -> None:
     """Raise ValueError naming ``what`` when ``x`` holds NaN or infinite values (a host sync:
-    call it only under validation, ``pyro.enable_validation``)."""
+    call it only under validation, ``pyro.enable_validation``). Skipped while ``torch.compile``
+    traces, as :func:`check_not_nan`."""
+    if torch.compiler.is_compiling():
+        return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{what} has NaN or infinite values (shape {tuple(x.shape)})")
 
