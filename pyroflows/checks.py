@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 from torch import Tensor
 
@@ -40,6 +41,7 @@ __all__ = [
     "check_options",
     "check_real",
     "check_shape",
+    "validates",
 ]
 
 
@@ -264,6 +266,18 @@ def check_batch(
             f"{what} has batch shape {tuple(value_shape)}, which does not broadcast with the "
             f"distribution's batch shape {tuple(batch_shape)} (the context's rows)"
         ) from None
+
+
+def validates(validate_args: bool | None) -> bool:
+    """Whether a distribution checks its values: ``validate_args`` when given, else Pyro's
+    switch (``pyro.enable_validation``, on by default).
+
+    Pyro's switch rather than torch's class default (``Distribution._validate_args``) because
+    the first ``torch.compile`` in a process turns torch's default off for good (TorchDynamo
+    patches it) while Pyro still reports validation on: a distribution built after any compiled
+    call would silently stop checking its values.
+    """
+    return dist.is_validation_enabled() if validate_args is None else bool(validate_args)
 
 
 def check_not_nan(x: Tensor, what: str = "value") -> None:

@@ -27,6 +27,7 @@ from .checks import (
     check_event,
     check_finite,
     check_not_nan,
+    validates,
 )
 from .nn.transaction import Transactional, transaction
 from .transforms.base import Bijection, Compose
@@ -153,9 +154,7 @@ class FlowDistribution(dist.TransformedDistribution):
         self.transforms = [transform]
         self._support = support
         # Pyro's public switch (pyro.enable_validation) unless the caller says otherwise.
-        self.validates = (
-            dist.is_validation_enabled() if validate_args is None else bool(validate_args)
-        )
+        self.validates = validates(validate_args)
         torch.distributions.Distribution.__init__(
             self, base.batch_shape, torch.Size(transform.shape), validate_args=validate_args
         )

@@ -66,3 +66,16 @@ else:
         "slow", max_examples=100, deadline=None, derandomize=True, print_blob=True
     )
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _pyro_validation_restored():
+    """Each test starts with Pyro's validation switch as the session had it, and torch's
+    distribution default matching it: the first ``torch.compile`` in a process turns torch's
+    default off (TorchDynamo patches it), which would make later tests depend on the order."""
+    import pyro
+
+    enabled = pyro.distributions.is_validation_enabled()
+    pyro.enable_validation(enabled)
+    yield
+    pyro.enable_validation(enabled)

@@ -223,3 +223,22 @@ def test_registry_entry_and_protocol():
     }
     with pytest.raises(TypeError, match="unknown options \\['bins'\\]"):
         pyroflows.density.build("pixelcnn", (1, 4, 4), bins=3)
+
+
+def test_value_check_follows_pyro_switch_after_torch_compile():
+    """The first ``torch.compile`` in a process turns torch's distribution validation default
+    off for good while Pyro still reports validation on; the value check must follow Pyro's
+    switch (this is why the far-tails test failed only after the compile tests had run)."""
+    model = PixelCNN((1, 3, 3), "logistic", hidden=4, blocks=1, first_kernel_size=3)
+    half = torch.full((2, 1, 3, 3), 0.5)
+    with pyro.validation_enabled(True):
+        torch.distributions.Distribution.set_default_validate_args(False)  # what dynamo does
+        try:
+            with pytest.raises(ValueError, match="integers 0..255"):
+                model().log_prob(half)
+            with pytest.raises(ValueError, match="integers 0..255"):
+                model().expand((2,)).log_prob(half)
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(True)
+    with pyro.validation_enabled(False):
+        assert model().log_prob(half).shape == (2,)  # unchecked when switched off

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from ..checks import check_choice, check_count
+from ..checks import check_choice, check_count, validates
 from ..nn.masked_conv import PixelCNNConditioner
 from ..nn.options import passes_keywords_to
 from ..transforms.conventions import check_image_shape
@@ -193,6 +193,8 @@ class PixelCNNDistribution(dist.TorchDistribution):
         super().__init__(
             torch.Size(batch_shape), torch.Size(model.shape), validate_args=validate_args
         )
+        # Pyro's switch, not torch's default (which the first torch.compile turns off).
+        self.validates = validates(validate_args)
 
     @constraints.dependent_property(is_discrete=True, event_dim=3)
     def support(self) -> constraints.Constraint:
@@ -208,7 +210,11 @@ class PixelCNNDistribution(dist.TorchDistribution):
                 f"expected images of shape (..., C, H, W) = (..., {', '.join(map(str, self.model.shape))}), "
                 f"got {tuple(value.shape)}"
             )
-        if self._validate_args and not bool(self.support.check(value).all()):
+        if (
+            self.validates
+            and not torch.compiler.is_compiling()
+            and not bool(self.support.check(value).all())
+        ):
             allowed = (
                 "0 or 1"
                 if self.model.likelihood == "bernoulli"
@@ -252,7 +258,7 @@ class PixelCNNDistribution(dist.TorchDistribution):
         context = self.context
         if context is not None:
             context = context.expand(*batch_shape, context.shape[-1])
-        return PixelCNNDistribution(self.model, context, batch_shape, self._validate_args)
+        return PixelCNNDistribution(self.model, context, batch_shape, self.validates)
 
 
 @register("pixelcnn", event_dims=3)
