@@ -14,7 +14,9 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 import operator
+import os
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -42,6 +44,7 @@ __all__ = [
     "check_real",
     "check_shape",
     "validates",
+    "check_allocation",
 ]
 
 
@@ -326,3 +329,33 @@ def as_sample_shape(sample_shape: object) -> torch.Size:
         "sample_shape must be a tuple of non-negative integers such as (5,) (or an int n for "
         f"(n,)), got {sample_shape!r}"
     )
+
+
+def check_allocation(
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device, what: str = "sample_shape"
+) -> None:
+    """Raise ValueError naming ``what`` when a tensor of ``shape`` and ``dtype`` could not fit in
+    the memory of ``device`` at all (all of the machine's RAM, or the GPU's total memory).
+
+    A shape-only check (no host sync): it catches a mistyped ``sample_shape`` such as
+    ``(10**15,)`` with a message that says so, where the allocator would fail with its own
+    byte count, or the machine would swap. Allocations that merely exceed the *free* memory
+    are left to the allocator.
+    """
+    size = math.prod(shape) * torch.empty((), dtype=dtype, device="meta").element_size()
+    device = torch.device(device)
+    if device.type == "cuda":
+        capacity = torch.cuda.get_device_properties(device).total_memory
+    elif device.type == "cpu":
+        try:
+            capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not on this platform: no check
+            return
+    else:
+        return
+    if size > capacity:
+        raise ValueError(
+            f"{what} asks for a tensor of shape {tuple(shape)} ({size / 2**30:,.0f} GiB of "
+            f"{dtype}), more than the {capacity / 2**30:,.0f} GiB of memory on {device}; draw "
+            "fewer samples, or in chunks"
+        )

@@ -21,6 +21,7 @@ from torch.distributions import constraints
 
 from .checks import (
     as_sample_shape,
+    check_allocation,
     check_batch,
     check_context,
     check_dtype,
@@ -69,6 +70,7 @@ class StandardNormalDistribution(dist.TorchDistribution):
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)
+        check_allocation(shape, self.zeros.dtype, self.zeros.device)
         return torch.randn(shape, dtype=self.zeros.dtype, device=self.zeros.device)
 
     def log_prob(self, value: Tensor) -> Tensor:

@@ -47,6 +47,47 @@ def test_reference_sac_smoke_run_writes_its_learning_curve(tmp_path) -> None:  #
     assert all(changed)  # every policy parameter was trained
 
 
+def test_reference_sac_keyboard_interrupt_keeps_the_best_evaluated_policy(tmp_path) -> None:  # noqa: ANN001
+    """Ctrl-C during training returns the partial result (interrupted=True), the policy back
+    at the weights of its best evaluation and in eval mode; evaluations are scripted so the
+    best one is known (the second of three)."""
+    from pyroflows.rl.sac import SAC, SACConfig
+
+    config = SACConfig(
+        total_steps=100,
+        learning_starts=10,
+        batch_size=8,
+        eval_every=20,
+        critic_hidden=(8,),
+        progress=False,
+    )
+    agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": (8,), "flow": None})
+    scripted = iter([[1.0], [5.0], [2.0]])
+    states = []
+
+    def evaluate(episodes: int, **kwargs: object) -> list[float]:
+        states.append({k: v.clone() for k, v in agent.policy.state_dict().items()})
+        if len(states) > 3:
+            raise KeyboardInterrupt
+        return next(scripted)
+
+    agent.evaluate = evaluate  # type: ignore[method-assign]
+    result = agent.train(tmp_path, name="stopped")
+    assert result.interrupted and result.best_step == 40
+    assert [row["step"] for row in result.curve] == [20, 40, 60]
+    assert result.final_returns == [5.0] and result.csv_path.exists()
+    assert not agent.policy.training
+    for key, value in agent.policy.state_dict().items():
+        assert torch.equal(value, states[1][key]), key
+    assert not all(torch.equal(states[1][k], v) for k, v in states[3].items())  # it had moved on
+    # Interrupted before any evaluation: the last weights, no curve, no file.
+    agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": (8,), "flow": None})
+    agent.evaluate = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
+    result = agent.train(tmp_path, name="early")
+    assert result.interrupted and result.best_step is None and result.curve == []
+    assert result.csv_path is None and np.isnan(result.final_mean)
+
+
 def test_reference_sac_rejects_mismatched_policy() -> None:
     from pyroflows.rl.sac import SAC, SACConfig
 

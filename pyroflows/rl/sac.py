@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ from tqdm.auto import tqdm
 
 from ..checks import check_count, check_real
 from .policy import FlowPolicy
+from .replay_buffer import ReplayBuffer
 
 __all__ = ["QNetwork", "ReplayBuffer", "SAC", "SACConfig", "SACResult", "polyak_update"]
 
@@ -102,55 +104,15 @@ class SACResult:
     wall_time: float
     csv_path: Path | None = None
     png_path: Path | None = None
+    #: True when Ctrl-C stopped training: the policy then holds its best-evaluated weights
+    #: (``best_step``), or its last ones when no evaluation had run, and ``final_returns`` are
+    #: that evaluation's.
+    interrupted: bool = False
+    best_step: int | None = None
 
     @property
     def final_mean(self) -> float:
-        return float(np.mean(self.final_returns))
-
-
-class ReplayBuffer:
-    """Fixed-size circular buffer of transitions :math:`(s, a, r, s', d)` in numpy.
-
-    ``sample(n)`` returns float tensors on ``device``/``dtype``: observations ``(n, obs_dim)``,
-    actions ``(n, act_dim)``, rewards and termination flags ``(n,)``.
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, seed: int = 0) -> None:
-        self.capacity, self.size, self.position = capacity, 0, 0
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.actions = np.zeros((capacity, act_dim), np.float32)
-        self.rewards = np.zeros(capacity, np.float32)
-        self.terminated = np.zeros(capacity, np.float32)
-        self.rng = np.random.default_rng(seed)
-
-    def add(
-        self,
-        obs: np.ndarray,
-        action: np.ndarray,
-        reward: float,
-        next_obs: np.ndarray,
-        terminated: bool,
-    ) -> None:
-        i = self.position
-        self.obs[i], self.actions[i], self.rewards[i] = obs, action, reward
-        self.next_obs[i], self.terminated[i] = next_obs, float(terminated)
-        self.position = (i + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(
-        self, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> tuple[Tensor, ...]:
-        if self.size == 0:
-            raise ValueError("the replay buffer is empty")
-        idx = self.rng.integers(0, self.size, n)
-        return tuple(
-            torch.as_tensor(a[idx], device=device, dtype=dtype)
-            for a in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
-        )
-
-    def __len__(self) -> int:
-        return self.size
+        return float(np.mean(self.final_returns)) if self.final_returns else math.nan
 
 
 class QNetwork(nn.Module):
@@ -306,15 +268,54 @@ class SAC:
 
     def train(self, out_dir: str | os.PathLike | None = None, name: str = "sac") -> SACResult:
         """Run ``config.total_steps`` environment steps; write ``{name}_curve.csv`` and
-        ``{name}_curve.png`` under ``out_dir`` when given. Returns a :class:`SACResult`."""
+        ``{name}_curve.png`` under ``out_dir`` when given. Returns a :class:`SACResult`; the
+        policy is left in eval mode.
+
+        Ctrl-C (KeyboardInterrupt) stops training and returns the partial result with
+        ``interrupted=True``: the policy gets back the weights of its best evaluation so far
+        (``best_step``; its last weights when no evaluation had run). The critics, optimizers
+        and replay buffer are left as they were.
+        """
         cfg = self.config
         start = time.perf_counter()
         curve: list[dict[str, float]] = []
-        losses: dict[str, float] = {}
-        obs, _ = self.env.reset(seed=cfg.seed)
+        best: tuple[float, int, dict[str, Tensor], list[float]] | None = None
+        returns: list[float] = []
+        interrupted = False
         bar = tqdm(
             range(1, cfg.total_steps + 1), disable=not cfg.progress, desc=name, mininterval=1.0
         )
+        try:
+            for step, returns in self._steps(bar, start, curve):
+                if best is None or curve[-1]["return_mean"] > best[0]:
+                    state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+                    best = (curve[-1]["return_mean"], step, state, returns)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+            self.policy.eval()
+        best_step = None
+        if interrupted and best is not None:
+            _, best_step, state, returns = best
+            self.policy.load_state_dict(state)
+        result = SACResult(
+            curve,
+            returns,
+            time.perf_counter() - start,
+            interrupted=interrupted,
+            best_step=best_step,
+        )
+        if out_dir is not None and curve:
+            result.csv_path, result.png_path = save_curve(curve, Path(out_dir), name)
+        return result
+
+    def _steps(self, bar: Any, start: float, curve: list[dict[str, float]]) -> Any:
+        """The training loop; yields ``(step, returns)`` after each evaluation (appended to
+        ``curve``)."""
+        cfg = self.config
+        losses: dict[str, float] = {}
+        obs, _ = self.env.reset(seed=cfg.seed)
         self.policy.train()
         for step in bar:
             if step <= cfg.learning_starts:
@@ -343,11 +344,7 @@ class SAC:
                     }
                 )
                 bar.set_postfix(eval_return=f"{np.mean(returns):.1f}", alpha=f"{self.alpha:.3f}")
-        bar.close()
-        result = SACResult(curve, returns, time.perf_counter() - start)
-        if out_dir is not None:
-            result.csv_path, result.png_path = save_curve(curve, Path(out_dir), name)
-        return result
+                yield step, returns
 
 
 def save_curve(curve: list[dict[str, float]], out_dir: Path, name: str) -> tuple[Path, Path]:

@@ -33,8 +33,10 @@ from ..checks import (
     check_context,
     check_count,
     check_event,
+    check_finite,
     check_floating,
     check_shape,
+    validates,
 )
 from .conventions import fast_direction_of, real_events, swap_direction
 
@@ -125,14 +127,12 @@ class Bijection(TransformModule, ConditionalTransform):
     # -- torch.distributions.Transform protocol (unconditional use) ------------------------------
 
     def _call(self, z: Tensor) -> Tensor:
-        check_event(z, self.base_shape)
-        check_floating(z)
+        _check_input(z, self.base_shape)
         check_context(None, self.context_features)
         return self.call_and_ladj(z)[0]
 
     def _inverse(self, x: Tensor) -> Tensor:
-        check_event(x, self.shape)
-        check_floating(x)
+        _check_input(x, self.shape)
         check_context(None, self.context_features)
         return self.inverse_and_ladj(x)[0]
 
@@ -192,6 +192,19 @@ def _reshape_event(shape: Sequence[int], old: tuple[int, ...], new: tuple[int, .
     if old == new:
         return torch.Size(shape)
     return torch.Size(tuple(shape)[: len(shape) - len(old)] + new)
+
+
+def _check_input(v: Tensor, shape: tuple[int, ...]) -> None:
+    """The checks at a transform's public entry (``t(z)``, ``t.inv(x)``): the event shape, a
+    floating dtype and, under Pyro's validation (``pyro.enable_validation``, the default),
+    finite values. A NaN or infinite entry would otherwise come out as NaN (it is not a point
+    of R^d). The composed bijections' own ``call_and_ladj`` and
+    ``inverse_and_ladj`` (the paths a flow's ``log_prob`` and ``rsample`` take) skip this: one
+    check per call, not per layer."""
+    check_event(v, shape)
+    check_floating(v)
+    if validates(None):
+        check_finite(v, "input")
 
 
 def _ladj_from_fast_side(t: Bijection | ConditionedBijection, z: Tensor, x: Tensor) -> Tensor:
@@ -254,8 +267,7 @@ class ConditionedBijection(Transform):
         return self.inverse_and_ladj(x)[0]
 
     def _check(self, v: Tensor, shape: tuple[int, ...]) -> None:
-        check_event(v, shape)
-        check_floating(v)
+        _check_input(v, shape)
         # The input's batch must broadcast with the context's rows.
         check_batch(v.shape[: v.dim() - len(shape)], self.context.shape[:-1], "input")
 
