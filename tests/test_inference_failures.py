@@ -214,6 +214,44 @@ def test_log_q_through_the_inverse_agrees_at_the_smallest_init_scale():
     assert ((forward - inverse).abs() / forward.abs()).max() < 1e-6
 
 
+# -- 5b. guide initialisation is a transaction ------------------------------------------------------
+
+
+def two_site_model(x: torch.Tensor) -> None:
+    a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    b = pyro.sample("b", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+    with pyro.plate("n", len(x)):
+        pyro.sample("x", dist.Normal(a + b.sum(), 1.0), obs=x)
+
+
+@pytest.mark.parametrize("guide_class", [AutoFlow, AutoMeanFieldFlow])
+def test_a_failed_guide_initialisation_leaves_nothing_behind(guide_class):
+    """An error inside the guide's first call (here the init_loc_fn at the second site) leaves
+    no module and no param-store entry; the next call builds the guide as a fresh one would."""
+    x = torch.randn(5)
+    fail = {"b": True}
+
+    def init(site: dict) -> torch.Tensor:
+        if fail.get(site["name"]):
+            fail[site["name"]] = False
+            raise RuntimeError("init failed")
+        return pyro.infer.autoguide.init_to_median(site)
+
+    guide = guide_class(two_site_model, init_loc_fn=init, **SMALL)
+    with pytest.raises(RuntimeError, match="init failed"):
+        guide(x)
+    assert list(pyro.get_param_store().keys()) == []
+    assert list(guide.parameters()) == [] and list(guide.buffers()) == []
+    pyro.set_rng_seed(1)
+    retried = guide(x)
+    pyro.clear_param_store()
+    fresh = guide_class(two_site_model, init_loc_fn=init, **SMALL)
+    pyro.set_rng_seed(1)
+    expected = fresh(x)
+    assert retried.keys() == expected.keys() == {"a", "b"}
+    assert all(torch.equal(retried[k], expected[k]) for k in expected)
+
+
 # -- 6. interrupted loops ---------------------------------------------------------------------------
 
 
