@@ -163,6 +163,35 @@ def speed(args: argparse.Namespace) -> tuple[list, list]:
 
 def quality(args: argparse.Namespace) -> tuple[str, list]:
     rows, records = [], []
+
+    def record(target: str, name: str, result, total_seconds: float, is_seconds: float, **extra):  # noqa: ANN001, ANN003, ANN202
+        """One table row and one JSON record for an importance-sampling result."""
+        d = result.diagnostics()
+        rows.append(
+            [
+                target,
+                name,
+                d["khat"],
+                d["ess"],
+                d["ess"] / args.samples,
+                d["log_evidence"],
+                d["log_evidence_se"],
+                total_seconds,
+                is_seconds,
+            ]
+        )
+        records.append(
+            {
+                "target": target,
+                "guide": name,
+                "train_steps": args.steps,
+                "importance_seconds": is_seconds,
+                **extra,
+                **d,
+            }
+        )
+        print(f"{target} {name}: {result}", flush=True)
+
     for target_name, make_model in (("funnel", funnel), ("banana", banana)):
         model = make_model()
         for guide_name in ("AutoFlow", "AutoMultivariateNormal"):
@@ -173,31 +202,7 @@ def quality(args: argparse.Namespace) -> tuple[str, list]:
             start = time.perf_counter()
             result = importance(model, guide, args.samples, seed=1, warn=False)
             is_seconds = time.perf_counter() - start
-            d = result.diagnostics()
-            rows.append(
-                [
-                    target_name,
-                    guide_name,
-                    d["khat"],
-                    d["ess"],
-                    d["ess"] / args.samples,
-                    d["log_evidence"],
-                    d["log_evidence_se"],
-                    seconds,
-                    is_seconds,
-                ]
-            )
-            records.append(
-                {
-                    "target": target_name,
-                    "guide": guide_name,
-                    "train_steps": args.steps,
-                    "train_seconds": seconds,
-                    "importance_seconds": is_seconds,
-                    **d,
-                }
-            )
-            print(f"{target_name} {guide_name}: {result}", flush=True)
+            record(target_name, guide_name, result, seconds, is_seconds, train_seconds=seconds)
             if guide_name != "AutoFlow" or args.adaptive_rounds == 0:
                 continue
             # Then refit the AutoFlow's flow to its weighted draws (adaptive importance sampling).
@@ -214,65 +219,27 @@ def quality(args: argparse.Namespace) -> tuple[str, list]:
             start = time.perf_counter()
             result = importance(model, guide, args.samples, seed=1, warn=False)
             is_seconds = time.perf_counter() - start
-            d = result.diagnostics()
             name = f"AutoFlow + adaptive ({len(out.history) - 1} refits)"
-            rows.append(
-                [
-                    target_name,
-                    name,
-                    d["khat"],
-                    d["ess"],
-                    d["ess"] / args.samples,
-                    d["log_evidence"],
-                    d["log_evidence_se"],
-                    seconds + adapt_seconds,
-                    is_seconds,
-                ]
-            )
-            records.append(
-                {
-                    "target": target_name,
-                    "guide": name,
-                    "train_steps": args.steps,
-                    "train_seconds": seconds,
-                    "adaptive_seconds": adapt_seconds,
-                    "adaptive_history": out.history,
-                    **d,
-                }
-            )
-            print(f"{target_name} {name}: {result}", flush=True)
+            common = {
+                "train_seconds": seconds,
+                "adaptive_seconds": adapt_seconds,
+                "adaptive_history": out.history,
+            }
+            record(target_name, name, result, seconds + adapt_seconds, is_seconds, **common)
             # The same proposal as a defensive mixture with a wide Student-t (10 % of draws).
             start = time.perf_counter()
             result = importance(model, guide, args.samples, seed=1, warn=False, defensive=0.1)
             mix_seconds = time.perf_counter() - start
-            d = result.diagnostics()
             name += " + defensive 0.1"
-            rows.append(
-                [
-                    target_name,
-                    name,
-                    d["khat"],
-                    d["ess"],
-                    d["ess"] / args.samples,
-                    d["log_evidence"],
-                    d["log_evidence_se"],
-                    seconds + adapt_seconds,
-                    mix_seconds,
-                ]
+            record(
+                target_name,
+                name,
+                result,
+                seconds + adapt_seconds,
+                mix_seconds,
+                defensive=0.1,
+                **common,
             )
-            records.append(
-                {
-                    "target": target_name,
-                    "guide": name,
-                    "train_steps": args.steps,
-                    "train_seconds": seconds,
-                    "adaptive_seconds": adapt_seconds,
-                    "defensive": 0.1,
-                    "importance_seconds": mix_seconds,
-                    **d,
-                }
-            )
-            print(f"{target_name} {name}: {result}", flush=True)
     header = [
         "target",
         "proposal",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pyroflows.infer import Callback, FitState
+
 
 @torch.no_grad()
 def perturb(module: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
@@ -26,3 +28,15 @@ def jacobian_logdet(f, z: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
         J = torch.autograd.functional.jacobian(f, row)
         out.append(torch.linalg.slogdet(J)[1])
     return torch.stack(out)
+
+
+class InterruptAt(Callback):
+    """A fit callback that raises KeyboardInterrupt (a user's Ctrl-C) at the end of ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, state: FitState) -> bool:
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt
+        return False

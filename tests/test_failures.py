@@ -6,6 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import InterruptAt
 from torch.distributions import constraints
 
 from pyroflows.destructors import DeepDestructor, HistogramDestructor, build
@@ -220,16 +221,6 @@ def test_an_error_during_training_leaves_the_best_state_in_eval_mode():
 
 
 # -- 4. interrupting fine-tuning keeps the best state ------------------------------------------
-
-
-class InterruptAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, state: FitState) -> bool:
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
-        return False
 
 
 def test_fine_tune_interrupted_returns_the_best_state_in_eval_mode():

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import InterruptAt
 
 from pyroflows import Flow
 from pyroflows.flows import build
@@ -315,16 +316,6 @@ def test_learning_rate_schedules():
         fit(flow, x, schedule="linear", progress=False)
     with pytest.raises(ValueError, match="schedule_interval"):
         fit(flow, x, schedule="cosine", schedule_interval="batch", progress=False)
-
-
-class InterruptAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_end(self, state: FitState) -> bool:
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
-        return False
 
 
 def test_keyboard_interrupt_keeps_the_best_state_and_eval_mode():
