@@ -11,7 +11,7 @@ from .guides.autoguide import AutoFlow
 from .guides.em import VariationalEM
 from .guides.meanfield import AutoMeanFieldFlow
 from .sampling.adaptive import AdaptiveResult, adaptive_importance
-from .sampling.guide_weights import guide_log_weights
+from .sampling.guide_weights import guide_log_weights, posterior_predictive
 from .sampling.importance import ImportanceResult, importance
 from .sampling.psis import khat_threshold, psis
 from .sampling.ratio import DensityRatioResult, density_ratio
@@ -50,6 +50,7 @@ __all__ = [
     "fine_tune",
     "fit",
     "guide_log_weights",
+    "posterior_predictive",
     "importance",
     "khat_threshold",
     "psis",

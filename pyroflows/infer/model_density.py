@@ -42,6 +42,7 @@ __all__ = [
     "sum_to_particles",
     "trace_log_joint",
     "trace_plate_nesting",
+    "vmap_points",
 ]
 
 #: Name of the plate that vectorises over particles (kept out of the model's own names).
@@ -259,9 +260,19 @@ class LatentLayout:
 class UnconstrainedLogDensity:
     r""":math:`\log p(x, z(u)) + \log|\det\partial z/\partial u|` of latents (S, D) -> (S,).
 
-    Vectorised over the S points with a particle plate; for a model whose shapes do not
-    broadcast over one, a loop over points, used from then on once it works (with a warning
-    when ``warn``). Differentiable in ``u``.
+    Batched over the S points by the first route that works for the model, then by that route
+    from then on (``route``):
+
+    1. ``"plate"``: one run of the model inside a particle plate (a model written with
+       batching in mind);
+    2. ``"vmap"``: ``torch.func.vmap`` over the points, for a model written for one point
+       (``X @ w`` inside a data plate, say), which needs nothing from the user. Its first use
+       is checked against one unbatched evaluation (under Pyro's validation), and Pyro's
+       validation is off inside (its checks are data-dependent branches vmap cannot take);
+    3. ``"loop"``: one model run per point, the last resort, with a warning (when ``warn``)
+       that says what prevented the other two.
+
+    Differentiable in ``u`` on every route.
 
     Args:
         model: the Pyro model.
@@ -275,8 +286,8 @@ class UnconstrainedLogDensity:
         ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
         >>> trace = init_trace(model, (), {})
         >>> density = UnconstrainedLogDensity(model, LatentLayout(trace.iter_stochastic_nodes()), 0)
-        >>> density(torch.zeros(4, 1)).shape
-        torch.Size([4])
+        >>> density(torch.zeros(4, 1)).shape, density.route
+        (torch.Size([4]), 'plate')
     """
 
     def __init__(
@@ -290,7 +301,15 @@ class UnconstrainedLogDensity:
     ) -> None:
         self.model, self.layout, self.nesting = model, layout, nesting
         self.args, self.kwargs, self.warn = tuple(args), dict(kwargs or {}), warn
-        self.vectorize = True
+        self.route = "plate"
+        self.vmap_checked = False
+        #: Why each route that failed did (an exception per route name).
+        self.failures: dict[str, BaseException] = {}
+
+    @property
+    def vectorize(self) -> bool:
+        """Whether the points are evaluated batched (route ``"plate"`` or ``"vmap"``)."""
+        return self.route != "loop"
 
     def evaluate(
         self, u: Tensor, nesting: int | None, args: tuple | None = None, kwargs: dict | None = None
@@ -307,23 +326,61 @@ class UnconstrainedLogDensity:
         return log_det + trace_log_joint(trace, u.shape[0], nesting, u)
 
     def __call__(self, u: Tensor, args: tuple | None = None, kwargs: dict | None = None) -> Tensor:
-        if self.vectorize:
+        if u.shape[0] == 0:
+            return u.new_zeros(0)
+        if self.route == "plate":
             try:
                 return self.evaluate(u, self.nesting, args, kwargs)
             except VECTORIZE_ERRORS as error:
-                reason = error
-        else:
-            reason = None
-        # Errors here are not a vectorisation problem (e.g. invalid parameter values): raise.
-        out = torch.cat([self.evaluate(row[None], None, args, kwargs) for row in u])
-        if self.vectorize:
-            # The loop works where the particle plate did not: the model's shapes do not
-            # broadcast over a particle plate, so loop from now on.
-            self.vectorize = False
-            if self.warn:
-                warnings.warn(
-                    f"the model does not vectorise over a particle plate ({reason}); "
-                    "falling back to a slow loop over samples",
-                    stacklevel=3,
-                )
-        return out
+                self.failures["plate"] = error
+                self.route = "vmap"
+
+        def one(v: Tensor) -> Tensor:  # (1, D) -> (1,)
+            return self.evaluate(v, None, args, kwargs)
+
+        if self.route == "vmap":
+            # One unbatched, validated point first: a genuine error in the model raises here.
+            reference = None if self.vmap_checked else one(u[:1])
+            try:
+                out = vmap_points(one, u)
+                if reference is not None:
+                    check_same(out[:1], reference, "torch.func.vmap")
+                    self.vmap_checked = True
+                return out
+            except VECTORIZE_ERRORS as error:
+                self.failures["vmap"] = error
+                self.route = "loop"
+                if self.warn:
+                    warnings.warn(
+                        "the model cannot be evaluated batched over draws, so it runs once per "
+                        f"draw (slow): in a particle plate it failed with "
+                        f"{describe(self.failures['plate'])}; under torch.func.vmap with "
+                        f"{describe(error)}",
+                        stacklevel=2,
+                    )
+        # Errors here are not a batching problem (e.g. invalid parameter values): raise.
+        return torch.cat([one(row[None]) for row in u])
+
+
+def vmap_points(fn: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
+    """``fn`` of one point (1, D) -> (1,), mapped over the rows of ``u`` (S, D) -> (S,) with
+    ``torch.func.vmap``; Pyro's validation is off inside (its checks branch on values)."""
+    with pyro.validation_enabled(False):
+        return torch.func.vmap(lambda row: fn(row[None])[0], randomness="different")(u)
+
+
+def check_same(batched: Tensor, reference: Tensor, how: str) -> None:
+    """Raise ValueError unless a batched evaluation agrees with the unbatched one (to the
+    square root of the dtype's resolution): a model that batches without error but not
+    correctly is not batched."""
+    tol = torch.finfo(reference.dtype).eps ** 0.5 if reference.is_floating_point() else 0.0
+    if not torch.allclose(batched, reference, rtol=tol, atol=tol, equal_nan=True):
+        raise ValueError(
+            f"{how} gives {batched.tolist()} where one unbatched run gives {reference.tolist()}"
+        )
+
+
+def describe(error: BaseException) -> str:
+    """An exception as ``Type: first line of its message`` (for warnings)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first[:200]}"
