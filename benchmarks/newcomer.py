@@ -4,7 +4,8 @@ The model (20 coefficients and an intercept, 500 rows) is written as users write
 ``X @ w`` inside a ``pyro.plate`` over the rows and no particle dimension in mind. Timed, each
 in seconds: building ``AutoFlow`` (its first call, including the default ``init="auto"``), 2000
 SVI steps, ``importance`` with 10^4 draws, ``Predictive`` with 1000 draws, and
-``to_inference_data`` with 1000 draws. Next to it, Pyro's ``AutoMultivariateNormal`` for the
+``to_inference_data`` with 1000 draws (and ``posterior_predictive`` with 1000 draws, where the
+installed pyroflows has it). Next to it, Pyro's ``AutoMultivariateNormal`` for the
 build and the SVI steps.
 
 A phase that would take minutes is timed on a small number of draws first and extrapolated
@@ -32,21 +33,26 @@ from pyro.optim import Adam
 
 from pyroflows.infer import AutoFlow, importance, to_inference_data
 
+try:
+    from pyroflows.infer import posterior_predictive
+except ImportError:  # before pyroflows had it
+    posterior_predictive = None
+
 
 def logistic_data(n: int = 500, p: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, p, generator=g)
+    x = torch.randn(n, p, generator=g)
     w = torch.randn(p, generator=g) / p**0.5
-    y = torch.bernoulli(torch.sigmoid(X @ w + 0.5), generator=g)
-    return X, y
+    y = torch.bernoulli(torch.sigmoid(x @ w + 0.5), generator=g)
+    return x, y
 
 
-def model(X: torch.Tensor, y: torch.Tensor | None = None) -> None:
+def model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
     """As a user writes it: no thought of a particle dimension."""
-    w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[1]), 1.0).to_event(1))
+    w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[1]), 1.0).to_event(1))
     b = pyro.sample("b", dist.Normal(0.0, 5.0))
-    with pyro.plate("rows", X.shape[0]):
-        pyro.sample("y", dist.Bernoulli(logits=X @ w + b), obs=y)
+    with pyro.plate("rows", x.shape[0]):
+        pyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
 
 
 def timed(call: Callable[[], object]) -> tuple[float, object]:
@@ -68,7 +74,7 @@ def timed_draws(
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    X, y = logistic_data()
+    x, y = logistic_data()
     records = []
     for name, make in (
         ("AutoFlow", lambda: AutoFlow(model)),
@@ -77,25 +83,34 @@ def run(args: argparse.Namespace) -> list[dict]:
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         guide = make()
-        build, _ = timed(lambda guide=guide: guide(X, y))
+        build, _ = timed(lambda guide=guide: guide(x, y))
         svi = SVI(model, guide, Adam({"lr": 5e-3}), Trace_ELBO())
-        steps, _ = timed(lambda svi=svi: [svi.step(X, y) for _ in range(args.steps)])
+        steps, _ = timed(lambda svi=svi: [svi.step(x, y) for _ in range(args.steps)])
         row = {"guide": name, "build_s": build, "svi_s": steps, "svi_steps": args.steps}
         if name == "AutoFlow":
             row["importance_s"], row["importance_how"] = timed_draws(
-                lambda n: importance(model, guide, n, model_args=(X, y), seed=1, warn=False),
+                lambda n, guide=guide: importance(
+                    model, guide, n, model_args=(x, y), seed=1, warn=False
+                ),
                 args.draws,
                 100,
                 args.probe_seconds,
             )
             row["predictive_s"], row["predictive_how"] = timed_draws(
-                lambda n: Predictive(model, guide=guide, num_samples=n)(X),
+                lambda n, guide=guide: Predictive(model, guide=guide, num_samples=n)(x),
                 args.posterior_draws,
                 50,
                 args.probe_seconds,
             )
+            if posterior_predictive is not None:
+                row["posterior_predictive_s"], row["posterior_predictive_how"] = timed_draws(
+                    lambda n, guide=guide: posterior_predictive(model, guide, n, x),
+                    args.posterior_draws,
+                    50,
+                    args.probe_seconds,
+                )
             row["arviz_s"], row["arviz_how"] = timed_draws(
-                lambda n: to_inference_data(guide, model, n, X, y),
+                lambda n, guide=guide: to_inference_data(guide, model, n, x, y),
                 args.posterior_draws,
                 50,
                 args.probe_seconds,
@@ -116,7 +131,15 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     records = run(args)
-    header = ["guide", "build s", f"{args.steps} SVI steps s", "IS s", "Predictive s", "ArviZ s"]
+    header = [
+        "guide",
+        "build s",
+        f"{args.steps} SVI steps s",
+        "IS s",
+        "Pyro Predictive s",
+        "posterior_predictive s",
+        "ArviZ s",
+    ]
     rows = [
         [
             r["guide"],
@@ -124,6 +147,7 @@ def main() -> None:
             r["svi_s"],
             r.get("importance_s", float("nan")),
             r.get("predictive_s", float("nan")),
+            r.get("posterior_predictive_s", float("nan")),
             r.get("arviz_s", float("nan")),
         ]
         for r in records

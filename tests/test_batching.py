@@ -149,3 +149,20 @@ def test_the_loop_is_the_last_resort_and_says_why():
     with pytest.warns(UserWarning, match=r"particle plate.*vmap"):
         samples, logw = guide_log_weights(unbatchable, guide, 5, x, y)
     assert samples["w"].shape == (5, P) and torch.isfinite(logw).all()
+
+
+def test_guide_initialisation_reports_what_it_did_and_keeps_to_its_time_budget():
+    x, y = data()
+    guide = AutoFlow(logistic, transforms=1, hidden=(8,), progress=False)
+    guide(x, y)
+    report = guide.init_report
+    assert guide.init_choice == "laplace" and report["map_search"]["stopped"] == "converged"
+    assert report["summary"].startswith("Laplace start: L-BFGS converged after")
+    assert report["summary"].endswith(": laplace") and set(report["elbo"]) == {"loc", "laplace"}
+    pyro.clear_param_store()
+    hurried = AutoFlow(logistic, transforms=1, hidden=(8,), init_max_time=1e-9, progress=False)
+    hurried(x, y)
+    assert hurried.init_report["map_search"]["stopped"] == "max_time"
+    assert hurried.init_choice == "loc" and "stopped at max_time" in hurried.init_report["summary"]
+    with pytest.raises(ValueError, match="init_max_time"):
+        AutoFlow(logistic, init_max_time=-1.0)

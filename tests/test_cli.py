@@ -273,3 +273,27 @@ def test_bad_model_files(capsys, tmp_path):
     conditional = pyroflows.flows.build("maf", 2, context=1, transforms=1, hidden=(4,))
     pyroflows.flows.save(conditional, tmp_path / "cond.pt")
     assert "conditional" in fails(capsys, "sample", str(tmp_path / "cond.pt"), "-n", "2")
+
+
+def test_fit_max_time_bounds_the_run(capsys, correlated, tmp_path):
+    """--max-time stops after the step at which the budget runs out (here: the first), keeps
+    the best state, saves it and says why it stopped."""
+    np.savetxt(tmp_path / "d.csv", correlated[:300], delimiter=",")
+    code, out, _ = run(
+        capsys,
+        "fit",
+        str(tmp_path / "d.csv"),
+        "--out",
+        str(tmp_path / "m.pt"),
+        "--epochs",
+        "50",
+        "--max-time",
+        "1e-9",
+        *TINY,
+    )
+    assert code == 0, out
+    assert "for at most 50 epochs or 1e-09 s" in out
+    assert "best epoch 1 of 1, stopped by --max-time" in out
+    assert (tmp_path / "m.pt").exists()
+    code, _, err = run(capsys, "fit", str(tmp_path / "d.csv"), "--max-time", "-1")
+    assert code != 0 and "--max-time" in err

@@ -59,8 +59,10 @@ def fit_command(args: argparse.Namespace) -> int:
         flow = build_flow(args.flow, d, data, options).to(args.device, dtype)
         print(f"data: {args.data}, {n} rows x {d} features")
         parameters = sum(p.numel() for p in flow.parameters())
+        budget = "" if args.max_time is None else f" or {args.max_time:g} s"
         print(
-            f"fitting a {args.flow} flow ({parameters:,} parameters) for at most {args.epochs} epochs"
+            f"fitting a {args.flow} flow ({parameters:,} parameters) for at most "
+            f"{args.epochs} epochs{budget}"
         )
         result = fit_flow(
             flow,
@@ -71,7 +73,10 @@ def fit_command(args: argparse.Namespace) -> int:
             progress=None if not args.quiet else False,
         )
     best = result.history[result.best_epoch - 1]
-    stop = ", stopped early" if result.stopped_early else ""
+    stop = {
+        "early_stopping": ", stopped early",
+        "max_time": ", stopped by --max-time",
+    }.get(result.stop_reason, "")
     print(f"best epoch {result.best_epoch} of {len(result.history)}{stop}")
     print(f"train log-likelihood      {best['train_loglik']:.4f} nats/point (epoch average)")
     if args.validation > 0:

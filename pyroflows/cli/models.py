@@ -76,13 +76,15 @@ def build_flow(name: str, features: int, data: np.ndarray | None, options: dict)
 
 def fit_flow(flow: Flow, data: Any, args: argparse.Namespace, **options: Any) -> FitResult:
     """Fit ``flow`` to ``data`` with a training command's ``--epochs``, ``--batch-size``,
-    ``--lr`` and ``--seed``; ``options`` go to :func:`pyroflows.infer.fit` as well."""
+    ``--lr``, ``--max-time`` and ``--seed``; ``options`` go to :func:`pyroflows.infer.fit` as
+    well."""
     return fit(
         flow,
         data,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        max_time=args.max_time,
         seed=args.seed,
         **options,
     )

@@ -89,7 +89,8 @@ def _add_device(command: argparse.ArgumentParser) -> None:
 
 
 def _add_training(command: argparse.ArgumentParser, epochs: int, lr: float, seed_of: str) -> None:
-    """The options of a training run: epochs, batch size, learning rate, seed, device, dtype."""
+    """The options of a training run: epochs, batch size, learning rate, time budget, seed,
+    device, dtype."""
     command.add_argument(
         "--epochs",
         type=_positive_int,
@@ -102,6 +103,14 @@ def _add_training(command: argparse.ArgumentParser, epochs: int, lr: float, seed
     )
     command.add_argument(
         "--lr", type=_positive_float, default=lr, help=f"Adam learning rate (default: {lr:g})"
+    )
+    command.add_argument(
+        "--max-time",
+        type=_positive_float,
+        metavar="SECONDS",
+        default=None,
+        help="time budget of the training: stop after the step at which it runs out, keeping "
+        "the best state (default: none)",
     )
     command.add_argument("--seed", type=int, metavar="S", default=0, help=f"seed of {seed_of}")
     _add_device(command)

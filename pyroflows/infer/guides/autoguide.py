@@ -20,18 +20,17 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 
+from ...checks import check_real
 from ...core import Flow
 from ...transforms import ElementwiseAffine
 from ...transforms.triangular import LowerTriangularAffine
-from ..model_density import LatentLayout, UnconstrainedLogDensity, safe_init, trace_plate_nesting
+from ..model_density import LatentLayout, UnconstrainedLogDensity, safe_init
 from .averaging import ParameterAverage
 from .flow_spec import DEFAULT_FLOW, check_flow_name, resolve_flow
 from .guide_distribution import GuideFlowDistribution
@@ -40,9 +39,9 @@ from .lazy_build import LazyBuild
 from .param_sync import pyro_prefix, sync_with_param_store
 from .sites import (
     check_enumerated,
-    continuous_latent_hide_fn,
     discrete_message,
     guide_plates,
+    plate_nesting_and_discrete,
     prototype_trace,
     sample_delta,
     unpack_latent,
@@ -105,6 +104,11 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         create_plates: as for Pyro's ``AutoGuide``: a function of the model's arguments
             returning the ``pyro.plate`` (or plates) the guide enters, e.g. one subsampled by
             a data loader; other plates are made from the prototype trace.
+        init_max_time: time budget in seconds of the search for the mode (Laplace start):
+            past it the best point so far is used (``None``: no budget). ``guide.init_report``
+            says what the initialisation did (``init_report["summary"]``, one line).
+        progress: show the initialisation's progress once it has run a second (``None``: on
+            a terminal).
         **flow_options: options of the flow preset (``transforms``, ``hidden``, ``bins``, ...).
 
     Raises:
@@ -135,6 +139,8 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         stl: bool | str = "auto",
         average: float | None = 0.01,
         create_plates: Callable[..., Any] | None = None,
+        init_max_time: float | None = 60.0,
+        progress: bool | None = None,
         **flow_options: Any,
     ) -> None:
         if not (
@@ -153,6 +159,10 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         self._affine_mode = affine
         self._laplace_max_dim = laplace_max_dim
         self._init_particles = init_particles
+        self._init_max_time = (
+            None if init_max_time is None else check_real("init_max_time", init_max_time)
+        )
+        self._progress = progress
         self.init_choice: str | None = None
         self._has_discrete = False
         if stl not in (True, False, "auto"):
@@ -163,6 +173,7 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
             raise ValueError(f"average must be in (0, 1] or None, got {average!r}")
         self._average_rate = average
         self.init_elbo: dict[str, float] = {}
+        self.init_report: dict[str, Any] = {}
         super().__init__(model, init_loc_fn=safe_init(init_loc_fn))
         self.create_plates = create_plates
         self.model_without_init = model
@@ -183,9 +194,8 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         self._plain_discrete = discrete
         self._site_frames = {n: s["cond_indep_stack"] for n, s in trace.iter_stochastic_nodes()}
         self.latent_dim = self._layout.dim
-        self._density = UnconstrainedLogDensity(
-            self.model_without_init, self._layout, self._plate_nesting(*args, **kwargs)
-        )
+        nesting, self._has_discrete = plate_nesting_and_discrete(self.model, args, kwargs)
+        self._density = UnconstrainedLogDensity(self.model_without_init, self._layout, nesting)
         # The init strategy's point, unconstrained, flat.
         loc = torch.cat(
             [
@@ -225,12 +235,8 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         use_tril = self._affine_mode == "tril" or (
             self._affine_mode == "auto" and features <= self._laplace_max_dim
         )
-        trainable = LowerTriangularAffine(features) if use_tril else ElementwiseAffine(features)
-        whitening = (
-            LowerTriangularAffine(features, trainable=False)
-            if use_tril
-            else ElementwiseAffine(features, trainable=False)
-        )
+        affine = LowerTriangularAffine if use_tril else ElementwiseAffine
+        trainable, whitening = affine(features), affine(features, trainable=False)
         return Flow([trainable, *body.transforms, whitening], body.base).to(
             device=self._device, dtype=self._dtype
         )
@@ -297,19 +303,6 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
     def _set_affine(self, loc: Tensor, scale_tril: Tensor, scale: float) -> None:
         set_affine(self._flows_and_slices(), loc, scale_tril, scale)
 
-    def _plate_nesting(self, *args: Any, **kwargs: Any) -> int:
-        with poutine.block():
-            trace = poutine.trace(self.model).get_trace(*args, **kwargs)
-        for site in trace.nodes.values():
-            if (
-                site["type"] == "sample"
-                and not site["is_observed"]
-                and continuous_latent_hide_fn(site)
-                and not site_is_subsample(site)
-            ):
-                self._has_discrete = True
-        return trace_plate_nesting(trace)
-
     def _initial_gaussian(self, loc: Tensor, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
         # The unconstrained density needs every latent site: with discrete (enumerated) sites
         # left to the ELBO, there is none to maximise, so start from init_loc_fn/init_scale.
@@ -321,9 +314,17 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         def log_density(u: Tensor) -> Tensor:
             return self._density(u, args, kwargs)
 
-        self.init_choice, loc, scale_tril, self.init_elbo = initial_gaussian(
-            log_density, loc, self._init_scale, self._init_mode, try_laplace, self._init_particles
+        self.init_choice, loc, scale_tril, self.init_report = initial_gaussian(
+            log_density,
+            loc,
+            self._init_scale,
+            self._init_mode,
+            try_laplace,
+            self._init_particles,
+            self._init_max_time,
+            self._progress,
         )
+        self.init_elbo = self.init_report["elbo"]
         return loc, scale_tril
 
     # -- the posterior -----------------------------------------------------------------------------
@@ -386,9 +387,9 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         r"""Unnormalised posterior log-density in the unconstrained space,
         :math:`\log p(x, z(u)) + \log|\det \partial z/\partial u|`, for latents (S, D) -> (S,).
 
-        Vectorised over the S points with a particle plate; falls back to a loop for models
-        that cannot be vectorised (:class:`~pyroflows.infer.model_density.UnconstrainedLogDensity`).
-        Differentiable in ``latent``.
+        Batched over the S points (a particle plate, else ``torch.func.vmap``, else a loop: see
+        :class:`~pyroflows.infer.model_density.UnconstrainedLogDensity`). Differentiable in
+        ``latent``.
         """
         self.setup(*args, **kwargs)
         latent = latent.to(device=self._device, dtype=self._dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -81,8 +82,10 @@ def initial_gaussian(
     mode: str,
     try_laplace: bool,
     particles: int,
-) -> tuple[str, Tensor, Tensor, dict[str, float]]:
-    r"""Choose the start: ``(choice, loc, scale_tril, elbos)``.
+    max_time: float | None = None,
+    progress: bool | None = None,
+) -> tuple[str, Tensor, Tensor, dict[str, Any]]:
+    r"""Choose the start: ``(choice, loc, scale_tril, report)``.
 
     Args:
         log_density: unnormalised log-density of latents (S, D) -> (S,).
@@ -92,33 +95,55 @@ def initial_gaussian(
             (the candidate with the better ELBO estimate).
         try_laplace: whether to compute the Laplace candidate at all.
         particles: draws of each ELBO estimate.
+        max_time: time budget of the search for the mode, in seconds (see
+            :func:`~pyroflows.infer.guides.laplace.find_map`).
+        progress: show the search's progress once it has run a second (``None``: on a
+            terminal).
+
+    ``report`` says what was done: ``"elbo"`` (each candidate's ELBO estimate), and with
+    Laplace tried, ``"map_search"`` (L-BFGS evaluations, seconds, why it stopped) and
+    ``"summary"``, one line such as ``"Laplace start: L-BFGS converged in 34 evaluations
+    (0.8 s); ELBO laplace -210.3, loc -4521.0: laplace"``.
     """
     D = loc.shape[-1]
     candidates = {"loc": (loc, init_scale * torch.eye(D, dtype=loc.dtype, device=loc.device))}
+    report: dict[str, Any] = {"elbo": {}}
     if try_laplace:
 
         def log_p(u: Tensor) -> Tensor:
             return log_density(u[None])[0]
 
-        mode_point = find_map(log_p, loc)
+        mode_point, search = find_map(log_p, loc, max_time=max_time, progress=progress)
+        report["map_search"] = search
         scale_tril = None if mode_point is None else laplace_approximation(log_p, mode_point)
         if scale_tril is not None:
             candidates["laplace"] = (mode_point, scale_tril)
         elif mode == "laplace":
             warnings.warn(
-                "the Laplace approximation failed (no finite MAP or a Hessian that "
-                "is not positive definite); starting from init_loc_fn/init_scale",
+                "the Laplace approximation failed (no finite MAP or a Hessian that is not "
+                f"positive definite; the search for the mode {search['stopped']}); starting "
+                "from init_loc_fn/init_scale",
                 stacklevel=4,
             )
-    elbos: dict[str, float] = {}
     choice = "loc"
     if len(candidates) > 1:
         with torch.no_grad():
-            elbos = {
+            report["elbo"] = {
                 k: gaussian_elbo(log_density, m, L, particles) for k, (m, L) in candidates.items()
             }
+        elbos = report["elbo"]
         choice = "laplace" if mode == "laplace" else max(elbos, key=lambda k: elbos[k])
-    return (choice, *candidates[choice], elbos)
+    if try_laplace:
+        search = report["map_search"]
+        how = {"converged": "converged", "max_time": "stopped at max_time", "failed": "failed"}
+        elbo = ", ".join(f"{k} {v:.1f}" for k, v in report["elbo"].items())
+        report["summary"] = (
+            f"Laplace start: L-BFGS {how[search['stopped']]} after {search['evaluations']} "
+            f"evaluations ({search['seconds']:.1f} s)"
+            + (f"; ELBO {elbo}" if elbo else "; the Laplace approximation failed")
+            + f": {choice}"
+        )
+    return (choice, *candidates[choice], report)
 
 
 @torch.no_grad()

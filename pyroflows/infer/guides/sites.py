@@ -26,13 +26,14 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Transform, biject_to
 
-from ..model_density import LatentLayout
+from ..model_density import LatentLayout, trace_plate_nesting
 
 __all__ = [
     "bindable",
     "check_enumerated",
     "discrete_message",
     "continuous_latent_hide_fn",
+    "plate_nesting_and_discrete",
     "guide_plates",
     "prototype_trace",
     "sample_delta",
@@ -59,6 +60,21 @@ def continuous_latent_hide_fn(msg: dict) -> bool:
         return True
     support = getattr(msg["fn"], "support", None)
     return bool(support is not None and support.is_discrete)
+
+
+def plate_nesting_and_discrete(model: Callable, args: tuple, kwargs: dict) -> tuple[int, bool]:
+    """A model's plate nesting, and whether it has latent sites a flow does not model
+    (discrete ones, left to enumeration), from one trace of it."""
+    with poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    discrete = any(
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and continuous_latent_hide_fn(site)
+        and not site_is_subsample(site)
+        for site in trace.nodes.values()
+    )
+    return trace_plate_nesting(trace), discrete
 
 
 def bindable(fn: Callable, args: tuple, kwargs: dict) -> bool:
