@@ -47,6 +47,23 @@ def test_greedy_growth_history_and_monotonicity(moons):
 
 
 @pytest.mark.parametrize("validation", [0, 0.2, 3])
+def test_max_time_starts_no_layer_once_spent(moons, validation):
+    """A spent budget leaves the init layer only (a valid destructor that scores finitely);
+    a generous one changes nothing."""
+    x, test = moons
+    options = {"layer": "copula", "max_layers": 3, "layer_options": {"bins": 20}}
+    hurried = DeepDestructor(2, validation=validation, max_time=1e-9, progress=False, **options)
+    hurried.fit(x)
+    assert len(hurried.history) == 1 and len(hurried.layers) == 1
+    assert math.isfinite(hurried.score(test))
+    relaxed = DeepDestructor(2, validation=validation, max_time=1e6, progress=False, **options)
+    plain = DeepDestructor(2, validation=validation, progress=False, **options)
+    assert relaxed.fit(x).score(test) == plain.fit(x).score(test)
+    with pytest.raises(ValueError, match="max_time"):
+        DeepDestructor(2, max_time=-1.0)
+
+
+@pytest.mark.parametrize("validation", [0, 0.2, 3])
 def test_validation_modes(moons, validation):
     x, _ = moons
     deep = DeepDestructor(

@@ -73,7 +73,7 @@ def test_reference_sac_keyboard_interrupt_keeps_the_best_evaluated_policy(tmp_pa
 
     agent.evaluate = evaluate  # type: ignore[method-assign]
     result = agent.train(tmp_path, name="stopped")
-    assert result.interrupted and result.best_step == 40
+    assert result.interrupted and result.best_step == 40 and result.stop_reason == "interrupted"
     assert [row["step"] for row in result.curve] == [20, 40, 60]
     assert result.final_returns == [5.0] and result.csv_path.exists()
     assert not agent.policy.training
@@ -86,6 +86,26 @@ def test_reference_sac_keyboard_interrupt_keeps_the_best_evaluated_policy(tmp_pa
     result = agent.train(tmp_path, name="early")
     assert result.interrupted and result.best_step is None and result.curve == []
     assert result.csv_path is None and np.isnan(result.final_mean)
+
+
+def test_reference_sac_max_time_stops_like_an_interrupt(tmp_path) -> None:  # noqa: ANN001
+    from pyroflows.rl.sac import SAC, SACConfig
+
+    config = SACConfig(
+        total_steps=100,
+        learning_starts=10,
+        batch_size=8,
+        eval_every=20,
+        critic_hidden=(8,),
+        progress=False,
+        max_time=1e-9,
+    )
+    agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": (8,), "flow": None})
+    result = agent.train(tmp_path)
+    assert result.stop_reason == "max_time" and not result.interrupted
+    assert result.curve == [] and len(agent.buffer) == 0 and not agent.policy.training
+    with pytest.raises(ValueError, match="max_time"):
+        SACConfig(max_time=-1.0)
 
 
 def test_reference_sac_rejects_mismatched_policy() -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..checks import check_count
+from ..checks import check_count, check_real
 from ..nn.device import module_device_dtype
 from ..transforms.base import Bijection
 from .base import Destructor, IdentityDestructor
@@ -81,6 +81,8 @@ class DeepDestructor(Stack):
         layer_options: keyword options for ``build(layer, features, **layer_options)``.
         seed: seed of the split/folds and the random rotations.
         progress: show a tqdm bar (default: only on a terminal).
+        max_time: time budget of ``fit`` in seconds: no layer is started once it is spent
+            (the layers so far are a valid, shallower destructor); ``None``: no budget.
 
     Example:
         >>> from pyroflows.data import toy
@@ -105,6 +107,7 @@ class DeepDestructor(Stack):
         layer_options: dict[str, Any] | None = None,
         seed: int = 0,
         progress: bool | None = None,
+        max_time: float | None = None,
     ) -> None:
         super().__init__(features)
         max_layers = check_count("max_layers", max_layers)
@@ -123,6 +126,7 @@ class DeepDestructor(Stack):
         self.tol, self.patience, self.rotation, self.refit = float(tol), patience, rotation, refit
         self.layer_options = dict(layer_options or {})
         self.seed, self.progress = seed, progress
+        self.max_time = None if max_time is None else check_real("max_time", max_time)
         if isinstance(init, str):
             init = build(init, features)
         if init is not None and (not isinstance(init, Destructor) or init.features != features):
@@ -211,8 +215,10 @@ class DeepDestructor(Stack):
         depth: int,
         stop_early: bool,
         bar: tqdm | None,
+        deadline: float | None = None,
     ) -> tuple[list[Destructor], list[int], list[dict[str, float]]]:
-        """Fit up to ``depth`` layers on (x, w); score on (xv, wv) when given."""
+        """Fit up to ``depth`` layers on (x, w), none started past ``deadline`` (a
+        ``time.perf_counter()`` value); score on (xv, wv) when given."""
         w = w / w.sum()
         wv = None if wv is None else wv / wv.sum()
         layers: list[Destructor] = []
@@ -242,6 +248,8 @@ class DeepDestructor(Stack):
         stale = 0
         for index in range(1, depth + 1):
             start = time.perf_counter()
+            if deadline is not None and start > deadline:
+                break
             layer = self._make(_LAYER, index).fit(x, w)
             u, ladj = layer.call_and_ladj(x)
             gain = float(w @ ladj)
@@ -292,6 +300,7 @@ class DeepDestructor(Stack):
                 f"too few points ({n}) for validation={self.validation!r}: each training part "
                 f"needs at least {need}"
             )
+        deadline = None if self.max_time is None else time.perf_counter() + self.max_time
         bar = tqdm(
             total=self.max_layers * max(1, len(splits)),
             desc="deep destructor",
@@ -299,10 +308,12 @@ class DeepDestructor(Stack):
         )
         try:
             if not splits:
-                layers, codes, history = self._grow(x, w, None, None, self.max_layers, True, bar)
+                layers, codes, history = self._grow(
+                    x, w, None, None, self.max_layers, True, bar, deadline
+                )
             else:
                 runs = [
-                    self._grow(x[tr], w[tr], x[va], w[va], self.max_layers, True, bar)
+                    self._grow(x[tr], w[tr], x[va], w[va], self.max_layers, True, bar, deadline)
                     for tr, va in splits
                 ]
                 length = max(len(r[2]) for r in runs)
@@ -325,7 +336,9 @@ class DeepDestructor(Stack):
                 else:
                     bar.reset(total=depth)
                     bar.set_description("deep destructor (refit)")
-                    layers, codes, history = self._grow(x, w, None, None, depth, False, bar)
+                    layers, codes, history = self._grow(
+                        x, w, None, None, depth, False, bar, deadline
+                    )
                     for i, entry in enumerate(history):
                         entry["val_loglik"] = float(mean_val[i])
         finally:

@@ -29,6 +29,7 @@ from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible,
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
+from tqdm.auto import tqdm
 
 __all__ = [
     "LatentLayout",
@@ -359,7 +360,8 @@ class UnconstrainedLogDensity:
                         stacklevel=2,
                     )
         # Errors here are not a batching problem (e.g. invalid parameter values): raise.
-        return torch.cat([one(row[None]) for row in u])
+        rows = tqdm(u, desc="model, one draw at a time", delay=1.0, leave=False, disable=None)
+        return torch.cat([one(row[None]) for row in rows])
 
 
 def vmap_points(fn: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:

@@ -76,6 +76,9 @@ class SACConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    #: Time budget of ``train`` in seconds (``None``: none); when it runs out, training stops
+    #: as on Ctrl-C (the best-evaluated policy, ``stop_reason="max_time"``).
+    max_time: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -92,6 +95,8 @@ class SACConfig:
         if not 0 < self.tau <= 1 or not 0 <= self.gamma <= 1:
             raise ValueError(f"need 0 < tau <= 1 and 0 <= gamma <= 1, got {self.tau}, {self.gamma}")
         check_real("alpha", self.alpha)
+        if self.max_time is not None:
+            check_real("max_time", self.max_time)
 
 
 @dataclasses.dataclass
@@ -109,6 +114,8 @@ class SACResult:
     #: that evaluation's.
     interrupted: bool = False
     best_step: int | None = None
+    #: ``"steps"`` (all ``total_steps`` ran), ``"max_time"`` or ``"interrupted"``.
+    stop_reason: str = "steps"
 
     @property
     def final_mean(self) -> float:
@@ -271,8 +278,8 @@ class SAC:
         ``{name}_curve.png`` under ``out_dir`` when given. Returns a :class:`SACResult`; the
         policy is left in eval mode.
 
-        Ctrl-C (KeyboardInterrupt) stops training and returns the partial result with
-        ``interrupted=True``: the policy gets back the weights of its best evaluation so far
+        Ctrl-C (KeyboardInterrupt), or ``config.max_time`` running out, stops training and
+        returns the partial result (``interrupted=True`` for Ctrl-C; ``stop_reason``): the policy gets back the weights of its best evaluation so far
         (``best_step``; its last weights when no evaluation had run). The critics, optimizers
         and replay buffer are left as they were.
         """
@@ -295,8 +302,10 @@ class SAC:
         finally:
             bar.close()
             self.policy.eval()
+        timed_out = not interrupted and (not curve or curve[-1]["step"] < cfg.total_steps)
+        stop_reason = "interrupted" if interrupted else "max_time" if timed_out else "steps"
         best_step = None
-        if interrupted and best is not None:
+        if stop_reason != "steps" and best is not None:
             _, best_step, state, returns = best
             self.policy.load_state_dict(state)
         result = SACResult(
@@ -305,6 +314,7 @@ class SAC:
             time.perf_counter() - start,
             interrupted=interrupted,
             best_step=best_step,
+            stop_reason=stop_reason,
         )
         if out_dir is not None and curve:
             result.csv_path, result.png_path = save_curve(curve, Path(out_dir), name)
@@ -318,6 +328,8 @@ class SAC:
         obs, _ = self.env.reset(seed=cfg.seed)
         self.policy.train()
         for step in bar:
+            if cfg.max_time is not None and time.perf_counter() - start > cfg.max_time:
+                return
             if step <= cfg.learning_starts:
                 action = self.env.action_space.sample()
             else:

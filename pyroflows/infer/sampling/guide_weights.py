@@ -24,6 +24,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..model_density import (
     VECTORIZE_ERRORS,
@@ -210,7 +211,9 @@ def _draw_batched(
             stacklevel=3,
         )
     logws, stacked = [], {}
-    for _ in range(num):
+    for _ in tqdm(
+        range(num), desc="model, one draw at a time", delay=1.0, leave=False, disable=None
+    ):
         logw, values = one(*_traces(model, guide, 1, None, args, kwargs))
         logws.append(logw)
         for name, value in values.items():
