@@ -15,6 +15,7 @@ from pyro.infer import (
     RenyiELBO,
     Trace_ELBO,
     TraceMeanField_ELBO,
+    config_enumerate,
 )
 from pyro.optim import Adam, ClippedAdam
 
@@ -234,9 +235,12 @@ def test_errors_at_construction():
     def only_discrete() -> None:
         pyro.sample("k", dist.Categorical(torch.ones(3)))
 
-    for model in (no_latents, only_discrete):
-        with pytest.raises(ValueError, match="no continuous latent"):
-            AutoFlow(model)
+    with pytest.raises(ValueError, match="no continuous latent"):
+        AutoFlow(no_latents)
+    with pytest.raises(ValueError, match="cannot guide the discrete latent site.*'k'"):
+        AutoFlow(only_discrete)
+    with pytest.raises(ValueError, match="no continuous latent"):
+        AutoFlow(config_enumerate(only_discrete))
     with pytest.raises(ValueError, match="unknown flow"):
         AutoFlow(conjugate_model, flow="no-such-flow")
     with pytest.raises(TypeError, match="unknown options"):

@@ -11,6 +11,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.distributions import constraints
+from pyro.infer import config_enumerate
 from torch import nn
 
 from pyroflows.infer import AutoAmortizedFlow, AutoFlow, VariationalEM
@@ -113,7 +114,9 @@ def test_factor_analysis_recovers_loading_subspace():
 def test_argument_checks_and_discrete_default_loss():
     x = mixture_data(20)
     with pytest.raises(ValueError, match="n_init > 1"):
-        VariationalEM(mixture_model, AutoFlow(mixture_model, model_args=(x,)), n_init=2)
+        VariationalEM(
+            mixture_model, AutoFlow(config_enumerate(mixture_model), model_args=(x,)), n_init=2
+        )
     with pytest.raises(ValueError, match="max_iter"):
         VariationalEM(mixture_model, lambda m: m, max_iter=0)
     em = VariationalEM(

@@ -160,9 +160,8 @@ def test_a_discrete_site_that_is_not_enumerated_is_refused(kind):
     make = local_mixture if kind == "AutoAmortizedFlow" else mixture
     data = x if kind == "AutoAmortizedFlow" else x[:, 0]
     plain = make(False)
-    svi = SVI(plain, guide_of(plain), Adam({"lr": 1e-3}), Trace_ELBO())
     with pytest.raises(ValueError, match=r"'k'.*enumerate.*TraceEnum_ELBO"):
-        svi.step(data)
+        SVI(plain, guide_of(plain), Adam({"lr": 1e-3}), Trace_ELBO()).step(data)
     # Enumerated, it stays allowed: the ELBO sums it out.
     pyro.clear_param_store()
     enumerated = make(True)

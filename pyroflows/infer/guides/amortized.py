@@ -37,7 +37,7 @@ from .flow_spec import DEFAULT_FLOW, check_flow_name, resolve_flow
 from .guide_distribution import GuideFlowDistribution
 from .lazy_build import LazyBuild
 from .param_sync import pyro_prefix, sync_module
-from .sites import check_enumerated, guide_plates, prototype_trace, sample_delta
+from .sites import discrete_message, guide_plates, prototype_trace, sample_delta
 
 __all__ = ["AutoAmortizedFlow"]
 
@@ -108,7 +108,9 @@ class AutoAmortizedFlow(LazyBuild, AutoGuide):
         self._build_if_known(model, model_args, model_kwargs)
 
     def _build(self, args: tuple, kwargs: dict) -> None:
-        trace, self._frames, self._plain_discrete = prototype_trace(self.model, args, kwargs)
+        trace, self._frames, discrete = prototype_trace(self.model, args, kwargs)
+        if discrete:
+            raise ValueError(discrete_message(type(self).__name__, discrete))
         sites = list(trace.iter_stochastic_nodes())
         if not sites:
             raise ValueError("AutoAmortizedFlow found no continuous latent sites in the model")
@@ -199,7 +201,6 @@ class AutoAmortizedFlow(LazyBuild, AutoGuide):
         data plate, given the model's ``*args, **kwargs`` (discrete latent sites must be
         enumerated, as for :class:`~pyroflows.infer.AutoFlow`)."""
         self.setup(*args, **kwargs)
-        check_enumerated(type(self).__name__, getattr(self, "_plain_discrete", []))
         plates = guide_plates(self, self._frames, args, kwargs)
         prefix = pyro_prefix(self, "flow")
         encoder = self._synced("encoder", prefix)

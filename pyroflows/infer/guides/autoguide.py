@@ -38,7 +38,6 @@ from .initialization import INIT_CHOICES, check_init_scale, initial_gaussian, se
 from .lazy_build import LazyBuild
 from .param_sync import pyro_prefix, sync_with_param_store
 from .sites import (
-    check_enumerated,
     discrete_message,
     guide_plates,
     plate_nesting_and_discrete,
@@ -184,14 +183,14 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
     def _build(self, args: tuple, kwargs: dict) -> None:
         # self.model runs under init_loc_fn, so the prototype's values are the init point.
         trace, self._frames, discrete = prototype_trace(self.model, args, kwargs)
+        if discrete:
+            raise ValueError(discrete_message(type(self).__name__, discrete))
         self._layout = LatentLayout(trace.iter_stochastic_nodes())
         if self._layout.dim == 0:
             raise ValueError(
                 f"{type(self).__name__} found no continuous latent sites in the model; "
                 "observed and discrete (enumerated) sites are not modelled by a flow guide"
-                + ("; " + discrete_message(type(self).__name__, discrete) if discrete else "")
             )
-        self._plain_discrete = discrete
         self._site_frames = {n: s["cond_indep_stack"] for n, s in trace.iter_stochastic_nodes()}
         self.latent_dim = self._layout.dim
         nesting, self._has_discrete = plate_nesting_and_discrete(self.model, args, kwargs)
@@ -364,11 +363,9 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         """Sample every latent site of the model, given its ``*args, **kwargs``: the latent
         vector from the flow, then each site at its value, in its plates.
 
-        Raises ValueError when the model has discrete latent sites and the call is not under
-        enumeration (``TraceEnum_ELBO`` with the sites marked for it): see
-        :func:`~pyroflows.infer.guides.sites.check_enumerated`."""
+        Raises ValueError (when the guide is built) for discrete latent sites not marked for
+        enumeration: see :func:`~pyroflows.infer.guides.sites.discrete_message`."""
         self.setup(*args, **kwargs)
-        check_enumerated(type(self).__name__, getattr(self, "_plain_discrete", []))
         # Looked up once per call: it registers the flow with the param store.
         latent = self._sample_latent(self._pyro_prefix())
         plates = guide_plates(self, self._frames, args, kwargs)

@@ -76,9 +76,11 @@ class VariationalEM:
 
     Args:
         model: a Pyro model with ``pyro.param`` (or ``pyro.module``) parameters to estimate.
-        guide: a guide for the model's continuous latents (e.g. ``AutoFlow(model, ...)``), or
-            a factory ``model -> guide``; a factory is needed for ``n_init > 1`` (each restart
-            builds a fresh guide).
+        guide: a guide for the model's continuous latents (e.g. ``AutoFlow(model, ...)``; for
+            a model with discrete latents, of ``config_enumerate(model)``), or a factory
+            ``model -> guide``, which gets the model marked for enumeration (with the default
+            ``loss``); a factory is needed for ``n_init > 1`` (each restart builds a fresh
+            guide).
         loss: an ELBO; default ``TraceEnum_ELBO`` when the model has discrete latent sites
             (they are enumerated in parallel), else ``Trace_ELBO``.
         max_iter: maximum number of EM iterations per restart.
@@ -284,7 +286,10 @@ class VariationalEM:
                 values.append(-float(value.detach()))
 
     def _fit_one(self, init: int, args: tuple, kwargs: dict, bar: tqdm) -> dict[str, Any]:
-        guide = self.guide if isinstance(self.guide, nn.Module) else self.guide(self.model)
+        # With the default loss, the factory gets the model marked for enumeration (a no-op
+        # without discrete latents), so the guide leaves discrete sites to the ELBO.
+        marked = self.model if self.loss is not None else config_enumerate(self.model, "parallel")
+        guide = self.guide if isinstance(self.guide, nn.Module) else self.guide(marked)
         loss, model = self._loss_and_model(args, kwargs)
 
         def objective() -> torch.Tensor:

@@ -19,9 +19,7 @@ import torch
 from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.utils import helpful_support_errors
-from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
-from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Transform, biject_to
@@ -30,7 +28,6 @@ from ..model_density import LatentLayout, trace_plate_nesting
 
 __all__ = [
     "bindable",
-    "check_enumerated",
     "discrete_message",
     "continuous_latent_hide_fn",
     "plate_nesting_and_discrete",
@@ -91,8 +88,9 @@ def prototype_trace(
 ) -> tuple[poutine.Trace, dict[str, CondIndepStackFrame], list[str]]:
     """One run of ``model``, hidden from every outer handler, recording only the continuous
     latent sites (:func:`continuous_latent_hide_fn`), the plate frames of those sites by
-    name, and the names of the discrete latent sites not marked for enumeration (see
-    :func:`check_enumerated`).
+    name, and the names of the discrete latent sites not marked for enumeration, which a
+    flow guide refuses (:func:`discrete_message` says why and what to do), as Pyro's
+    autoguides do.
 
     Raises:
         NotImplementedError: a site lies in a sequential plate, which a guide that samples all
@@ -120,20 +118,6 @@ def prototype_trace(
                 )
             frames[frame.name] = frame
     return trace, frames, discrete
-
-
-def check_enumerated(guide: str, names: list[str]) -> None:
-    """Refuse to run a flow guide (named ``guide``) whose model has the discrete latent sites
-    ``names`` unless they are being enumerated: ``TraceEnum_ELBO`` runs the guide under
-    enumeration (then the ELBO sums them out, e.g. a model marked with
-    ``config_enumerate``, as :class:`~pyroflows.infer.VariationalEM` does); anywhere else Pyro
-    would leave them unguided (sampled from the prior) with only a warning.
-
-    Raises:
-        ValueError: naming the sites and how to enumerate or remove them.
-    """
-    if names and not any(isinstance(m, EnumMessenger) for m in _PYRO_STACK):
-        raise ValueError(discrete_message(guide, names))
 
 
 def discrete_message(guide: str, names: list[str]) -> str:
