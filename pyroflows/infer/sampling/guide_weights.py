@@ -181,19 +181,27 @@ def posterior_predictive(
     return _draw_batched(model, guide, num_samples, args, kwargs, one, plate)[1]
 
 
+#: One draw's ``(log weight, values)`` from a guide trace and the model trace replayed on it.
+DrawFn = Callable[[poutine.Trace, poutine.Trace], tuple[Tensor, dict[str, Tensor]]]
+
+
 def _draw_batched(
     model: Callable,
     guide: Callable,
     num: int,
     args: tuple,
     kwargs: dict,
-    one: Callable[[poutine.Trace, poutine.Trace], tuple[Tensor, dict[str, Tensor]]],
+    one: DrawFn,
     plate: Callable[[], tuple[dict[str, Tensor], Tensor | None]],
     batched: bool = True,
 ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """``num`` draws of ``one(guide trace, model trace)`` -> ``(log weight, values)``, stacked:
     by ``plate()`` (all draws in a particle plate) when it works, else under
     ``torch.func.vmap``, else one draw at a time with a warning; ``batched=False``: the loop."""
+
+    def run(fn: Callable) -> poutine.Trace:  # one unbatched run, hidden from outer handlers
+        return particle_trace(fn, 1, None, args, kwargs)
+
     failures = {}
     if batched:
         try:
@@ -202,7 +210,7 @@ def _draw_batched(
         except VECTORIZE_ERRORS as error:
             failures["in a particle plate"] = error
         try:
-            return _draw_vmapped(model, guide, num, args, kwargs, one)
+            return _draw_vmapped(run, model, guide, num, one)
         except VECTORIZE_ERRORS as error:
             failures["under torch.func.vmap"] = error
         warnings.warn(
@@ -222,19 +230,20 @@ def _draw_batched(
 
 
 def _draw_vmapped(
+    run: Callable[[Callable], poutine.Trace],
     model: Callable,
     guide: Callable,
     num: int,
-    args: tuple,
-    kwargs: dict,
-    one: Callable[[poutine.Trace, poutine.Trace], tuple[Tensor, dict[str, Tensor]]],
+    one: DrawFn,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The draws of :func:`_draw_batched` under ``torch.func.vmap`` (Pyro's validation off
     inside: its checks branch on values), then the first draw replayed unbatched and
-    validated: a model that runs under vmap but batches wrongly raises ValueError."""
+    validated: a model that runs under vmap but batches wrongly raises ValueError.
+    ``run(fn)``: one unbatched trace of ``fn``."""
 
-    def draw(_: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        guide_trace, model_trace = _traces(model, guide, 1, None, args, kwargs)
+    def draw(_: Tensor) -> tuple[Tensor, dict[str, Tensor], tuple[dict, dict]]:
+        guide_trace = run(guide)
+        model_trace = run(poutine.replay(model, trace=guide_trace))
         logw, values = one(guide_trace, model_trace)
         return logw, values, (_drawn(guide_trace), _drawn(model_trace))
 
@@ -242,18 +251,12 @@ def _draw_vmapped(
         logw, values, drawn = torch.func.vmap(draw, randomness="different")(torch.empty(num))
     guide_first, model_first = ({k: v[0] for k, v in d.items()} for d in drawn)
     # Replay (not condition) the guide, so its sites stay sampled ones for the model's replay.
-    template = particle_trace(guide, 1, None, args, kwargs)
+    template = run(guide)
     for name, value in guide_first.items():
         template.nodes[name]["value"] = value
+    guide_trace = run(poutine.replay(guide, trace=template))
     model_only = {k: v for k, v in model_first.items() if k not in guide_first}
-    guide_trace, model_trace = _traces(
-        poutine.condition(model, model_only),
-        poutine.replay(guide, trace=template),
-        1,
-        None,
-        args,
-        kwargs,
-    )
+    model_trace = run(poutine.replay(poutine.condition(model, model_only), trace=guide_trace))
     check_same(logw[:1], _log_weights(guide_trace, model_trace, 1, None), "torch.func.vmap")
     return logw, values
 
