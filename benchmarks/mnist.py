@@ -89,7 +89,16 @@ from pyroflows.destructors import (  # noqa: E402
     GaussianDestructor,
     NormalCdfDestructor,
 )
-from pyroflows.infer import Callback, Dequantized, FitState, FreshData, StepBudget, fine_tune, fit  # noqa: E402
+from pyroflows.infer import (  # noqa: E402
+    Callback,
+    Dequantized,
+    FitResult,
+    FitState,
+    FreshData,
+    StepBudget,
+    fine_tune,
+    fit,
+)
 from pyroflows.infer.fitting.dequantization import (  # noqa: E402
     UniformDequantizer,
     VariationalDequantizer,
@@ -460,6 +469,53 @@ def fit_vector_model(
     }
 
 
+def fit_image_model(
+    name: str,
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    args: argparse.Namespace,
+    config: dict,
+    minutes: float,
+    epochs: int,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> tuple[FitResult, list[dict], int]:
+    """``fit`` with the image models' settings (batch size of ``config``, a linear warm-up over
+    200 steps, a time budget, early stopping on a 10% validation split); returns the result,
+    its history in bits/dim and the number of optimizer steps."""
+    dims = math.prod(IMAGE_SHAPE)
+    log = EpochLog(name, lambda loglik: discrete_bits_per_dim(loglik, dims), "bits/dim")
+    budget = [StepBudget(config["max_steps"])] if "max_steps" in config else []
+    result = fit(
+        model,
+        data,
+        epochs=epochs,
+        optimizer=optimizer,
+        batch_size=config["batch_size"],
+        lr=args.image_lr,
+        validation=0.1,
+        patience=args.patience,
+        clip_grad=50.0 * dims,
+        seed=0,
+        max_time=60 * minutes,
+        schedule_interval="step",
+        schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / 200)
+        ),
+        callbacks=[log, *budget],
+        progress=False,
+    )
+    history = [
+        {
+            "epoch": h["epoch"],
+            "train_bits_per_dim": discrete_bits_per_dim(h["train_loglik"], dims),
+            "val_bits_per_dim": discrete_bits_per_dim(h["val_loglik"], dims),
+            "seconds": h["seconds"],
+        }
+        for h in result.history
+    ]
+    return result, history, log.steps
+
+
 def fit_image_flow(
     name: str, args: argparse.Namespace, ktr: torch.Tensor, kte: torch.Tensor
 ) -> dict:
@@ -486,41 +542,14 @@ def fit_image_flow(
     init = torch.randperm(len(ktr), generator=torch.Generator().manual_seed(0))[:512]
     with torch.no_grad():
         Dequantized(flow, UniformDequantizer(), alpha)().log_prob(ktr[init].to(device))
-    log = EpochLog(name, lambda loglik: discrete_bits_per_dim(loglik, dims), "bits/dim")
-    budget = [StepBudget(config["max_steps"])] if "max_steps" in config else []
     # fit's loss is per image, D = 784 times the per-pixel loss this benchmark always trained on.
     # Adam is invariant to that scale only if its eps scales too (m/(sqrt(v) + eps)), and the
     # gradient clip likewise: with both scaled the steps are exactly the per-pixel ones.
     model = Dequantized(flow, dequantizer, alpha)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.image_lr, eps=1e-8 * dims)
-    result = fit(
-        model,
-        ktr,
-        epochs=epochs,
-        optimizer=optimizer,
-        batch_size=config["batch_size"],
-        lr=args.image_lr,
-        validation=0.1,
-        patience=args.patience,
-        clip_grad=50.0 * dims,
-        seed=0,
-        max_time=60 * minutes,
-        schedule_interval="step",
-        schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / 200)
-        ),
-        callbacks=[log, *budget],
-        progress=False,
+    result, history, steps = fit_image_model(
+        name, model, ktr, args, config, minutes, epochs, optimizer
     )
-    history = [
-        {
-            "epoch": h["epoch"],
-            "train_bits_per_dim": discrete_bits_per_dim(h["train_loglik"], dims),
-            "val_bits_per_dim": discrete_bits_per_dim(h["val_loglik"], dims),
-            "seconds": h["seconds"],
-        }
-        for h in result.history
-    ]
     seconds = time.perf_counter() - start
     kte = kte.to(device)
     evaluation = time.perf_counter()
@@ -539,7 +568,7 @@ def fit_image_flow(
         "fit_seconds": seconds,
         "test_evaluation_seconds": evaluation,
         "epochs_run": len(history),
-        "steps": log.steps,
+        "steps": steps,
         "best_epoch": result.best_epoch,
         "stopped_by": result.stop_reason,
         "params": count_parameters(flow),
@@ -557,7 +586,7 @@ def fit_image_flow(
         "time_budget_minutes": minutes,
         "device": str(device),
         "history": history,
-        "note": f"({len(history)} epochs, {log.steps} steps, {result.stop_reason}; uniform-dequantisation "
+        "note": f"({len(history)} epochs, {steps} steps, {result.stop_reason}; uniform-dequantisation "
         f"bound {discrete_bits_per_dim(uniform.mean(), dims):.3f} bits/dim)",
     }
 
@@ -577,35 +606,9 @@ def fit_pixelcnn(args: argparse.Namespace, ktr: torch.Tensor, kte: torch.Tensor)
     torch.manual_seed(0)
     start = time.perf_counter()
     model = pyroflows.density.build("pixelcnn", IMAGE_SHAPE, levels=256, **options).to(device)
-    log = EpochLog("pixelcnn", lambda loglik: discrete_bits_per_dim(loglik, dims), "bits/dim")
-    budget = [StepBudget(config["max_steps"])] if "max_steps" in config else []
-    result = fit(
-        model,
-        ktr.float(),
-        epochs=epochs,
-        batch_size=config["batch_size"],
-        lr=args.image_lr,
-        validation=0.1,
-        patience=args.patience,
-        clip_grad=50.0 * dims,
-        seed=0,
-        max_time=60 * minutes,
-        schedule_interval="step",
-        schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / 200)
-        ),
-        callbacks=[log, *budget],
-        progress=False,
+    result, history, steps = fit_image_model(
+        "pixelcnn", model, ktr.float(), args, config, minutes, epochs
     )
-    history = [
-        {
-            "epoch": h["epoch"],
-            "train_bits_per_dim": discrete_bits_per_dim(h["train_loglik"], dims),
-            "val_bits_per_dim": discrete_bits_per_dim(h["val_loglik"], dims),
-            "seconds": h["seconds"],
-        }
-        for h in result.history
-    ]
     seconds = time.perf_counter() - start
     evaluation = time.perf_counter()
     with torch.no_grad():  # exact log P(k), nats per digit
@@ -622,7 +625,7 @@ def fit_pixelcnn(args: argparse.Namespace, ktr: torch.Tensor, kte: torch.Tensor)
         "fit_seconds": seconds,
         "test_evaluation_seconds": evaluation,
         "epochs_run": len(history),
-        "steps": log.steps,
+        "steps": steps,
         "best_epoch": result.best_epoch,
         "stopped_by": result.stop_reason,
         "params": count_parameters(model),
@@ -634,7 +637,7 @@ def fit_pixelcnn(args: argparse.Namespace, ktr: torch.Tensor, kte: torch.Tensor)
         "time_budget_minutes": minutes,
         "device": str(device),
         "history": history,
-        "note": f"({len(history)} epochs, {log.steps} steps, {result.stop_reason}; exact discrete likelihood)",
+        "note": f"({len(history)} epochs, {steps} steps, {result.stop_reason}; exact discrete likelihood)",
     }
 
 
