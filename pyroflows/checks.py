@@ -192,7 +192,8 @@ def as_data(
         tensor = value.detach()
     else:
         try:
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64))
+            # Host memory: made on the CPU, whatever torch's default device, then moved.
+            tensor = torch.as_tensor(np.asarray(value, dtype=np.float64), device="cpu")
         except (TypeError, ValueError) as error:
             raise TypeError(f"{name} must be a tensor or an array of numbers: {error}") from None
     if event is not None:

@@ -99,7 +99,7 @@ def dequantize(
         if isinstance(seed, torch.Generator)
         else torch.Generator().manual_seed(0 if seed is None else seed)
     )
-    noise = torch.rand(values.shape, generator=generator, dtype=dtype)
+    noise = torch.rand(values.shape, generator=generator, device="cpu", dtype=dtype)
     return (values + noise) / 256
 
 

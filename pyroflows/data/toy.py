@@ -7,6 +7,7 @@ on any machine.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -32,11 +33,24 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator:
     return generator.manual_seed(0 if seed is None else seed)
 
 
+def _on_the_cpu(make: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Toy data are drawn on the CPU (with a CPU generator), whatever torch's default device;
+    move them with ``.to(device)``."""
+
+    @functools.wraps(make)
+    def wrapper(*args: object, **kwargs: object) -> Tensor:
+        with torch.device("cpu"):
+            return make(*args, **kwargs)
+
+    return wrapper
+
+
 def _check_n(n: int) -> None:
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
 
 
+@_on_the_cpu
 def moons(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.1) -> Tensor:
     """Two interleaved half circles with Gaussian noise, standardised to about unit scale."""
     _check_n(n)
@@ -49,6 +63,7 @@ def moons(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.1) ->
     return ((points - torch.tensor([0.5, 0.25])) * 2).to(torch.get_default_dtype())
 
 
+@_on_the_cpu
 def eight_gaussians(
     n: int, seed: int | torch.Generator | None = 0, radius: float = 2.0, std: float = 0.2
 ) -> Tensor:
@@ -61,6 +76,7 @@ def eight_gaussians(
     return (centers + std * torch.randn(n, 2, generator=g)).to(torch.get_default_dtype())
 
 
+@_on_the_cpu
 def checkerboard(n: int, seed: int | torch.Generator | None = 0) -> Tensor:
     """Uniform on the 8 dark squares of a 4x4 checkerboard over ``[-4, 4]^2``.
 
@@ -76,6 +92,7 @@ def checkerboard(n: int, seed: int | torch.Generator | None = 0) -> Tensor:
     return torch.stack([x1, x2], -1).to(torch.get_default_dtype())
 
 
+@_on_the_cpu
 def pinwheel(
     n: int,
     seed: int | torch.Generator | None = 0,
@@ -97,6 +114,7 @@ def pinwheel(
     return (2 * torch.stack([x, y], -1)).to(torch.get_default_dtype())
 
 
+@_on_the_cpu
 def spirals(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.1) -> Tensor:
     """Two intertwined spirals."""
     _check_n(n)
@@ -107,6 +125,7 @@ def spirals(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.1) 
     return (points + noise * torch.randn(n, 2, generator=g)).to(torch.get_default_dtype())
 
 
+@_on_the_cpu
 def circles(n: int, seed: int | torch.Generator | None = 0, noise: float = 0.08) -> Tensor:
     """Two concentric circles of radius 1 and 2."""
     _check_n(n)

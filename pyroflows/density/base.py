@@ -71,7 +71,7 @@ def make_orders(
             generator = torch.Generator().manual_seed(seed)
             drawn: dict[tuple[int, ...], Tensor] = {}
             while len(drawn) < orderings:  # distinct orderings
-                perm = torch.randperm(features, generator=generator)
+                perm = torch.randperm(features, generator=generator, device="cpu")
                 drawn.setdefault(tuple(perm.tolist()), perm)
             return list(drawn.values())
         if orderings != 1:

@@ -225,7 +225,9 @@ class Destructor(Transactional, Bijection):
             )
         if weights is None:
             return x, torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
-        w = torch.as_tensor(weights).to(device=x.device, dtype=x.dtype)
+        if not isinstance(weights, Tensor):  # host data, converted on the CPU
+            weights = torch.as_tensor(np.asarray(weights, dtype=np.float64), device="cpu")
+        w = weights.to(device=x.device, dtype=x.dtype)
         if tuple(w.shape) not in ((n,), (n, 1)):
             raise ValueError(f"weights must have shape ({n},) for {n} rows, got {tuple(w.shape)}")
         w = w.reshape(n)
@@ -260,7 +262,8 @@ class Destructor(Transactional, Bijection):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         device, dtype = module_device_dtype(self)
-        u = torch.rand(n, self.features, generator=generator, dtype=dtype)
+        where = device if generator is None else generator.device  # a generator draws on its own
+        u = torch.rand(n, self.features, generator=generator, device=where, dtype=dtype)
         with torch.no_grad():
             return self.inverse_and_ladj(u.to(device))[0]
 

@@ -151,6 +151,12 @@ class DeepDestructor(Stack):
     # -- layers --------------------------------------------------------------------------------
 
     def _new_layer(self, index: int) -> Destructor:
+        device, dtype = module_device_dtype(self)
+        # Built where the destructor lives (not on torch's default device), then moved there.
+        with torch.device(device):
+            return self._build_layer(index).to(device=device, dtype=dtype)
+
+    def _build_layer(self, index: int) -> Destructor:
         if isinstance(self.layer, str):
             core = build(self.layer, self.features, **self.layer_options)
         else:
@@ -170,9 +176,7 @@ class DeepDestructor(Stack):
         elif core.domain == REAL:
             parts.append(InverseNormalCdf(self.features))
         parts.append(core)
-        layer = core if len(parts) == 1 else Chain(parts)
-        device, dtype = module_device_dtype(self)
-        return layer.to(device=device, dtype=dtype)
+        return core if len(parts) == 1 else Chain(parts)
 
     def _make(self, code: int, index: int) -> Destructor:
         device, dtype = module_device_dtype(self)
@@ -192,7 +196,7 @@ class DeepDestructor(Stack):
 
     def _splits(self, n: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(n, generator=generator).to(device)
+        order = torch.randperm(n, generator=generator, device="cpu").to(device)
         if isinstance(self.validation, int):
             if self.validation == 0:
                 return []

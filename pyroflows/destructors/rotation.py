@@ -22,7 +22,7 @@ __all__ = ["FixedRotation", "PCARotation", "RandomRotation", "random_orthogonal"
 def random_orthogonal(features: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
     """A Haar-distributed random orthogonal matrix (QR of a Gaussian matrix, sign-corrected)."""
     generator = torch.Generator().manual_seed(seed)
-    g = torch.randn(features, features, generator=generator, dtype=torch.float64)
+    g = torch.randn(features, features, generator=generator, device="cpu", dtype=torch.float64)
     q, r = torch.linalg.qr(g)
     return (q * torch.sign(r.diagonal())).to(dtype)
 

@@ -32,7 +32,7 @@ def orderings(features: int, transforms: int, order: str) -> list[torch.Tensor]:
         natural = torch.arange(features)
         return [natural if i % 2 == 0 else natural.flip(0) for i in range(transforms)]
     generator = torch.Generator().manual_seed(0)
-    return [torch.randperm(features, generator=generator) for _ in range(transforms)]
+    return [torch.randperm(features, generator=generator, device="cpu") for _ in range(transforms)]
 
 
 def _map_layers(

@@ -37,7 +37,9 @@ class LULinear(Bijection):
     def __init__(self, features: int, permute: bool = False, seed: int = 0) -> None:
         super().__init__(features)
         if permute:
-            perm = torch.randperm(features, generator=torch.Generator().manual_seed(seed))
+            perm = torch.randperm(
+                features, generator=torch.Generator().manual_seed(seed), device="cpu"
+            )
         else:
             perm = torch.arange(features)
         self.register_buffer("perm", perm)

@@ -89,7 +89,9 @@ def householder_vectors(matrix: Tensor, reflections: int) -> Tensor:
     if extra % 2:
         found.append(eye[d - 1])
     for k in range(extra // 2):
-        pair = torch.randn(d, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+        pair = torch.randn(
+            d, generator=torch.Generator().manual_seed(k), device="cpu", dtype=torch.float64
+        )
         found += [pair.to(matrix)] * 2
     if not found:
         return matrix.new_zeros(0, d)

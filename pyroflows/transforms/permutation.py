@@ -55,4 +55,4 @@ class Reverse(Permutation):
 def random_permutation(features: int, seed: int = 0) -> Permutation:
     """A :class:`Permutation` drawn uniformly with a fixed seed (reproducible across devices)."""
     generator = torch.Generator().manual_seed(seed)
-    return Permutation(torch.randperm(features, generator=generator))
+    return Permutation(torch.randperm(features, generator=generator, device="cpu"))

@@ -204,7 +204,8 @@ class FreshData(Callback):
         new = self.draw(state.epoch, state.train_index)
         if new is None:
             return
-        new = torch.as_tensor(new)
+        if not isinstance(new, torch.Tensor):
+            new = torch.as_tensor(new, device=state.data.device)
         expected = (len(state.train_index), *state.data.shape[1:])
         if tuple(new.shape) != expected:
             raise ValueError(

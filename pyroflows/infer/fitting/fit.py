@@ -117,7 +117,7 @@ def _inputs(
         raise ValueError(
             f"weights must have shape ({n},), one per data row ({n} rows); got {tuple(shape)}"
         )
-    w = as_data(torch.as_tensor(weights).reshape(-1, 1), "weights", 1, n, device, dtype)[:, 0]
+    w = as_data(weights, "weights", None, n, device, dtype).reshape(-1)
     if (w < 0).any() or not w.sum() > 0:
         raise ValueError("weights must be non-negative with a positive sum")
     return x, c, w
@@ -278,7 +278,7 @@ def fit(
         generator.seed()
     else:
         generator.manual_seed(seed)
-    order = torch.randperm(n, generator=generator).to(x.device)
+    order = torch.randperm(n, generator=generator, device="cpu").to(x.device)
     for part, rows in (("training", order[n_val:]), ("validation", order[:n_val])):
         if len(rows) and not w[rows].sum() > 0:
             raise ValueError(
@@ -286,7 +286,7 @@ def fit(
                 f"{'train on' if part == 'training' else 'score'}; give them weight, change "
                 "the seed or the validation fraction"
             )
-    eval_seed = int(torch.randint(2**31 - 1, (), generator=generator))
+    eval_seed = int(torch.randint(2**31 - 1, (), generator=generator, device="cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil((n - n_val) / batch_size)

@@ -94,7 +94,7 @@ def _train_epoch(
     callback that asked to stop after a step (or ``None``)."""
     model, params = state.model, [p for p in state.model.parameters() if p.requires_grad]
     model.train()
-    order = torch.randperm(len(state.train_index), generator=state.generator)
+    order = torch.randperm(len(state.train_index), generator=state.generator, device="cpu")
     total, weight, stopper = 0.0, 0.0, None
     for i, batch in enumerate(
         state.train_index[order.to(state.train_index.device)].split(batch_size)

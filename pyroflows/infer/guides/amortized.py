@@ -173,9 +173,11 @@ class AutoAmortizedFlow(LazyBuild, AutoGuide):
                 f"takes {self._flow_spec_box[0].context_features}"
             )
         self.context_size = context_size
-        self.flow = resolve_flow(
-            self._flow_spec_box[0], features, context_size, **self._flow_options
-        ).to(device=self._device, dtype=self._dtype)
+        with torch.device(self._device):  # built on the model's device, not torch's default
+            flow = resolve_flow(
+                self._flow_spec_box[0], features, context_size, **self._flow_options
+            )
+        self.flow = flow.to(device=self._device, dtype=self._dtype)
         self.encoder.to(device=self._device)
         # Last, so that a failed build leaves the guide unbuilt.
         self.prototype_trace = trace
@@ -201,7 +203,7 @@ class AutoAmortizedFlow(LazyBuild, AutoGuide):
         data plate, given the model's ``*args, **kwargs`` (discrete latent sites must be
         enumerated, as for :class:`~pyroflows.infer.AutoFlow`)."""
         self.setup(*args, **kwargs)
-        plates = guide_plates(self, self._frames, args, kwargs)
+        plates = guide_plates(self, self._frames, args, kwargs, self._device)
         prefix = pyro_prefix(self, "flow")
         encoder = self._synced("encoder", prefix)
         result = {}

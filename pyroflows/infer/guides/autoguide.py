@@ -230,15 +230,15 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         the flow ``T`` (the identity at start), a fixed whitening ``W`` (the init loc and, for a
         Laplace start, its Cholesky factor), so the flow and the optimizer work in units of the
         posterior's scale."""
-        body = resolve_flow(self._flow_spec_box[0], features, **self._flow_options)
         use_tril = self._affine_mode == "tril" or (
             self._affine_mode == "auto" and features <= self._laplace_max_dim
         )
         affine = LowerTriangularAffine if use_tril else ElementwiseAffine
-        trainable, whitening = affine(features), affine(features, trainable=False)
-        return Flow([trainable, *body.transforms, whitening], body.base).to(
-            device=self._device, dtype=self._dtype
-        )
+        with torch.device(self._device):  # built on the model's device, not torch's default
+            body = resolve_flow(self._flow_spec_box[0], features, **self._flow_options)
+            trainable, whitening = affine(features), affine(features, trainable=False)
+            flow = Flow([trainable, *body.transforms, whitening], body.base)
+        return flow.to(device=self._device, dtype=self._dtype)
 
     def _build_flows(self, loc: Tensor) -> None:
         self.flow = self._make_flow(self.latent_dim)
@@ -368,7 +368,7 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         self.setup(*args, **kwargs)
         # Looked up once per call: it registers the flow with the param store.
         latent = self._sample_latent(self._pyro_prefix())
-        plates = guide_plates(self, self._frames, args, kwargs)
+        plates = guide_plates(self, self._frames, args, kwargs, self._device)
         result = {}
         for site, u in unpack_latent(self._layout, latent):
             name = site["name"]

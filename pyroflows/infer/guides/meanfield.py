@@ -11,15 +11,45 @@ are those of :class:`~pyroflows.infer.AutoFlow`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
+from torch.distributions import constraints
 
 from ...core import Flow
 from .autoguide import AutoFlow
 from .guide_distribution import GuideFlowDistribution
 
-__all__ = ["AutoMeanFieldFlow"]
+__all__ = ["AutoMeanFieldFlow", "BlockProduct"]
+
+
+class BlockProduct(dist.TorchDistribution):
+    r""":math:`q(u) = \prod_b q_b(u_{[b]})` over vectors (D,): independent distributions over
+    consecutive blocks of coordinates (``slices``, covering ``0..D`` in order).
+
+    Example:
+        >>> q = BlockProduct([dist.Normal(0.0, 1.0).expand([2]).to_event(1),
+        ...                   dist.Normal(0.0, 1.0).expand([1]).to_event(1)], [slice(0, 2), slice(2, 3)])
+        >>> q.sample((5,)).shape, q.log_prob(torch.zeros(3)).shape
+        (torch.Size([5, 3]), torch.Size([]))
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, parts: list[dist.TorchDistribution], slices: list[slice]) -> None:
+        self.parts, self.slices = parts, list(slices)
+        super().__init__(torch.Size(), torch.Size([self.slices[-1].stop]), validate_args=False)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return torch.cat([part.rsample(sample_shape) for part in self.parts], dim=-1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return sum(part.log_prob(value[..., s]) for part, s in zip(self.parts, self.slices))
 
 
 class AutoMeanFieldFlow(AutoFlow):
@@ -64,10 +94,12 @@ class AutoMeanFieldFlow(AutoFlow):
     def _site_posterior(self, flow: Flow) -> GuideFlowDistribution:
         return GuideFlowDistribution(flow.base(), flow.transform(), stl=self._stl_of(flow))
 
-    def get_posterior(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
-        raise NotImplementedError(
-            "AutoMeanFieldFlow has one posterior per site: see site_posteriors()"
-        )
+    def get_posterior(self, *args: Any, **kwargs: Any) -> BlockProduct:
+        """The product of the sites' flows as one distribution over the latent vector (D,),
+        in the order of :class:`~pyroflows.infer.AutoFlow`'s (so importance and rejection
+        sampling take this guide as a proposal); :meth:`site_posteriors` gives the factors."""
+        self.setup(*args, **kwargs)
+        return BlockProduct(list(self.site_posteriors().values()), self._slices)
 
     def site_posteriors(self) -> dict[str, GuideFlowDistribution]:
         """The flow distribution of each site's unconstrained (flattened) value."""

@@ -136,14 +136,19 @@ def discrete_message(guide: str, names: list[str]) -> str:
 
 
 def guide_plates(
-    guide: AutoGuide, frames: dict[str, CondIndepStackFrame], args: tuple, kwargs: dict
+    guide: AutoGuide,
+    frames: dict[str, CondIndepStackFrame],
+    args: tuple,
+    kwargs: dict,
+    device: torch.device | None = None,
 ) -> dict[str, pyro.plate]:
     """The plates ``guide`` enters this call, by name, also kept as ``guide.plates``.
 
     In an ``AutoGuideList`` they are the list's (it creates them before calling its parts, so
     all parts share one subsample). Otherwise they are those of ``guide.create_plates`` (called
     on the model's arguments, e.g. for a plate subsampled by the data loader) and, for every
-    other frame of the prototype, a plate of the prototype's size and subsample size.
+    other frame of the prototype, a plate of the prototype's size and subsample size, whose
+    subsample indices live on ``device`` (the model's).
     """
     if guide.master is not None:
         if guide.create_plates is not None:
@@ -162,7 +167,11 @@ def guide_plates(
     for name, frame in sorted(frames.items()):
         if name not in plates:
             plates[name] = pyro.plate(
-                name, frame.full_size or frame.size, dim=frame.dim, subsample_size=frame.size
+                name,
+                frame.full_size or frame.size,
+                dim=frame.dim,
+                subsample_size=frame.size,
+                device=device,
             )
     guide.plates = plates
     return plates

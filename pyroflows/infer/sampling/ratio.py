@@ -97,9 +97,9 @@ def _fit_flow(
 ) -> tuple[Flow, FitResult]:
     from ...flows import build
 
-    flow = build(name, x.shape[1], standardize=x if standardize else None, **flow_options).to(
-        x.dtype
-    )
+    with torch.device(x.device):  # built where the data are, not on torch's default device
+        flow = build(name, x.shape[1], standardize=x if standardize else None, **flow_options)
+    flow = flow.to(device=x.device, dtype=x.dtype)
     return flow, fit(flow, x, **{"progress": False, **fit_options})
 
 

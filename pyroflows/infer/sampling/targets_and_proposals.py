@@ -250,7 +250,7 @@ def call_target(log_density: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         raise ValueError(
             f"the target failed on proposal points of shape {tuple(x.shape)} ({error}); {hint}"
         ) from error
-    out = torch.as_tensor(out)
+    out = out if isinstance(out, Tensor) else torch.as_tensor(out, device=x.device)
     if out.shape != x.shape[:1]:
         raise ValueError(
             f"the target returned shape {tuple(out.shape)} for points of shape "
