@@ -47,21 +47,30 @@ def test_reference_sac_smoke_run_writes_its_learning_curve(tmp_path) -> None:  #
     assert all(changed)  # every policy parameter was trained
 
 
+def tiny_agent(**overrides: object):  # noqa: ANN201
+    """A reference SAC agent small enough for a unit test (tanh-Gaussian policy)."""
+    from pyroflows.rl.sac import SAC, SACConfig
+
+    options = {
+        "total_steps": 100,
+        "learning_starts": 10,
+        "batch_size": 8,
+        "eval_every": 20,
+        "critic_hidden": (8,),
+        "progress": False,
+        **overrides,
+    }
+    return SAC(
+        "Pendulum-v1", config=SACConfig(**options), policy_kwargs={"hidden": (8,), "flow": None}
+    )
+
+
 def test_reference_sac_keyboard_interrupt_keeps_the_best_evaluated_policy(tmp_path) -> None:  # noqa: ANN001
     """Ctrl-C during training returns the partial result (interrupted=True), the policy back
     at the weights of its best evaluation and in eval mode; evaluations are scripted so the
     best one is known (the second of three)."""
-    from pyroflows.rl.sac import SAC, SACConfig
 
-    config = SACConfig(
-        total_steps=100,
-        learning_starts=10,
-        batch_size=8,
-        eval_every=20,
-        critic_hidden=(8,),
-        progress=False,
-    )
-    agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": (8,), "flow": None})
+    agent = tiny_agent()
     scripted = iter([[1.0], [5.0], [2.0]])
     states = []
 
@@ -81,7 +90,7 @@ def test_reference_sac_keyboard_interrupt_keeps_the_best_evaluated_policy(tmp_pa
         assert torch.equal(value, states[1][key]), key
     assert not all(torch.equal(states[1][k], v) for k, v in states[3].items())  # it had moved on
     # Interrupted before any evaluation: the last weights, no curve, no file.
-    agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": (8,), "flow": None})
+    agent = tiny_agent()
     agent.evaluate = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)  # type: ignore[method-assign]
     result = agent.train(tmp_path, name="early")
     assert result.interrupted and result.best_step is None and result.curve == []
@@ -89,18 +98,9 @@ def test_reference_sac_keyboard_interrupt_keeps_the_best_evaluated_policy(tmp_pa
 
 
 def test_reference_sac_max_time_stops_like_an_interrupt(tmp_path) -> None:  # noqa: ANN001
-    from pyroflows.rl.sac import SAC, SACConfig
+    from pyroflows.rl.sac import SACConfig
 
-    config = SACConfig(
-        total_steps=100,
-        learning_starts=10,
-        batch_size=8,
-        eval_every=20,
-        critic_hidden=(8,),
-        progress=False,
-        max_time=1e-9,
-    )
-    agent = SAC("Pendulum-v1", config=config, policy_kwargs={"hidden": (8,), "flow": None})
+    agent = tiny_agent(max_time=1e-9)
     result = agent.train(tmp_path)
     assert result.stop_reason == "max_time" and not result.interrupted
     assert result.curve == [] and len(agent.buffer) == 0 and not agent.policy.training
