@@ -1,5 +1,5 @@
 """Inference with flows: maximum-likelihood fitting, flow autoguides and variational EM,
-importance and rejection sampling, density ratios."""
+importance and rejection sampling, density ratios, and a one-call SVI fit of a guide."""
 
 from .arviz import to_inference_data
 from .fitting.callbacks import Callback, EarlyStopping, FitState, FreshData, StepBudget, TimeBudget
@@ -23,6 +23,7 @@ from .sampling.rejection import (
     rejection_sample,
 )
 from .sampling.targets_and_proposals import ModelTarget
+from .svi import GuideFitResult, fit_guide
 
 __all__ = [
     "AdaptiveResult",
@@ -37,6 +38,7 @@ __all__ = [
     "FitState",
     "FlowRejector",
     "FreshData",
+    "GuideFitResult",
     "ImportanceResult",
     "ModelTarget",
     "RejectionError",
@@ -49,6 +51,7 @@ __all__ = [
     "estimate_log_M",
     "fine_tune",
     "fit",
+    "fit_guide",
     "guide_log_weights",
     "posterior_predictive",
     "importance",

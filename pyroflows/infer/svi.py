@@ -1,0 +1,258 @@
+r"""One call to fit a guide by SVI: a step size chosen by pilot runs, a stopping rule, the best
+state kept on interruption, and the importance-sampling check at the end.
+
+The recipe follows Agrawal & Domke's advice for black-box VI (try a few step sizes on short
+runs and keep the best; average the iterates) and the spirit of Welandawe et al.'s RAABBVI
+(stop when the objective no longer improves by more than its Monte Carlo noise):
+
+1. **Step size.** Each of ``lr_candidates`` runs ``pilot_steps`` steps of Adam from the same
+   start; the one with the lowest mean loss over its second half (finite) is kept and the
+   guide goes back to the start.
+2. **Stopping rule.** The loss is averaged over windows of ``window`` steps. A window
+   *improves* when its mean is below the best window's by more than
+   ``max(2 * se, tol * |mean|)`` (``se``: the standard error of the difference of the two
+   window means); after ``patience`` windows in a row without improvement, SVI stops.
+3. **Kept state.** The state at the end of the best window (the guide's parameters and its
+   modules' state, e.g. pyroflows guides' parameter averages, which their posterior uses).
+4. **Check.** :func:`~pyroflows.infer.importance` with ``check_draws`` draws from the guide:
+   PSIS :math:`\hat k` against the sample-size-dependent threshold :math:`1 - 1/\log_{10} S`
+   (Vehtari et al. 2024) and the ESS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyro.poutine as poutine
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import ClippedAdam
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..checks import check_count, check_real
+from .sampling.importance import importance
+from .sampling.importance_result import ImportanceResult
+
+__all__ = ["GuideFitResult", "fit_guide"]
+
+
+@dataclasses.dataclass
+class GuideFitResult:
+    """What :func:`fit_guide` returns.
+
+    Attributes:
+        history: one dict per window: ``step``, ``loss`` (its mean), ``se`` (its standard
+            error), ``seconds``.
+        lr: the step size used; ``pilot``: mean pilot loss per candidate step size.
+        steps: SVI steps taken after the pilots; ``best_step``: the end of the kept window.
+        stop_reason: ``"converged"`` (the stopping rule), ``"max_steps"``, ``"max_time"`` or
+            ``"interrupted"`` (Ctrl-C: the best state so far is kept, ``interrupted`` is set).
+        check: the importance-sampling check (``None`` with ``check_draws=0`` or when
+            interrupted); ``khat``, ``ess`` and ``reliable`` read it.
+    """
+
+    history: list[dict[str, float]]
+    lr: float
+    pilot: dict[float, float]
+    steps: int
+    best_step: int
+    stop_reason: str
+    interrupted: bool = False
+    check: ImportanceResult | None = None
+
+    @property
+    def khat(self) -> float:
+        return math.nan if self.check is None else float(self.check.khat)
+
+    @property
+    def ess(self) -> float:
+        return math.nan if self.check is None else float(self.check.ess)
+
+    @property
+    def reliable(self) -> bool | None:
+        return None if self.check is None else bool(self.check.reliable)
+
+
+class _State:
+    """The tensors SVI optimises (the param store's, by name) and the guide's module state,
+    saved and put back in place (so modules holding those tensors see the values)."""
+
+    def __init__(self, guide: Callable, tensors: dict[str, Tensor]) -> None:
+        self.guide, self.tensors = guide, tensors
+        self.saved: dict[str, Tensor] = {}
+        self.module: dict[str, Tensor] = {}
+
+    def save(self) -> None:
+        self.saved = {name: t.detach().clone() for name, t in self.tensors.items()}
+        if isinstance(self.guide, nn.Module):
+            self.module = {k: v.detach().clone() for k, v in self.guide.state_dict().items()}
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, t in self.tensors.items():
+                t.copy_(self.saved[name])
+            if isinstance(self.guide, nn.Module):
+                for key, value in self.guide.state_dict().items():
+                    value.copy_(self.module[key])
+
+
+def _optimised_tensors(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> dict[str, Tensor]:
+    """The unconstrained tensors of every ``pyro.param`` the guide and the model use (built
+    by one blocked call of each)."""
+    with poutine.block(), poutine.trace(param_only=True) as capture:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+    return {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+
+
+def fit_guide(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    lr: float | None = None,
+    lr_candidates: Sequence[float] = (0.1, 0.03, 0.01, 0.003),
+    pilot_steps: int = 100,
+    max_steps: int = 20_000,
+    window: int = 200,
+    patience: int = 3,
+    tol: float = 1e-4,
+    loss: Any = None,
+    max_time: float | None = None,
+    check_draws: int = 4000,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> GuideFitResult:
+    r"""Fit ``guide`` to ``model`` by SVI with Adam: pilot runs choose the step size, a
+    stopping rule ends it, the best window's state is kept, and importance sampling checks
+    the result (see the module's description for each rule).
+
+    Args:
+        model: a Pyro model.
+        guide: a guide for it (pyroflows' or Pyro's).
+        *args: the model's positional arguments.
+        lr: the step size; ``None`` chooses one of ``lr_candidates``.
+        lr_candidates: the step sizes tried by the pilot runs.
+        pilot_steps: steps of each pilot run.
+        max_steps: SVI steps at most (after the pilots).
+        window: steps per averaging window of the stopping rule.
+        patience: windows in a row without improvement before stopping.
+        tol: relative improvement below which a window does not count as one.
+        loss: the ELBO (default ``Trace_ELBO()``).
+        max_time: time budget in seconds for the whole call (pilots included), checked after
+            each step of the main run; the best state so far is kept.
+        check_draws: importance draws of the final check (0: none).
+        progress: a tqdm bar (``None``: on a terminal).
+        **kwargs: the model's keyword arguments.
+
+    Returns:
+        A :class:`GuideFitResult`. Ctrl-C returns it with ``interrupted=True`` and the guide at
+        its best state so far (at its start when interrupted during the pilots).
+
+    Example:
+        >>> result = fit_guide(model, AutoFlow(model), data)   # doctest: +SKIP
+        >>> result.stop_reason, result.khat, result.reliable   # doctest: +SKIP
+    """
+    if lr is not None:
+        check_real("lr", lr)
+    candidates = [
+        check_real("lr_candidates", v) for v in ([lr] if lr is not None else lr_candidates)
+    ]
+    if not candidates:
+        raise ValueError("lr_candidates is empty")
+    pilot_steps, max_steps = (
+        check_count("pilot_steps", pilot_steps),
+        check_count("max_steps", max_steps),
+    )
+    window, patience = check_count("window", window, 2), check_count("patience", patience)
+    check_draws = check_count("check_draws", check_draws, 0)
+    if max_time is not None:
+        check_real("max_time", max_time)
+    loss = Trace_ELBO() if loss is None else loss
+    start = time.perf_counter()
+    deadline = math.inf if max_time is None else start + max_time
+    state = _State(guide, _optimised_tensors(model, guide, args, kwargs))
+    state.save()  # the start, for every pilot and the chosen step size
+    pilot: dict[float, float] = {}
+    bar = tqdm(
+        total=max_steps, desc="fit_guide", disable=None if progress is None else not progress
+    )
+
+    def run(step_size: float, steps: int) -> Any:
+        svi = SVI(model, guide, ClippedAdam({"lr": step_size}), loss)
+        for _ in range(steps):
+            yield float(svi.step(*args, **kwargs))
+
+    history: list[dict[str, float]] = []
+    steps, best_step, reason, interrupted = 0, 0, "max_steps", False
+    chosen = candidates[0]
+    try:
+        if len(candidates) > 1:
+            for step_size in candidates:
+                bar.set_description(f"fit_guide: pilot lr={step_size:g}")
+                try:
+                    losses = list(run(step_size, pilot_steps))
+                except (ValueError, RuntimeError):  # diverged into invalid values
+                    losses = [math.inf]
+                tail = torch.tensor(losses[len(losses) // 2 :], dtype=torch.float64)
+                pilot[step_size] = float(tail.mean()) if torch.isfinite(tail).all() else math.inf
+                state.restore()
+            finite = {k: v for k, v in pilot.items() if math.isfinite(v)}
+            if not finite:
+                raise FloatingPointError(
+                    f"every pilot step size {candidates} gave a non-finite loss; check the model"
+                )
+            chosen = min(finite, key=finite.get)
+        bar.set_description(f"fit_guide (lr={chosen:g})")
+        best = (math.inf, 0.0)  # (mean, se) of the best window
+        stale, window_losses = 0, []
+        for loss_value in run(chosen, max_steps):
+            steps += 1
+            bar.update()
+            window_losses.append(loss_value)
+            if len(window_losses) == window:
+                w = torch.tensor(window_losses, dtype=torch.float64)
+                mean, se = float(w.mean()), float(w.std() / math.sqrt(window))
+                history.append(
+                    {"step": steps, "loss": mean, "se": se, "seconds": time.perf_counter() - start}
+                )
+                bar.set_postfix(loss=f"{mean:.4g}")
+                window_losses = []
+                margin = max(2 * math.hypot(se, best[1]), tol * abs(mean))
+                if math.isfinite(mean) and mean < best[0] - (0 if best[0] == math.inf else margin):
+                    best, best_step, stale = (mean, se), steps, 0
+                    state.save()
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        reason = "converged"
+                        break
+            if time.perf_counter() > deadline:
+                reason = "max_time"
+                break
+    except KeyboardInterrupt:
+        reason, interrupted = "interrupted", True
+    finally:
+        bar.close()
+    state.restore()  # the best window's state (the start if no window was finite)
+    check = None
+    if check_draws and not interrupted:
+        check = importance(
+            model, guide, check_draws, model_args=args, model_kwargs=kwargs, warn=False
+        )
+    return GuideFitResult(
+        history=history,
+        lr=chosen,
+        pilot=pilot,
+        steps=steps,
+        best_step=best_step,
+        stop_reason=reason,
+        interrupted=interrupted,
+        check=check,
+    )

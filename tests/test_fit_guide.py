@@ -1,0 +1,114 @@
+"""The one-call SVI fit: known answers on a conjugate Gaussian model, the step-size pilots,
+the stopping rule, the time budget and interruption."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyroflows.infer import AutoFlow, fit_guide
+
+#: y_i ~ N(mu, 1), mu ~ N(0, 2^2): the posterior of mu is N(m, s^2) in closed form.
+N = 20
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> None:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+
+
+def data() -> torch.Tensor:
+    return 1.5 + torch.randn(N, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def model(y: torch.Tensor) -> None:
+    mu = pyro.sample("mu", dist.Normal(torch.zeros((), dtype=y.dtype), 2.0))
+    with pyro.plate("data", len(y)):
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def posterior(y: torch.Tensor) -> tuple[float, float]:
+    precision = 1 / 4 + len(y)
+    return float(y.sum() / precision), precision**-0.5
+
+
+def small_guide() -> AutoFlow:
+    return AutoFlow(model, init="loc", transforms=1, hidden=(8,), progress=False)
+
+
+@pytest.mark.slow
+def test_fits_a_conjugate_posterior_and_stops_by_its_rule():
+    """With the default pilots, windows and patience (about 20 s here)."""
+    y = data()
+    guide = small_guide()
+    result = fit_guide(model, guide, y, max_steps=3000, progress=False)
+    m, s = posterior(y)
+    draws = guide.sample_posterior(4000)["mu"]
+    assert abs(float(draws.mean()) - m) < 0.05 and abs(float(draws.std()) / s - 1) < 0.1
+    assert result.stop_reason == "converged" and result.steps < 3000
+    assert result.lr in (0.1, 0.03, 0.01, 0.003) and set(result.pilot) == {0.1, 0.03, 0.01, 0.003}
+    assert result.pilot[result.lr] == min(result.pilot.values())
+    assert 0 < result.best_step <= result.steps and result.history[-1]["step"] <= result.steps
+    assert result.reliable and result.ess > 2000 and result.khat < 0.5
+
+
+def test_a_diverging_step_size_is_never_chosen():
+    y = data()
+    result = fit_guide(
+        model,
+        small_guide(),
+        y,
+        lr_candidates=(1e6, 1e-2),
+        pilot_steps=20,
+        window=20,
+        max_steps=40,
+        check_draws=0,
+        progress=False,
+    )
+    assert result.lr == 1e-2 and result.check is None
+
+
+def test_the_time_budget_keeps_the_best_state():
+    y = data()
+    guide = small_guide()
+    guide(y)
+    pyro.set_rng_seed(1)
+    start = guide.median()["mu"]
+    result = fit_guide(model, guide, y, lr=1e-2, max_time=1e-9, check_draws=0, progress=False)
+    assert result.stop_reason == "max_time" and result.steps == 1 and result.best_step == 0
+    # No window completed: the guide is back at its start (the same draws give the same median).
+    pyro.set_rng_seed(1)
+    assert torch.equal(guide.median()["mu"], start)
+
+
+def test_interrupted_keeps_the_best_window():
+    y = data()
+    guide = small_guide()
+    calls = {"n": 0}
+
+    def interrupted_model(y: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] > 260:  # a few windows into the main run
+            raise KeyboardInterrupt
+        model(y)
+
+    result = fit_guide(
+        interrupted_model, guide, y, lr=0.03, window=50, max_steps=1000, progress=False
+    )
+    assert result.interrupted and result.stop_reason == "interrupted" and result.check is None
+    assert result.best_step > 0 and len(result.history) >= 3
+    m, _ = posterior(y)
+    assert abs(float(guide.median()["mu"]) - m) < 0.3  # the best window's state, not the start
+
+
+def test_argument_checks():
+    y = data()
+    with pytest.raises(ValueError, match="window"):
+        fit_guide(model, small_guide(), y, window=1)
+    with pytest.raises(ValueError, match="lr"):
+        fit_guide(model, small_guide(), y, lr=-1.0)
+    with pytest.raises(ValueError, match="max_time"):
+        fit_guide(model, small_guide(), y, max_time=-1.0)
