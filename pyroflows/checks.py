@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import operator
@@ -332,6 +333,15 @@ def as_sample_shape(sample_shape: object) -> torch.Size:
     )
 
 
+@functools.cache
+def _host_memory() -> int | None:
+    """The machine's RAM in bytes (``None`` where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def check_allocation(
     shape: Sequence[int], dtype: torch.dtype, device: torch.device, what: str = "sample_shape"
 ) -> None:
@@ -345,18 +355,15 @@ def check_allocation(
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return  # shapes are symbolic there, and the query is not traceable
-    size = math.prod(shape) * torch.empty((), dtype=dtype, device="meta").element_size()
+    size = math.prod(shape) * dtype.itemsize
     device = torch.device(device)
     if device.type == "cuda":
         capacity = torch.cuda.get_device_properties(device).total_memory
     elif device.type == "cpu":
-        try:
-            capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (AttributeError, ValueError, OSError):  # not on this platform: no check
-            return
+        capacity = _host_memory()
     else:
-        return
-    if size > capacity:
+        capacity = None
+    if capacity is not None and size > capacity:
         raise ValueError(
             f"{what} asks for a tensor of shape {tuple(shape)} ({size / 2**30:,.0f} GiB of "
             f"{dtype}), more than the {capacity / 2**30:,.0f} GiB of memory on {device}; draw "
