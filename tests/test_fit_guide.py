@@ -112,3 +112,25 @@ def test_argument_checks():
         fit_guide(model, small_guide(), y, lr=-1.0)
     with pytest.raises(ValueError, match="max_time"):
         fit_guide(model, small_guide(), y, max_time=-1.0)
+
+
+def test_an_error_during_the_run_leaves_the_best_state():
+    """A failure (here the model raising at a later step) restores the best window's state,
+    then propagates."""
+    y = data()
+    guide = small_guide()
+    calls = {"n": 0}
+
+    def failing_model(y: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] > 120:
+            raise RuntimeError("the data source went away")
+        model(y)
+
+    guide(y)
+    pyro.set_rng_seed(1)
+    start = guide.median()["mu"]
+    with pytest.raises(RuntimeError, match="went away"):
+        fit_guide(failing_model, guide, y, lr=0.03, window=500, progress=False)
+    pyro.set_rng_seed(1)
+    assert torch.equal(guide.median()["mu"], start)  # no window completed: the start

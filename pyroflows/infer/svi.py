@@ -238,6 +238,9 @@ def fit_guide(
                 break
     except KeyboardInterrupt:
         reason, interrupted = "interrupted", True
+    except BaseException:
+        state.restore()  # any other failure: the best (or the starting) state, then re-raise
+        raise
     finally:
         bar.close()
     state.restore()  # the best window's state (the start if no window was finite)
@@ -246,13 +249,4 @@ def fit_guide(
         check = importance(
             model, guide, check_draws, model_args=args, model_kwargs=kwargs, warn=False
         )
-    return GuideFitResult(
-        history=history,
-        lr=chosen,
-        pilot=pilot,
-        steps=steps,
-        best_step=best_step,
-        stop_reason=reason,
-        interrupted=interrupted,
-        check=check,
-    )
+    return GuideFitResult(history, chosen, pilot, steps, best_step, reason, interrupted, check)
