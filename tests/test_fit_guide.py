@@ -104,6 +104,22 @@ def test_interrupted_keeps_the_best_window():
     assert abs(float(guide.median()["mu"]) - m) < 0.3  # the best window's state, not the start
 
 
+def test_a_model_that_always_fails_names_its_error():
+    calls = {"n": 0}
+
+    def broken(y: torch.Tensor) -> None:  # fine when the guide is built, then always failing
+        calls["n"] += 1
+        model(y)
+        if calls["n"] > 1:
+            raise ValueError("broken likelihood")
+
+    y = data()
+    guide = small_guide()
+    with pytest.raises(FloatingPointError, match="every pilot step size") as info:
+        fit_guide(broken, guide, y, lr_candidates=(0.1, 0.01), pilot_steps=5, progress=False)
+    assert "broken likelihood" in str(info.value.__cause__)
+
+
 def test_argument_checks():
     y = data()
     with pytest.raises(ValueError, match="window"):

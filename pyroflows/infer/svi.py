@@ -191,23 +191,24 @@ def fit_guide(
 
     history: list[dict[str, float]] = []
     steps, best_step, reason, interrupted = 0, 0, "max_steps", False
-    chosen = candidates[0]
+    chosen, failure = candidates[0], None
     try:
         if len(candidates) > 1:
             for step_size in candidates:
                 bar.set_description(f"fit_guide: pilot lr={step_size:g}")
                 try:
                     losses = list(run(step_size, pilot_steps))
-                except (ValueError, RuntimeError):  # diverged into invalid values
-                    losses = [math.inf]
+                except (ValueError, RuntimeError) as error:  # diverged into invalid values
+                    losses, failure = [math.inf], error
                 tail = torch.tensor(losses[len(losses) // 2 :], dtype=torch.float64)
                 pilot[step_size] = float(tail.mean()) if torch.isfinite(tail).all() else math.inf
                 state.restore()
             finite = {k: v for k, v in pilot.items() if math.isfinite(v)}
             if not finite:
                 raise FloatingPointError(
-                    f"every pilot step size {candidates} gave a non-finite loss; check the model"
-                )
+                    f"every pilot step size {candidates} gave a non-finite loss or failed; "
+                    "check the model (the last failure is the cause below)"
+                ) from failure
             chosen = min(finite, key=finite.get)
         bar.set_description(f"fit_guide (lr={chosen:g})")
         best = (math.inf, 0.0)  # (mean, se) of the best window
