@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "as_data",
     "as_sample_shape",
+    "check_allocation",
     "check_batch",
     "check_choice",
     "check_context",
@@ -45,7 +46,6 @@ __all__ = [
     "check_real",
     "check_shape",
     "validates",
-    "check_allocation",
 ]
 
 

@@ -27,6 +27,7 @@ from ..checks import (
     check_features,
     check_not_nan,
     check_real,
+    validates,
 )
 from ..nn import check_order
 from ..transforms.elementwise import soft_clamp
@@ -304,7 +305,7 @@ class AutoregressiveDistribution(dist.TorchDistribution):
                 f"value has dtype {value.dtype}; this model takes real floating-point values"
             )
         check_batch(value.shape[:-1], self.batch_shape, "value")
-        if dist.is_validation_enabled() and not torch.compiler.is_compiling():
+        if validates(None):  # check_not_nan itself skips while compiling
             check_not_nan(value, "value")
         self.model.conditional.check(value)
         if not discrete:

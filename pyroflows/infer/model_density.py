@@ -43,6 +43,7 @@ __all__ = [
     "sum_to_particles",
     "trace_log_joint",
     "trace_plate_nesting",
+    "vmap_draws",
     "vmap_points",
 ]
 
@@ -364,11 +365,18 @@ class UnconstrainedLogDensity:
         return torch.cat([one(row[None]) for row in rows])
 
 
-def vmap_points(fn: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
-    """``fn`` of one point (1, D) -> (1,), mapped over the rows of ``u`` (S, D) -> (S,) with
-    ``torch.func.vmap``; Pyro's validation is off inside (its checks branch on values)."""
+def vmap_draws(fn: Callable[[Tensor], Any], xs: Tensor) -> Any:
+    """``torch.func.vmap(fn)(xs)`` for a function that runs a Pyro model or guide: each draw
+    its own randomness, and Pyro's validation off inside (its checks branch on values, which
+    vmap cannot follow; callers validate one unbatched run instead)."""
     with pyro.validation_enabled(False):
-        return torch.func.vmap(lambda row: fn(row[None])[0], randomness="different")(u)
+        return torch.func.vmap(fn, randomness="different")(xs)
+
+
+def vmap_points(fn: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
+    """``fn`` of one point (1, D) -> (1,), mapped over the rows of ``u`` (S, D) -> (S,)
+    (:func:`vmap_draws`)."""
+    return vmap_draws(lambda row: fn(row[None])[0], u)
 
 
 def check_same(batched: Tensor, reference: Tensor, how: str) -> None:

@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..checks import check_count, check_real
+from ..nn.transaction import restore, snapshot
+from .guides.param_sync import param_tensors
 from .sampling.importance import importance
 from .sampling.importance_result import ImportanceResult
 
@@ -79,37 +81,25 @@ class GuideFitResult:
 
 
 class _State:
-    """The tensors SVI optimises (the param store's, by name) and the guide's module state,
-    saved and put back in place (so modules holding those tensors see the values)."""
+    """The tensors SVI optimises (the param store's, by name) and the guide's module state
+    (:func:`~pyroflows.nn.transaction.snapshot`), saved and put back in place, so modules
+    holding those tensors see the values."""
 
     def __init__(self, guide: Callable, tensors: dict[str, Tensor]) -> None:
         self.guide, self.tensors = guide, tensors
         self.saved: dict[str, Tensor] = {}
-        self.module: dict[str, Tensor] = {}
+        self.module: list = []
 
     def save(self) -> None:
         self.saved = {name: t.detach().clone() for name, t in self.tensors.items()}
         if isinstance(self.guide, nn.Module):
-            self.module = {k: v.detach().clone() for k, v in self.guide.state_dict().items()}
+            self.module = snapshot(self.guide)
 
     def restore(self) -> None:
         with torch.no_grad():
             for name, t in self.tensors.items():
                 t.copy_(self.saved[name])
-            if isinstance(self.guide, nn.Module):
-                for key, value in self.guide.state_dict().items():
-                    value.copy_(self.module[key])
-
-
-def _optimised_tensors(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict
-) -> dict[str, Tensor]:
-    """The unconstrained tensors of every ``pyro.param`` the guide and the model use (built
-    by one blocked call of each)."""
-    with poutine.block(), poutine.trace(param_only=True) as capture:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        poutine.replay(model, trace=guide_trace)(*args, **kwargs)
-    return {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+        restore(self.module)
 
 
 def fit_guide(
@@ -177,7 +167,11 @@ def fit_guide(
     loss = Trace_ELBO() if loss is None else loss
     start = time.perf_counter()
     deadline = math.inf if max_time is None else start + max_time
-    state = _State(guide, _optimised_tensors(model, guide, args, kwargs))
+
+    def guide_then_model(*a: Any, **k: Any) -> None:  # the guide's call builds it
+        poutine.replay(model, trace=poutine.trace(guide).get_trace(*a, **k))(*a, **k)
+
+    state = _State(guide, param_tensors(guide_then_model, args, kwargs))
     state.save()  # the start, for every pilot and the chosen step size
     pilot: dict[float, float] = {}
     bar = tqdm(

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Transactional", "transaction"]
+__all__ = ["Transactional", "restore", "snapshot", "transaction"]
 
 
 @contextmanager
@@ -38,15 +38,17 @@ def transaction(module: nn.Module) -> Iterator[None]:
         >>> torch.equal(layer.weight, before)
         True
     """
-    saved = _snapshot(module)
+    saved = snapshot(module)
     try:
         yield
     except BaseException:
-        _restore(saved)
+        restore(saved)
         raise
 
 
-def _snapshot(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list]]:
+def snapshot(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list]]:
+    """What :func:`transaction` keeps of ``module`` (every submodule's attributes and tensor
+    values), for :func:`restore` to put back, e.g. at the best point of a long fit."""
     saved = []
     for sub in module.modules():
         attributes = {
@@ -63,7 +65,9 @@ def _snapshot(module: nn.Module) -> list[tuple[nn.Module, dict[str, Any], list]]
     return saved
 
 
-def _restore(saved: list[tuple[nn.Module, dict[str, Any], list]]) -> None:
+def restore(saved: list[tuple[nn.Module, dict[str, Any], list]]) -> None:
+    """Put a module back as :func:`snapshot` saw it (the same parameter objects, their old
+    values)."""
     with torch.no_grad():
         for sub, attributes, tensors in saved:
             sub.__dict__.clear()

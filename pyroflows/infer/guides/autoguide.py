@@ -171,7 +171,6 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         if average is not None and not 0 < average <= 1:
             raise ValueError(f"average must be in (0, 1] or None, got {average!r}")
         self._average_rate = average
-        self.init_elbo: dict[str, float] = {}
         self.init_report: dict[str, Any] = {}
         super().__init__(model, init_loc_fn=safe_init(init_loc_fn))
         self.create_plates = create_plates
@@ -323,8 +322,12 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
             self._init_max_time,
             self._progress,
         )
-        self.init_elbo = self.init_report["elbo"]
         return loc, scale_tril
+
+    @property
+    def init_elbo(self) -> dict[str, float]:
+        """The ELBO estimate of each candidate start (``init_report["elbo"]``)."""
+        return self.init_report.get("elbo", {})
 
     # -- the posterior -----------------------------------------------------------------------------
 

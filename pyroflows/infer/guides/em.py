@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from torch import nn
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ...nn.transaction import transaction
 from ..model_density import init_trace, plate_nesting
+from .param_sync import param_tensors
 
 __all__ = ["ConvergenceWarning", "VariationalEM"]
 
@@ -170,12 +170,6 @@ class VariationalEM:
             )
         return Trace_ELBO(), self.model
 
-    @staticmethod
-    def _param_sites(fn: Callable, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-        with poutine.block(), poutine.trace(param_only=True) as capture:
-            fn(*args, **kwargs)
-        return {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
-
     # -- fitting ---------------------------------------------------------------------------------------
 
     def fit(self, *args: Any, **kwargs: Any) -> VariationalEM:
@@ -295,15 +289,9 @@ class VariationalEM:
         def objective() -> torch.Tensor:
             return loss.differentiable_loss(model, guide, *args, **kwargs)
 
-        # Under TraceEnum_ELBO the guide runs under enumeration (a flow guide refuses to run
-        # otherwise when the model has discrete sites): so does this look at its parameters.
-        enumerated = guide
-        if isinstance(loss, TraceEnum_ELBO):
-            nesting = plate_nesting(self.model, *args, **kwargs)
-            enumerated = poutine.enum(guide, first_available_dim=-1 - nesting)
-        guide_params = self._param_sites(enumerated, args, kwargs)
+        guide_params = param_tensors(guide, args, kwargs)
         model_params = {
-            k: v for k, v in self._param_sites(model, args, kwargs).items() if k not in guide_params
+            k: v for k, v in param_tensors(model, args, kwargs).items() if k not in guide_params
         }
         e_opt = torch.optim.Adam(list(guide_params.values()), lr=self.lr) if guide_params else None
         m_opt = (

@@ -9,6 +9,8 @@ require gradients.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -19,7 +21,23 @@ from torch import Tensor, nn
 from ...core import Flow
 from .averaging import ParameterAverage
 
-__all__ = ["pyro_fullname", "pyro_prefix", "store_tensor", "sync_module", "sync_with_param_store"]
+__all__ = [
+    "param_tensors",
+    "pyro_fullname",
+    "pyro_prefix",
+    "store_tensor",
+    "sync_module",
+    "sync_with_param_store",
+]
+
+
+def param_tensors(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Tensor]:
+    """The unconstrained tensors of every ``pyro.param`` that ``fn(*args, **kwargs)`` (a model
+    or a guide, built by this call if lazy) uses, by name: what an optimizer of it updates.
+    One run, hidden from outer handlers."""
+    with poutine.block(), poutine.trace(param_only=True) as capture:
+        fn(*args, **kwargs)
+    return {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
 
 
 def pyro_fullname(owner: PyroModule, attr: str) -> str | None:

@@ -19,13 +19,13 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ...checks import check_count
 from ..model_density import (
     VECTORIZE_ERRORS,
     check_same,
@@ -35,6 +35,7 @@ from ..model_density import (
     plate_nesting,
     trace_log_joint,
     trace_plate_nesting,
+    vmap_draws,
 )
 
 __all__ = ["guide_log_weights", "posterior_predictive"]
@@ -138,8 +139,7 @@ def posterior_predictive(
         >>> draws["y"].shape                                      # doctest: +SKIP
         torch.Size([1000, 500])
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    num_samples = check_count("num_samples", num_samples)
     trace = init_trace(model, args, kwargs)
     if max_plate_nesting is None:
         max_plate_nesting = trace_plate_nesting(trace)
@@ -247,8 +247,7 @@ def _draw_vmapped(
         logw, values = one(guide_trace, model_trace)
         return logw, values, (_drawn(guide_trace), _drawn(model_trace))
 
-    with pyro.validation_enabled(False):
-        logw, values, drawn = torch.func.vmap(draw, randomness="different")(torch.empty(num))
+    logw, values, drawn = vmap_draws(draw, torch.empty(num))
     guide_first, model_first = ({k: v[0] for k, v in d.items()} for d in drawn)
     # Replay (not condition) the guide, so its sites stay sampled ones for the model's replay.
     template = run(guide)
