@@ -79,3 +79,25 @@ def test_autoflow_guide_is_refitted_on_a_model():
     kept = len(khats) - 1 if out.converged else khats.index(min(khats))
     assert refitted == (kept > 0)
     pyro.clear_param_store()
+
+
+@pytest.mark.slow
+def test_refit_on_annealed_particles_reaches_a_distant_target():
+    """N(0, I) against a target 10 sd away: its own weights fall on a handful of draws and
+    a refit learns little; SMC particles from it reach the target and one refit suffices."""
+    far = torch.tensor([8.0, -6.0], dtype=torch.float64)
+
+    def log_far(x):  # noqa: ANN001, ANN202
+        return dist.Normal(far, SD).log_prob(x).sum(-1) + LOG_Z
+
+    fit_options = {"epochs": 100, "lr": 0.1, "batch_size": 1000}
+    own = adaptive_importance(log_far, affine_flow(), 1000, rounds=1, fit_options=fit_options)
+    assert not own.converged and own.history[-1]["khat"] > 0.7
+    out = adaptive_importance(
+        log_far, affine_flow(), 1000, rounds=1, fit_options=fit_options, refit_draws="annealed"
+    )
+    assert out.converged and out.history[0]["khat"] > 0.7
+    assert abs(out.history[0]["annealed_log_evidence"] - LOG_Z) < 0.1
+    assert abs(out.result.log_evidence - LOG_Z) < 3 * out.result.log_evidence_se
+    with pytest.raises(ValueError, match="refit_draws"):
+        adaptive_importance(log_far, affine_flow(), 100, refit_draws="smc")

@@ -31,6 +31,7 @@ from pyroflows.infer import (
     AutoFlow,
     AutoMeanFieldFlow,
     adaptive_importance,
+    annealed_importance,
     fit,
     importance,
     posterior_predictive,
@@ -85,12 +86,19 @@ def test_fit_and_samplers_follow_the_data():
     def log_p(z: torch.Tensor) -> torch.Tensor:
         return -0.5 * (z**2).sum(-1)
 
+    q = dist.MultivariateNormal(torch.zeros(2, dtype=torch.float64), torch.eye(2).double())
+    wide = dist.Normal(q.loc, 1.0).to_event(1)
     with default_device_meta():
         result = fit(flow, data, epochs=2, weights=weights, progress=False)
         r = importance(log_p, flow, 500, seed=0, warn=False)
         s = rejection_sample(log_p, flow, 50, seed=0)
         a = adaptive_importance(log_p, flow, 500, rounds=1, fit_options={"epochs": 1}, seed=0)
+        smc = [
+            annealed_importance(log_p, proposal, 100, seed=0, final_moves=1, warn=False)
+            for proposal in (flow, q, wide)  # moves in the base space and in the data space
+        ]
     assert math.isfinite(result.best_val_loglik) and on_cpu(r.log_weights, a.result.log_weights)
+    assert all(on_cpu(t.samples, t.log_weights, t.ancestors) for t in smc)
     assert on_cpu(s.samples if hasattr(s, "samples") else s)
 
 

@@ -1,5 +1,6 @@
 """Inference with flows: maximum-likelihood fitting, flow autoguides and variational EM,
-importance and rejection sampling, density ratios, and a one-call SVI fit of a guide."""
+importance sampling (plain, adaptive, annealed / SMC) and rejection sampling, density ratios,
+and a one-call SVI fit of a guide."""
 
 from .arviz import to_inference_data
 from .fitting.callbacks import Callback, EarlyStopping, FitState, FreshData, StepBudget, TimeBudget
@@ -11,6 +12,7 @@ from .guides.autoguide import AutoFlow
 from .guides.em import VariationalEM
 from .guides.meanfield import AutoMeanFieldFlow
 from .sampling.adaptive import AdaptiveResult, adaptive_importance
+from .sampling.annealed import annealed_importance
 from .sampling.guide_weights import guide_log_weights, posterior_predictive
 from .sampling.importance import ImportanceResult, importance
 from .sampling.psis import khat_threshold, psis
@@ -47,6 +49,7 @@ __all__ = [
     "TimeBudget",
     "VariationalEM",
     "adaptive_importance",
+    "annealed_importance",
     "density_ratio",
     "estimate_log_M",
     "fine_tune",

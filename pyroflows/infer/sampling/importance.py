@@ -141,7 +141,7 @@ def importance(
         )
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
-    probe = q.sample_and_log_prob(1)[0]
+    probe = q.probe()
     device, dtype = probe.device, probe.dtype
     with seeded(seed, device):
         n_wide = int(round(defensive * num_samples))
@@ -177,7 +177,7 @@ def importance(
         log_q,
         warn,
         defensive,
-        hint=_nan_hint(model_args, model_kwargs),
+        hint=nan_hint(model_args, model_kwargs),
     )
     if model_target is not None:
         result.info["sites"] = model_target.describe()
@@ -204,10 +204,10 @@ def _guide_importance(
             )
     sites = {k: torch.cat([c[0][k] for c in chunks]) for k in chunks[0][0]}
     log_w = torch.cat([c[1] for c in chunks])
-    return finish(log_w, None, sites, None, None, warn, stacklevel=5, hint=_nan_hint(args, kwargs))
+    return finish(log_w, None, sites, None, None, warn, stacklevel=5, hint=nan_hint(args, kwargs))
 
 
-def _nan_hint(args: tuple, kwargs: dict) -> str:
+def nan_hint(args: tuple, kwargs: dict) -> str:
     """What an all-NaN target may come from, for the error message."""
     bad = nan_arguments(args, kwargs)
     if bad:

@@ -32,6 +32,12 @@ class ImportanceResult:
         smoothed_log_weights: PSIS-smoothed normalised log-weights (S,).
         khat: the Pareto :math:`\hat k`; khat_threshold: :math:`\min(1-1/\log_{10}S, 0.7)`.
         num_nan: draws whose target (or proposal) log-density was NaN; they get weight zero.
+        evidence_relative_variance: an estimate of :math:`\operatorname{Var}(\hat Z)/Z^2`
+            when the weights alone do not give it (sequential Monte Carlo, whose particles
+            share ancestors); ``None`` for independent draws.
+        ancestors: for sequential Monte Carlo, the initial particle each draw descends from
+            (S,), so that :meth:`expectation`'s standard error counts the shared ancestry;
+            ``None`` for independent draws.
     """
 
     log_weights: Tensor
@@ -45,6 +51,8 @@ class ImportanceResult:
     num_nan: int = 0
     defensive: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    evidence_relative_variance: float | None = None
+    ancestors: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -77,7 +85,11 @@ class ImportanceResult:
 
     @property
     def log_evidence_se(self) -> float:
-        r"""Delta-method standard error :math:`\operatorname{sd}(w)/(\sqrt S\,\bar w)` of :math:`\log\hat Z`."""
+        r"""Delta-method standard error of :math:`\log\hat Z`: :math:`\operatorname{sd}(w)/(\sqrt
+        S\,\bar w)` for independent draws, else the square root of
+        :attr:`evidence_relative_variance`."""
+        if self.evidence_relative_variance is not None:
+            return math.sqrt(max(self.evidence_relative_variance, 0.0))
         return float(log_evidence(self.log_weights)[1])
 
     @property
@@ -108,7 +120,7 @@ class ImportanceResult:
         values = f(self.values) if callable(f) else f
         values = torch.as_tensor(values, device=self.log_weights.device)
         lw = self.smoothed_log_weights if smoothed else self.log_weights
-        return weighted_mean_and_mcse(values, lw)
+        return weighted_mean_and_mcse(values, lw, self.ancestors)
 
     def resample(self, n: int, smoothed: bool = True, generator: torch.Generator | None = None):  # noqa: ANN201
         """``n`` draws resampled (multinomially, with replacement) by their weights.

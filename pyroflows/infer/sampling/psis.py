@@ -148,17 +148,25 @@ def log_evidence(log_weights: Tensor) -> tuple[Tensor, Tensor]:
     return log_z, sd / (math.sqrt(S) * mean)
 
 
-def weighted_mean_and_mcse(values: Tensor, log_weights: Tensor) -> tuple[Tensor, Tensor]:
+def weighted_mean_and_mcse(
+    values: Tensor, log_weights: Tensor, ancestors: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Self-normalised estimate :math:`\sum_s \bar w_s f_s` and its Monte Carlo standard error.
 
     The MCSE is the delta-method standard error of the ratio estimator,
     :math:`\sqrt{\sum_s \bar w_s^2 (f_s - \hat\mu)^2}` (Owen, "Monte Carlo theory, methods and
     examples", 2013, eq. 9.9), which reduces to :math:`\operatorname{sd}(f)/\sqrt S` for equal
-    weights.
+    weights. For the particles of sequential Monte Carlo, which share ancestors, the terms of
+    the particles descending from one initial particle (``ancestors``, their *Eve indices*)
+    are summed first, :math:`\sqrt{\sum_m (\sum_{s: E_s = m} \bar w_s (f_s - \hat\mu))^2}`
+    (Lee & Whiteley 2018, https://doi.org/10.1093/biomet/asy028, the asymptotic form; Chan &
+    Lai 2013); with every particle its own ancestor it is the formula above.
 
     Args:
         values: :math:`f(x_s)`, shape (S, ...) (samples first).
         log_weights: shape (S,), normalised or not.
+        ancestors: the Eve index of each sample (S,) (integers in ``[0, S)``), or ``None``
+            for independent samples.
 
     Returns:
         ``(estimate, mcse)``, each of shape ``values.shape[1:]``, in ``values``' dtype.
@@ -173,6 +181,9 @@ def weighted_mean_and_mcse(values: Tensor, log_weights: Tensor) -> tuple[Tensor,
     # Zero-weight samples (NaN targets) may have NaN values: they must not contaminate sums.
     f = torch.where(w > 0, f, torch.zeros_like(f))
     estimate = (w * f).sum(0)
-    mcse = ((w * (f - estimate)) ** 2).sum(0).sqrt()
+    terms = w * (f - estimate)
+    if ancestors is not None:
+        terms = torch.zeros_like(terms).index_add_(0, ancestors.to(terms.device), terms)
+    mcse = (terms**2).sum(0).sqrt()
     dtype = values.dtype if values.is_floating_point() else torch.float64
     return estimate.to(dtype), mcse.to(dtype)

@@ -151,7 +151,7 @@ def rejection_sample(
     model_args, model_kwargs = check_model_arguments(model_args, model_kwargs)
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
-    with seeded(seed, q.sample_and_log_prob(1)[0].device):
+    with seeded(seed, q.probe().device):
         estimated = log_M is None
         info: dict[str, Any] = {}
         if estimated:

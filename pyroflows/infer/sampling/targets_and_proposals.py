@@ -176,6 +176,14 @@ class VectorProposal:
     def log_prob(self, x: Tensor) -> Tensor:
         return self.distribution.log_prob(x)
 
+    def probe(self) -> Tensor:
+        """One draw (1, D), which shows the proposal's device and dtype, taken without
+        advancing any random number generator (so a seeded run is the same with or without
+        it)."""
+        cuda = torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            return self.sample_and_log_prob(1)[0].detach()
+
     def site_order(self) -> list[str] | None:
         """The guide's latent site order (``None`` for plain distributions)."""
         if self.guide is None:
