@@ -1,6 +1,6 @@
 """Inference with flows: maximum-likelihood fitting, flow autoguides and variational EM,
 importance sampling (plain, adaptive, annealed / SMC) and rejection sampling, density ratios,
-and a one-call SVI fit of a guide."""
+a one-call SVI fit of a guide, particle objectives (IWAE, Renyi, chi-square) and VSBC."""
 
 from .arviz import to_inference_data
 from .fitting.callbacks import Callback, EarlyStopping, FitState, FreshData, StepBudget, TimeBudget
@@ -11,6 +11,7 @@ from .guides.amortized import AutoAmortizedFlow
 from .guides.autoguide import AutoFlow
 from .guides.em import VariationalEM
 from .guides.meanfield import AutoMeanFieldFlow
+from .objectives import IWAE, ChiSquare, ParticleObjective, Renyi
 from .sampling.adaptive import AdaptiveResult, adaptive_importance
 from .sampling.annealed import annealed_importance
 from .sampling.guide_weights import guide_log_weights, posterior_predictive
@@ -26,6 +27,7 @@ from .sampling.rejection import (
 )
 from .sampling.targets_and_proposals import ModelTarget
 from .svi import GuideFitResult, fit_guide
+from .vsbc import VSBCResult, vsbc
 
 __all__ = [
     "AdaptiveResult",
@@ -33,20 +35,25 @@ __all__ = [
     "AutoFlow",
     "AutoMeanFieldFlow",
     "Callback",
-    "Dequantized",
+    "ChiSquare",
     "DensityRatioResult",
+    "Dequantized",
     "EarlyStopping",
     "FitResult",
     "FitState",
     "FlowRejector",
     "FreshData",
     "GuideFitResult",
+    "IWAE",
     "ImportanceResult",
     "ModelTarget",
+    "ParticleObjective",
     "RejectionError",
     "RejectionResult",
+    "Renyi",
     "StepBudget",
     "TimeBudget",
+    "VSBCResult",
     "VariationalEM",
     "adaptive_importance",
     "annealed_importance",
@@ -56,10 +63,11 @@ __all__ = [
     "fit",
     "fit_guide",
     "guide_log_weights",
-    "posterior_predictive",
     "importance",
     "khat_threshold",
+    "posterior_predictive",
     "psis",
     "rejection_sample",
     "to_inference_data",
+    "vsbc",
 ]
