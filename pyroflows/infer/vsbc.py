@@ -22,15 +22,14 @@ biased, whatever the width of :math:`q`. So :func:`vsbc` reports, per parameter,
   :math:`U(0, 1)` (small p-value: miscalibrated intervals; a too-narrow :math:`q` piles
   :math:`p` up near 0 and 1, a too-wide one near 1/2).
 
-The uniformity p-value uses the Kolmogorov distribution with Stephens' small-sample correction
-(:math:`\lambda = (\sqrt M + 0.12 + 0.11/\sqrt M)\, D`; within about 0.02 of the exact one for
-:math:`M \ge 20`); the symmetry p-value is exact for two samples of one size. The symmetry test
-treats :math:`p` and :math:`1 - p` as independent samples, as the paper does: a heuristic.
+Both p-values are SciPy's (exact for these sizes). The symmetry test treats :math:`p` and
+:math:`1 - p` as independent samples, as the paper does: a heuristic.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +39,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
+from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -51,30 +51,9 @@ from .svi import fit_guide
 __all__ = ["VSBCResult", "ks_symmetry", "ks_uniform", "vsbc"]
 
 
-def _kolmogorov_sf(lam: Tensor) -> Tensor:
-    r""":math:`\Pr(K > \lambda)` of the Kolmogorov distribution, elementwise (two series: the
-    theta-function form below 1.18, the alternating one above; 100 terms each)."""
-    lam = lam.clamp(min=1e-12)
-    k = torch.arange(1, 101, dtype=lam.dtype, device=lam.device)
-    small = lam[..., None]
-    cdf = (
-        math.sqrt(2 * math.pi)
-        / small[..., 0]
-        * torch.exp(-((2 * k - 1) ** 2) * math.pi**2 / (8 * small**2)).sum(-1)
-    )
-    signs = torch.where(k % 2 == 1, 1.0, -1.0).to(lam)
-    sf = 2 * (signs * torch.exp(-2 * k**2 * small**2)).sum(-1)
-    return torch.where(lam < 1.18, 1 - cdf, sf).clamp(0.0, 1.0)
-
-
-def _ks_pvalue(statistic: Tensor, n_eff: float) -> Tensor:
-    root = math.sqrt(n_eff)
-    return _kolmogorov_sf((root + 0.12 + 0.11 / root) * statistic)
-
-
 def ks_uniform(p: Tensor) -> tuple[Tensor, Tensor]:
     r"""One-sample Kolmogorov–Smirnov test of each column of ``p`` (M, J) against
-    :math:`U(0, 1)`: ``(statistic, p_value)``, each (J,).
+    :math:`U(0, 1)` (SciPy's exact p-value): ``(statistic, p_value)``, each (J,).
 
     Example:
         >>> statistic, p_value = ks_uniform(torch.linspace(0.05, 0.95, 10)[:, None])
@@ -82,18 +61,14 @@ def ks_uniform(p: Tensor) -> tuple[Tensor, Tensor]:
         (0.05, True)
     """
     p = _as_columns(p)
-    M = p.shape[0]
-    ordered = p.sort(0).values
-    i = torch.arange(1, M + 1, dtype=p.dtype, device=p.device)[:, None]
-    statistic = torch.maximum(i / M - ordered, ordered - (i - 1) / M).amax(0)
-    return statistic, _ks_pvalue(statistic, M)
+    tests = [stats.kstest(column, "uniform") for column in p.T.double().cpu().numpy()]
+    return _pair(tests, p)
 
 
 def ks_symmetry(p: Tensor) -> tuple[Tensor, Tensor]:
     r"""Two-sample Kolmogorov–Smirnov test of each column of ``p`` (M, J) against ``1 - p``
-    (VSBC's symmetry test): ``(statistic, p_value)``, each (J,). For two samples of one size
-    :math:`M` the p-value is exact (Gnedenko & Korolyuk 1951):
-    :math:`\Pr(D \ge k/M) = 2 \sum_{j \ge 1} (-1)^{j-1} \binom{2M}{M - jk} / \binom{2M}{M}`.
+    (VSBC's symmetry test; SciPy's exact p-value for two samples of one size):
+    ``(statistic, p_value)``, each (J,).
 
     Example:
         >>> statistic, p_value = ks_symmetry(torch.tensor([[0.1], [0.2], [0.8], [0.9]]))
@@ -104,35 +79,18 @@ def ks_symmetry(p: Tensor) -> tuple[Tensor, Tensor]:
         (1.0, 0.0)
     """
     p = _as_columns(p)
-    M = p.shape[0]
-    a = p.sort(0).values
-    b = (1 - p).sort(0).values
-    # The ECDFs at their jumps (J, 2M), a few ulps to the right: p and 1 - p meet at values that
-    # differ by a rounding error only (1 - 0.7 vs 0.3), which must count as ties.
-    tol = 16 * torch.finfo(p.dtype).eps
-    points = (torch.cat([a, b], 0) + tol).T.contiguous()
-    below_a = torch.searchsorted(a.T.contiguous(), points, right=True)
-    below_b = torch.searchsorted(b.T.contiguous(), points, right=True)
-    steps = (below_a - below_b).abs().amax(1)  # k = M * D, an integer (J,)
-    return steps.to(p.dtype) / M, _equal_size_ks_pvalue(steps, M).to(p.dtype)
+    # p and 1 - p meet at values that differ by a rounding error only (1 - 0.7 vs 0.3): round
+    # both to a hundred times p's resolution so that such values tie, as they should.
+    decimals = round(-math.log10(torch.finfo(p.dtype).eps)) - 2
+    columns = p.T.double().cpu().numpy().round(decimals)
+    tests = [stats.ks_2samp(c, (1.0 - c).round(decimals), method="exact") for c in columns]
+    return _pair(tests, p)
 
 
-def _equal_size_ks_pvalue(steps: Tensor, size: int) -> Tensor:
-    """Exact two-sided p-value of the two-sample KS statistic ``steps / size`` for two samples
-    of ``size`` values each (``steps``: integers (J,))."""
-    k = steps.to(torch.float64).clamp(min=1)[:, None]
-    j = torch.arange(1, size + 1, dtype=torch.float64, device=steps.device)
-    top = size - j * k  # C(2 size, size - j k) is zero below 0
-    # log C(2 size, top) - log C(2 size, size)
-    log_binom = (
-        2 * math.lgamma(size + 1)
-        - torch.lgamma(top.clamp(min=0) + 1)
-        - torch.lgamma(2 * size - top.clamp(min=0) + 1)
-    )
-    terms = torch.where(top >= 0, torch.exp(log_binom), torch.zeros_like(log_binom))
-    signs = torch.where(j % 2 == 1, 1.0, -1.0).to(terms)
-    p_value = (2 * (signs * terms).sum(1)).clamp(0.0, 1.0)
-    return torch.where(steps > 0, p_value, torch.ones_like(p_value))
+def _pair(tests: list, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The statistics and p-values of SciPy's results as tensors (J,) on ``like``'s device."""
+    as_tensor = functools.partial(torch.tensor, dtype=like.dtype, device=like.device)
+    return as_tensor([t.statistic for t in tests]), as_tensor([t.pvalue for t in tests])
 
 
 def _as_columns(p: Tensor) -> Tensor:
