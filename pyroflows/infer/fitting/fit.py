@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from ...checks import as_data, check_choice, check_count, check_real
 from ...nn.device import module_device_dtype
 from ...nn.transaction import transaction
-from .callbacks import EarlyStopping, FitState, TimeBudget
+from .callbacks import Callback, EarlyStopping, FitState, TimeBudget
 from .checkpoint import Checkpoint, load_checkpoint
+from .distributed import process_group, together
 from .loop import restore_best, run_epochs, snapshot
 
 __all__ = ["FitResult", "fit"]
@@ -169,6 +170,7 @@ def fit(
     checkpoint_every: int = 1,
     resume: str | os.PathLike | None = None,
     eval_batch_size: int | None = None,
+    distributed: bool | str = "auto",
 ) -> FitResult:
     r"""Fit a density model to ``data`` by maximum (weighted) likelihood.
 
@@ -194,6 +196,13 @@ def fit(
     dtype. An exception during training (a callback's, a non-finite loss) leaves the model
     holding the best (or initial) parameters in eval mode and is re-raised; a failed
     ``resume`` leaves the model as it was.
+
+    Inside a ``torch.distributed`` process group (``torchrun``), every rank calls ``fit`` with
+    the full data and the same options; each global batch of ``batch_size`` rows is split
+    between the ranks, gradients and validation sums are added over them, rank 0 takes the
+    stopping decisions, writes the checkpoints and shows the progress bar, and the parameters
+    end equal to a single-process fit's up to floating-point summation order (see
+    :doc:`/distributed`).
 
     Args:
         model: the model to train (in place).
@@ -228,6 +237,9 @@ def fit(
             the parameters an uninterrupted one would have.
         eval_batch_size: rows per validation chunk (default: 4096 vectors, fewer images, at
             least ``batch_size``).
+        distributed: ``"auto"``: data-parallel over the default ``torch.distributed`` process
+            group when one is initialised with several processes; ``True``: the same, and an
+            error without one; ``False``: an independent single-process fit on every rank.
 
     Returns:
         A :class:`FitResult` with the per-epoch history and why the fit stopped.
@@ -259,11 +271,13 @@ def fit(
         check_real("clip_grad", clip_grad)
     if patience is not None:
         check_count("patience", patience)
-    x, c, w = _inputs(model, data, context, weights)
-    n = x.shape[0]
-    n_val = int(round(validation * n))
-    if n - n_val < 1 or (validation > 0 and n_val < 1):
-        raise ValueError(f"{n} points are too few for a validation fraction of {validation}")
+    group = process_group(distributed, module_device_dtype(model)[0])  # None: one process
+    with together(group):  # the data's checks fail on every rank or on none
+        x, c, w = _inputs(model, data, context, weights)
+        n = x.shape[0]
+        n_val = int(round(validation * n))
+        if n - n_val < 1 or (validation > 0 and n_val < 1):
+            raise ValueError(f"{n} points are too few for a validation fraction of {validation}")
     callbacks = list(callbacks)
     if patience is not None and not any(isinstance(cb, EarlyStopping) for cb in callbacks):
         callbacks.insert(0, EarlyStopping(patience, min_delta))
@@ -271,7 +285,13 @@ def fit(
         callbacks.append(TimeBudget(max_time))
     if checkpoint is not None:
         # Last, so the counters it saves are those after every other epoch-end hook.
-        callbacks.append(Checkpoint(checkpoint, checkpoint_every, callbacks))
+        saver = Checkpoint(checkpoint, checkpoint_every, callbacks)
+        # Rank 0 writes it; a no-op in its place keeps the ranks' callback lists alike.
+        callbacks.append(saver if group is None or group.main else Callback())
+    step_decisions = False
+    if group is not None:  # same data everywhere, and rank 0's seed
+        step_decisions = group.check_same(x, c, w, callbacks)
+        seed = group.broadcast_seed(seed)
 
     generator = torch.Generator()
     if seed is None:
@@ -301,9 +321,12 @@ def fit(
         order[:n_val],
         generator,
     )
+    if group is not None:
+        group.broadcast_state(model)  # every rank starts from rank 0's parameters
     state.best_state = snapshot(state)  # restored if the fit ends before any epoch does
     if resume is not None:
-        with transaction(model):  # a checkpoint that does not fit leaves the model as it was
+        # A checkpoint that does not fit leaves the model as it was (on every rank).
+        with together(group), transaction(model):
             load_checkpoint(resume, state, callbacks)
     # 4096 vectors at a time, fewer images (a PixelCNN's feature maps are large).
     chunk = eval_batch_size or max(batch_size, min(4096, 2**18 // max(1, math.prod(x.shape[1:]))))
@@ -321,6 +344,8 @@ def fit(
             schedule_interval=schedule_interval,
             eval_seed=eval_seed,
             progress=progress,
+            group=group,
+            step_decisions=step_decisions,
         )
     except KeyboardInterrupt:
         reason, interrupted = "interrupted", True
