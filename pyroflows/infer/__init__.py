@@ -1,6 +1,7 @@
 """Inference with flows: maximum-likelihood fitting, flow autoguides and variational EM,
-importance sampling (plain, adaptive, annealed / SMC) and rejection sampling, density ratios,
-a one-call SVI fit of a guide, particle objectives (IWAE, Renyi, chi-square) and VSBC."""
+importance sampling (plain, adaptive, annealed / SMC), flow-preconditioned NUTS, rejection
+sampling, density ratios, a one-call SVI fit of a guide, particle objectives (IWAE, Renyi,
+chi-square) and VSBC."""
 
 from .arviz import to_inference_data
 from .fitting.callbacks import Callback, EarlyStopping, FitState, FreshData, StepBudget, TimeBudget
@@ -16,6 +17,7 @@ from .sampling.adaptive import AdaptiveResult, adaptive_importance
 from .sampling.annealed import annealed_importance
 from .sampling.guide_weights import guide_log_weights, posterior_predictive
 from .sampling.importance import ImportanceResult, importance
+from .sampling.neutra import NeuTraMCMC, neutra_mcmc
 from .sampling.psis import khat_threshold, psis
 from .sampling.ratio import DensityRatioResult, density_ratio
 from .sampling.rejection import (
@@ -47,6 +49,7 @@ __all__ = [
     "IWAE",
     "ImportanceResult",
     "ModelTarget",
+    "NeuTraMCMC",
     "ParticleObjective",
     "RejectionError",
     "RejectionResult",
@@ -65,6 +68,7 @@ __all__ = [
     "guide_log_weights",
     "importance",
     "khat_threshold",
+    "neutra_mcmc",
     "posterior_predictive",
     "psis",
     "rejection_sample",

@@ -241,7 +241,14 @@ def fit_guide(
     state.restore()  # the best window's state (the start if no window was finite)
     check = None
     if check_draws and not interrupted:
+        # One process's fit, checked in that process (a sharded check would wait for ranks).
         check = importance(
-            model, guide, check_draws, model_args=args, model_kwargs=kwargs, warn=False
+            model,
+            guide,
+            check_draws,
+            model_args=args,
+            model_kwargs=kwargs,
+            warn=False,
+            distributed=False,
         )
     return GuideFitResult(history, chosen, pilot, steps, best_step, reason, interrupted, check)

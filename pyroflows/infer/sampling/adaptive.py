@@ -188,6 +188,12 @@ def adaptive_importance(
         **(fit_options or {}),
     }
     importance_options.pop("warn", None)
+    if importance_options.pop("distributed", False) is not False:
+        raise ValueError(
+            "adaptive_importance refits the proposal on all of its draws, so it runs in one "
+            "process: it takes no distributed option"
+        )
+    importance_options["distributed"] = False
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict, ImportanceResult] | None = None  # k-hat, round, params, result
     try:

@@ -35,6 +35,7 @@ from ...core import Flow
 from ..model_density import check_model_arguments, nan_arguments, plate_nesting
 from .guide_weights import guide_log_weights
 from .importance_result import ImportanceResult, finish
+from .sharded import all_ranks, finish_sharded, sharding
 from .targets_and_proposals import VectorProposal, call_target, resolve_target
 
 __all__ = ["ImportanceResult", "importance", "seeded"]
@@ -86,6 +87,7 @@ def importance(
     defensive_scale: float = 2.0,
     seed: int | None = None,
     warn: bool = True,
+    distributed: bool | str = "auto",
 ) -> ImportanceResult:
     r"""Importance sampling of ``target`` with ``proposal``: weights, PSIS k-hat, ESS, :math:`\log Z`.
 
@@ -109,9 +111,16 @@ def importance(
         defensive_scale: its scale relative to the proposal's covariance factor.
         seed: seed for the draws (the global RNG state is restored afterwards).
         warn: warn when k-hat exceeds the threshold or targets were NaN.
+        distributed: ``"auto"`` (default): inside a ``torch.distributed`` process group of
+            several processes, every rank draws and keeps its share of the ``num_samples``
+            draws and the diagnostics, :math:`\log\hat Z` and expectations are the exact
+            global ones, on every rank (:mod:`pyroflows.infer.sampling.sharded`; every rank
+            calls with the same arguments); ``True``: the same, but an uninitialised
+            ``torch.distributed`` is an error; ``False``: one independent run per process.
 
     Returns:
-        An :class:`ImportanceResult`.
+        An :class:`ImportanceResult` (a
+        :class:`~pyroflows.infer.sampling.sharded.ShardedImportanceResult` when sharded).
 
     Raises:
         ValueError: ``num_samples < 1``, a model/proposal dimension mismatch, a target that
@@ -137,13 +146,15 @@ def importance(
         if target_kind == "log_density":
             raise TypeError("a guide proposal needs a Pyro model as the target")
         return _guide_importance(
-            target, proposal, num_samples, model_args, model_kwargs, chunk_size, seed, warn
-        )
+            target, proposal, num_samples, model_args, model_kwargs, chunk_size, seed, warn,
+            distributed,
+        )  # fmt: skip
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
     probe = q.probe()
     device, dtype = probe.device, probe.dtype
-    with seeded(seed, device):
+    group, first, stop, seed, own_seed = sharding(distributed, device, num_samples, seed)
+    with all_ranks(group), seeded(seed, device):
         n_wide = int(round(defensive * num_samples))
         wide = (
             _wide_component(q, defensive_df, defensive_scale, max(2000, 20 * q.dim))
@@ -151,34 +162,37 @@ def importance(
             else None
         )
         xs, lps, lqs = [], [], []
-        for source, total in (("q", num_samples - n_wide), ("r", n_wide)):
-            for start in range(0, total, chunk_size):
-                n = min(chunk_size, total - start)
-                if source == "q":
-                    x, log_q = q.sample_and_log_prob(n)
-                else:
-                    x = wide.sample((n,)).to(device=device, dtype=dtype)
-                    log_q = q.log_prob(x)
-                if wide is not None:
-                    log_r = wide.log_prob(x.to(wide.loc.dtype)).to(log_q.dtype)
-                    log_q = torch.logaddexp(
-                        log_q + math.log1p(-defensive), log_r + math.log(defensive)
-                    )
-                xs.append(x)
-                lps.append(call_target(log_density, x))
-                lqs.append(log_q)
+        # This process's share [first, stop) of the q draws [0, S - n_wide) and then the
+        # wide ones: all of them in one process.
+        shares = (("q", 0, num_samples - n_wide), ("r", num_samples - n_wide, num_samples))
+        own = seeded(own_seed, device) if group is not None else contextlib.nullcontext()
+        with own:
+            for source, low, high in shares:
+                total = max(0, min(high, stop) - max(low, first))
+                for start in range(0, total, chunk_size):
+                    n = min(chunk_size, total - start)
+                    if source == "q":
+                        x, log_q = q.sample_and_log_prob(n)
+                    else:
+                        x = wide.sample((n,)).to(device=device, dtype=dtype)
+                        log_q = q.log_prob(x)
+                    if wide is not None:
+                        log_r = wide.log_prob(x.to(wide.loc.dtype)).to(log_q.dtype)
+                        log_q = torch.logaddexp(
+                            log_q + math.log1p(-defensive), log_r + math.log(defensive)
+                        )
+                    xs.append(x)
+                    lps.append(call_target(log_density, x))
+                    lqs.append(log_q)
     x, log_p, log_q = torch.cat(xs), torch.cat(lps), torch.cat(lqs)
     sites = None if model_target is None else model_target.unpack(x)
-    result = finish(
-        log_p - log_q,
-        x,
-        sites,
-        log_p,
-        log_q,
-        warn,
-        defensive,
-        hint=nan_hint(model_args, model_kwargs),
-    )
+    hint = nan_hint(model_args, model_kwargs)
+    if group is None:
+        result = finish(log_p - log_q, x, sites, log_p, log_q, warn, defensive, hint=hint)
+    else:
+        result = finish_sharded(
+            log_p - log_q, x, sites, log_p, log_q, warn, defensive, group, num_samples, hint
+        )
     if model_target is not None:
         result.info["sites"] = model_target.describe()
     return result
@@ -193,17 +207,23 @@ def _guide_importance(
     chunk_size: int,
     seed: int | None,
     warn: bool,
+    distributed: bool | str,
 ) -> ImportanceResult:
     nesting = plate_nesting(model, *args, **kwargs)
     chunks: list[tuple[dict[str, Tensor], Tensor]] = []
-    with seeded(seed):
-        for start in range(0, num_samples, chunk_size):
-            n = min(chunk_size, num_samples - start)
+    group, first, stop, _, own_seed = sharding(distributed, None, num_samples, seed)
+    with all_ranks(group), seeded(own_seed):
+        for start in range(first, stop, chunk_size):
+            n = min(chunk_size, stop - start)
             chunks.append(
                 guide_log_weights(model, guide, n, *args, max_plate_nesting=nesting, **kwargs)
             )
     sites = {k: torch.cat([c[0][k] for c in chunks]) for k in chunks[0][0]}
     log_w = torch.cat([c[1] for c in chunks])
+    if group is not None:
+        return finish_sharded(
+            log_w, None, sites, None, None, warn, 0.0, group, num_samples, nan_hint(args, kwargs)
+        )
     return finish(log_w, None, sites, None, None, warn, stacklevel=5, hint=nan_hint(args, kwargs))
 
 

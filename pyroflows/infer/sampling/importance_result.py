@@ -15,7 +15,7 @@ from torch import Tensor
 from ...checks import check_count
 from .psis import clean_log_weights, ess, khat_threshold, log_evidence, psis, weighted_mean_and_mcse
 
-__all__ = ["ImportanceResult", "finish"]
+__all__ = ["ImportanceResult", "finish", "warn_about"]
 
 
 @dataclass
@@ -209,33 +209,47 @@ def finish(
             f"{what}: the log-density was NaN (or +inf) at all {S} draws, so no draw has a "
             f"weight: {hint}"
         )
-    if num_nan and warn:
+    smoothed, khat = psis(log_w)
+    threshold = khat_threshold(S)
+    if warn:
+        warn_about(what, S, num_nan, khat, lambda: float(ess(smoothed)), stacklevel + 1)
+    return ImportanceResult(
+        log_w, samples, sites, log_p, log_q, smoothed, khat, threshold, num_nan, defensive
+    )
+
+
+def warn_about(
+    what: str,
+    num_samples: int,
+    num_nan: int,
+    khat: float,
+    ess: Callable[[], float],
+    stacklevel: int,
+) -> None:
+    """The warnings of :func:`finish`: NaN log-densities, and a k-hat above its threshold
+    (``ess`` computes the ESS the message quotes)."""
+    if num_nan:
         warnings.warn(
-            f"{what}: {num_nan} of {S} draws had a NaN (or +inf) log-density; they were "
+            f"{what}: {num_nan} of {num_samples} draws had a NaN (or +inf) log-density; they were "
             "given weight zero",
             RuntimeWarning,
             stacklevel=stacklevel,
         )
-    smoothed, khat = psis(log_w)
-    threshold = khat_threshold(S)
-    if warn and not khat <= threshold and (khat == math.inf or S <= 10):
+    threshold = khat_threshold(num_samples)
+    if not khat <= threshold and (khat == math.inf or num_samples <= 10):
         warnings.warn(
-            f"{what}: Pareto k-hat = {khat:.2f} with S = {S} draws: too few draws (or nonzero "
+            f"{what}: Pareto k-hat = {khat:.2f} with S = {num_samples} draws: too few draws (or nonzero "
             "weights) to fit the weights' tail (PSIS needs S > 10, and 5 distinct weights above "
             "its cutoff, i.e. S > 20), so the reliability of the estimates is unknown; draw "
             "more samples",
             UserWarning,
             stacklevel=stacklevel,
         )
-    elif warn and not khat <= threshold:
+    elif not khat <= threshold:
         warnings.warn(
             f"{what}: Pareto k-hat = {khat:.2f} exceeds the threshold {threshold:.2f} for "
-            f"S = {S}: the weights are too heavy-tailed for reliable estimates (ESS "
-            f"{float(ess(smoothed)):.1f}); use a better proposal, more samples or a "
-            "defensive mixture",
+            f"S = {num_samples}: the weights are too heavy-tailed for reliable estimates (ESS "
+            f"{ess():.1f}); use a better proposal, more samples or a defensive mixture",
             UserWarning,
             stacklevel=stacklevel,
         )
-    return ImportanceResult(
-        log_w, samples, sites, log_p, log_q, smoothed, khat, threshold, num_nan, defensive
-    )

@@ -5,9 +5,11 @@ All functions take log-weights :math:`\log w_s = \log p(x_s) - \log q(x_s)` of `
 work in float64 internally.
 
 * Pareto-smoothed importance sampling (PSIS; Vehtari, Simpson, Gelman, Yao & Gabry,
-  "Pareto smoothed importance sampling", JMLR 2024) via :func:`arviz.psislw`: the largest
-  weights are replaced by quantiles of a generalized Pareto fit whose shape :math:`\hat k` is
-  the reliability diagnostic.
+  "Pareto smoothed importance sampling", JMLR 2024), the computation of :func:`arviz.psislw`
+  (``reff=1``): the largest weights are replaced by quantiles of a generalized Pareto fit
+  whose shape :math:`\hat k` is the reliability diagnostic. :func:`smooth_tail` needs only
+  the largest ``tail_length(S) + 1`` weights, so weights spread over processes are smoothed
+  exactly (:mod:`pyroflows.infer.sampling.sharded`).
 * The sample-size-dependent threshold :math:`\min(1 - 1/\log_{10} S,\ 0.7)`: above it the
   estimate is unreliable (the paper's section 3).
 * Kish's effective sample size :math:`1 / \sum_s \bar w_s^2` of normalised weights.
@@ -20,7 +22,6 @@ work in float64 internally.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ __all__ = [
     "khat_threshold",
     "log_evidence",
     "psis",
+    "smooth_tail",
+    "tail_length",
     "weighted_mean_and_mcse",
 ]
 
@@ -80,8 +83,6 @@ def psis(log_weights: Tensor) -> tuple[Tensor, float]:
     the smoothed weights are the raw ones. (ArviZ itself reports ``inf`` there: its tail
     above the cutoff is empty.)
     """
-    import arviz as az
-
     if log_weights.dim() != 1:
         raise ValueError(f"psis() takes log-weights of shape (S,), got {tuple(log_weights.shape)}")
     finite = torch.isfinite(log_weights)
@@ -95,20 +96,97 @@ def psis(log_weights: Tensor) -> tuple[Tensor, float]:
         smoothed = np.where(keep, -np.log(raw.size), -np.inf)
         khat = math.inf if raw.size == 1 else -math.inf
         return torch.as_tensor(smoothed, device=log_weights.device).to(log_weights.dtype), khat
-    with warnings.catch_warnings():
-        # ArviZ warns itself about large k-hat; callers warn with the threshold that applies.
-        warnings.simplefilter("ignore")
-        # Smooth the positive weights only: ArviZ's tail fit turns -inf entries into NaN.
-        smoothed_finite, khat = az.psislw(lw[keep].copy(), reff=1.0)
-    smoothed_finite = np.asarray(smoothed_finite)
-    if not np.isfinite(smoothed_finite).all():
-        # ArviZ's tail fit degenerates (NaN) on (near-)constant weights, i.e. a proposal equal
+    # Smooth the positive weights only (ArviZ's psislw with reff=1, on the finite entries).
+    x = raw - raw.max()
+    top = np.argsort(x)[-(tail_length(raw.size) + 1) :]
+    x[top], khat = smooth_tail(x[top])
+    if np.isfinite(x[top]).all():
+        x -= _logsumexp(x)
+    else:
+        # The tail fit degenerates (NaN) on (near-)constant weights, i.e. a proposal equal
         # to the target: there is no tail to smooth, so the normalised raw weights are exact.
-        smoothed_finite = raw - (raw.max() + np.log(np.exp(raw - raw.max()).sum()))
+        x = raw - (raw.max() + np.log(np.exp(raw - raw.max()).sum()))
     smoothed = np.full_like(lw, -np.inf)
-    smoothed[keep] = smoothed_finite
+    smoothed[keep] = x
     smoothed = torch.as_tensor(smoothed, device=log_weights.device).to(log_weights.dtype)
     return smoothed, float(khat)
+
+
+def tail_length(num_weights: int) -> int:
+    r"""How many of the largest of ``num_weights`` nonzero weights PSIS may smooth:
+    :math:`\lceil\min(S/5,\ 3\sqrt S)\rceil` (ArviZ's rule with ``reff=1``)."""
+    return int(np.ceil(min(num_weights / 5.0, 3 * num_weights**0.5)))
+
+
+def smooth_tail(top: np.ndarray) -> tuple[np.ndarray, float]:
+    r"""PSIS on the largest log-weights: fit the generalized Pareto tail and smooth it.
+
+    Args:
+        top: the ``tail_length(S) + 1`` largest finite log-weights of ``S``, in ascending
+            order and shifted so that the largest of all ``S`` is 0 (float64). The first is
+            the cutoff; the tail is the values strictly above it (and above the smallest
+            normal float's log), at most ``tail_length(S)`` of them.
+
+    Returns:
+        ``(smoothed, khat)``: ``top`` with the tail replaced by the fitted Pareto quantiles
+        (in the same ascending order, truncated at 0), and :math:`\hat k`; ``khat = inf``
+        and ``top`` unchanged with fewer than five tail values. A degenerate fit gives NaN
+        values (the caller falls back to the raw weights).
+
+    Every quantity PSIS needs from the ``S`` weights is here, so the weights of several
+    processes are smoothed exactly by gathering each one's largest ``tail_length(S) + 1``.
+    """
+    top = np.array(top, dtype=np.float64)
+    cutoff = max(top[0], np.log(np.finfo(float).tiny))
+    tail = top > cutoff
+    if int(tail.sum()) <= 4:
+        return top, math.inf
+    shift = np.exp(cutoff)
+    with np.errstate(all="ignore"):  # overflow in negligible terms; a degenerate fit: NaN
+        k, sigma = _gpdfit(np.exp(top[tail]) - shift)
+        n = int(tail.sum())
+        smoothed = np.log(_gpinv(np.arange(0.5, n) / n, k, sigma) + shift)
+    if np.isfinite(k):
+        smoothed[smoothed > 0] = 0
+        top[tail] = smoothed
+    return top, float(k)
+
+
+def _gpdfit(x: np.ndarray) -> tuple[float, float]:
+    """Zhang & Stephens' (Technometrics 2009) empirical Bayes fit of a generalized Pareto
+    distribution to sorted positive ``x``, with Vehtari et al.'s weak prior on the shape
+    (the computation of ArviZ's ``_gpdfit``): ``(k, sigma)``."""
+    n = len(x)
+    m = 30 + int(n**0.5)
+    b = 1 - np.sqrt(m / (np.arange(1, m + 1, dtype=float) - 0.5))
+    b /= 3 * x[int(n / 4 + 0.5) - 1]
+    b += 1 / x[-1]
+    k = np.log1p(-b[:, None] * x).mean(axis=1)
+    length_scale = n * (np.log(-(b / k)) - k - 1)
+    weights = 1 / np.exp(length_scale - length_scale[:, None]).sum(axis=1)
+    real = weights >= 10 * np.finfo(float).eps
+    if not np.all(real):
+        weights, b = weights[real], b[real]
+    weights /= weights.sum()
+    b_post = np.sum(b * weights)
+    k_post = np.log1p(-b_post * x).mean()
+    sigma = -k_post / b_post
+    k_post = (n * k_post + 10 * 0.5) / (n + 10)
+    return k_post, sigma
+
+
+def _gpinv(p: np.ndarray, k: float, sigma: float) -> np.ndarray:
+    """Quantiles ``p`` (in (0, 1)) of the generalized Pareto distribution; NaN if sigma <= 0."""
+    if sigma <= 0:
+        return np.full_like(p, np.nan)
+    if np.abs(k) < np.finfo(float).eps:
+        return -np.log1p(-p) * sigma
+    return np.expm1(-k * np.log1p(-p)) / k * sigma
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = x.max()
+    return float(np.log(np.exp(x - top).sum()) + top)
 
 
 def _tie_tolerance(raw: np.ndarray, dtype: torch.dtype) -> float:

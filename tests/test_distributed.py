@@ -1,4 +1,4 @@
-"""Data-parallel ``fit`` on a real two-process gloo group on the CPU.
+"""Data-parallel ``fit`` and sharded ``importance`` on a real two-process gloo group on the CPU.
 
 One spawned run (two processes, a TCP rendezvous on a free port, a 60 s collective timeout)
 plays every scenario on both ranks while the test process runs the same scenarios in one
@@ -9,6 +9,7 @@ on any failure, so a hang cannot block the suite.
 from __future__ import annotations
 
 import datetime
+import math
 import socket
 import sys
 import time
@@ -23,7 +24,9 @@ import torch.multiprocessing as mp
 
 from pyroflows import Flow
 from pyroflows.flows import build
-from pyroflows.infer import Callback, FitState, StepBudget, fit
+from pyroflows.infer import Callback, FitState, StepBudget, fit, importance
+from pyroflows.infer.sampling.psis import ess, log_evidence, psis
+from pyroflows.infer.sampling.sharded import ShardedImportanceResult
 from pyroflows.transforms import ActNorm
 from pyroflows.transforms.triangular import LowerTriangularAffine
 
@@ -127,6 +130,75 @@ def mismatches(rank: int) -> dict[str, str]:
     return errors
 
 
+# Importance sampling: an unnormalised Gaussian target with a known log Z, a mismatched
+# proposal (narrower in one direction: a heavy-tailed weight distribution to smooth).
+_A = torch.tensor([[1.5, 0.4], [0.4, 0.8]], dtype=torch.float64)
+_MU = torch.tensor([0.3, -0.2], dtype=torch.float64)
+LOG_Z = 1.7 + torch.log(torch.tensor(2 * math.pi, dtype=torch.float64)) - 0.5 * _A.logdet()
+
+
+def _log_p(x: torch.Tensor) -> torch.Tensor:
+    d = x - _MU
+    return 1.7 - 0.5 * ((d @ _A) * d).sum(-1)
+
+
+def _proposal() -> torch.distributions.Distribution:
+    cov = torch.tensor([[1.2, 0.0], [0.0, 0.9]], dtype=torch.float64)
+    return torch.distributions.MultivariateNormal(
+        torch.tensor([0.0, 0.1], dtype=torch.float64), cov
+    )
+
+
+def _importance_outcome(result: Any) -> dict[str, Any]:
+    mean, mcse = result.expectation(lambda x: x)
+    raw_mean, raw_mcse = result.expectation(lambda x: x, smoothed=False)
+    return {
+        "sharded": isinstance(result, ShardedImportanceResult),
+        "log_weights": result.log_weights.clone(),
+        "samples": result.samples.clone(),
+        "smoothed": result.smoothed_log_weights.clone(),
+        "normalized": result.normalized_weights.clone(),
+        "globals": torch.tensor(
+            [
+                result.log_evidence,
+                result.log_evidence_se,
+                result.ess,
+                result.ess_raw,
+                result.khat,
+                result.num_samples,
+                result.num_nan,
+            ],
+            dtype=torch.float64,
+        ),  # fmt: skip
+        "expectation": torch.cat([mean, mcse, raw_mean, raw_mcse]),
+    }
+
+
+def importance_scenarios(rank: int) -> dict[str, Any]:
+    """Sharded importance sampling: plain, with a defensive mixture and NaN targets, and a
+    target that fails on rank 1 only (both ranks must raise)."""
+    outcomes = {"plain": _importance_outcome(importance(_log_p, _proposal(), 10001, seed=3))}
+
+    def nan_target(x: torch.Tensor) -> torch.Tensor:
+        lp = _log_p(x)
+        return torch.where(x[:, 0] > 2.0, torch.full_like(lp, float("nan")), lp)
+
+    result = importance(nan_target, _proposal(), 4001, defensive=0.2, seed=4, warn=False)
+    outcomes["defensive"] = _importance_outcome(result)
+
+    def failing(x: torch.Tensor) -> torch.Tensor:
+        if rank == 1:
+            raise RuntimeError("target failed on rank 1")
+        return _log_p(x)
+
+    try:
+        importance(failing, _proposal(), 100, seed=0)
+        outcomes["failure"] = "no error"
+    except (RuntimeError, ValueError) as error:
+        outcomes["failure"] = str(error)
+    return outcomes
+
+
 def _worker(rank: int, port: int, out: Path) -> None:
     torch.set_num_threads(1)
     try:
@@ -140,6 +212,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
         try:
             outcome = scenarios(rank, out)
             outcome["mismatches"] = mismatches(rank)
+            outcome["importance"] = importance_scenarios(rank)
         finally:
             dist.destroy_process_group()
         torch.save(outcome, out / f"result{rank}.pt")
@@ -260,3 +333,107 @@ def test_distributed_true_needs_a_process_group():
         fit(flow, torch.randn(20, 2), epochs=1, distributed=True, progress=False)
     with pytest.raises(ValueError, match="distributed must be"):
         fit(flow, torch.randn(20, 2), epochs=1, distributed="yes", progress=False)
+
+
+def _pooled(ranks: list[dict], name: str) -> dict[str, torch.Tensor]:
+    parts = [outcome["importance"][name] for outcome in ranks]
+    keys = ("log_weights", "samples", "smoothed", "normalized")
+    return {key: torch.cat([p[key] for p in parts]) for key in keys}
+
+
+@gloo
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain", "defensive"])
+def test_sharded_importance_is_the_global_result(runs, name):
+    """Both ranks report the globals of one process holding both ranks' weights."""
+    _, ranks = runs
+    pooled = _pooled(ranks, name)
+    lw = pooled["log_weights"]
+    total = 10001 if name == "plain" else 4001
+    assert lw.shape == (total,)
+    assert [o["importance"][name]["log_weights"].shape[0] for o in ranks] == [
+        (total + 1) // 2,
+        total // 2,
+    ]
+    smoothed, khat = psis(lw)
+    log_z, se = log_evidence(lw)
+    finite = torch.isfinite(lw)
+    expected = torch.tensor(
+        [log_z, se, ess(smoothed), ess(lw), khat, total, int((~finite).sum())],
+        dtype=torch.float64,
+    )
+    for outcome in ranks:
+        assert outcome["importance"][name]["sharded"]
+        torch.testing.assert_close(
+            outcome["importance"][name]["globals"], expected, rtol=1e-12, atol=1e-12
+        )
+    torch.testing.assert_close(pooled["smoothed"], smoothed, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pooled["normalized"], torch.softmax(lw, 0), rtol=1e-12, atol=1e-15)
+    x = torch.where(finite[:, None], pooled["samples"], torch.zeros_like(pooled["samples"]))
+    for weights, part in ((smoothed.exp(), slice(0, 4)), (torch.softmax(lw, 0), slice(4, 8))):
+        mean = (weights[:, None] * x).sum(0)
+        mcse = ((weights[:, None] * (x - mean)) ** 2).sum(0).sqrt()
+        for outcome in ranks:
+            got = outcome["importance"][name]["expectation"][part]
+            torch.testing.assert_close(got, torch.cat([mean, mcse]), rtol=1e-12, atol=1e-12)
+    # Identical globals on both ranks, and distinct draws (the ranks' seeds differ).
+    zero, one = (o["importance"][name] for o in ranks)
+    assert torch.equal(zero["globals"], one["globals"])
+    assert torch.equal(zero["expectation"], one["expectation"])
+    assert not torch.equal(zero["samples"][:10], one["samples"][:10])
+
+
+@gloo
+@pytest.mark.slow
+def test_sharded_importance_knows_the_answer(runs):
+    _, ranks = runs
+    log_z, se, _, _, khat, *_ = ranks[0]["importance"]["plain"]["globals"].tolist()
+    assert abs(log_z - float(LOG_Z)) < 3 * se
+    assert 0 < khat < 0.7
+    mean = ranks[0]["importance"]["plain"]["expectation"][:2]
+    mcse = ranks[0]["importance"]["plain"]["expectation"][2:4]
+    assert ((mean - _MU).abs() < 4 * mcse).all()
+
+
+@gloo
+@pytest.mark.slow
+def test_sharded_importance_fails_on_every_rank(runs):
+    _, (zero, one) = runs
+    assert "rank(s) [1]" in zero["importance"]["failure"]
+    assert "target failed on rank 1" in one["importance"]["failure"]
+
+
+def test_importance_without_a_group_is_unchanged():
+    """No process group: distributed='auto' and False are the same single-process run."""
+    auto = importance(_log_p, _proposal(), 3001, seed=5, defensive=0.1)
+    alone = importance(_log_p, _proposal(), 3001, seed=5, defensive=0.1, distributed=False)
+    assert not isinstance(auto, ShardedImportanceResult)
+    assert torch.equal(auto.log_weights, alone.log_weights)
+    assert torch.equal(auto.smoothed_log_weights, alone.smoothed_log_weights)
+    assert auto.khat == alone.khat
+    with pytest.raises(ValueError, match="init_process_group"):
+        importance(_log_p, _proposal(), 10, distributed=True)
+
+
+def test_psis_is_arviz_psislw():
+    """psis (through smooth_tail, which the sharded path shares) is ArviZ's psislw exactly."""
+    import warnings
+
+    import arviz as az
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for n, lw in [
+        (5000, rng.standard_t(1.5, 5000)),
+        (333, rng.normal(size=333) * 3),
+        (2000, np.log(rng.pareto(0.8, 2000) + 1e-3) + 50),
+    ]:
+        lw[:: n // 7] = -np.inf
+        keep = np.isfinite(lw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference, k = az.psislw(lw[keep].copy(), reff=1.0)
+        smoothed, khat = psis(torch.tensor(lw))
+        assert khat == float(k)
+        assert np.array_equal(smoothed.numpy()[keep], reference)
+        assert np.isneginf(smoothed.numpy()[~keep]).all()
