@@ -223,3 +223,15 @@ def test_a_widened_start_keeps_the_evidence_exact():
     data_space = dist.Normal(torch.zeros_like(mu), 1.0).to_event(1)
     with pytest.raises(ValueError, match="base space"):
         annealed_importance(log_p, data_space, 100, widen=2.0)
+
+
+def test_arviz_and_resampling_of_a_model_result():
+    x = torch.tensor([0.3, 1.2, 0.8], dtype=torch.float64)
+    guide = AutoFlow(conjugate_model, init="loc", model_args=(x,), transforms=1, hidden=(8,))
+    r = annealed_importance(conjugate_model, guide, 300, model_args=(x,), seed=0)
+    data = r.to_inference_data()
+    assert set(data.posterior.data_vars) == {"z", "s"}
+    assert data.posterior["z"].shape == (1, 300) and "log_weight" in data.sample_stats
+    assert data.attrs["log_evidence"] == pytest.approx(r.log_evidence)
+    draws = r.resample(50, generator=torch.Generator().manual_seed(0))
+    assert draws["s"].shape == (50,) and bool((draws["s"] > 0).all())
