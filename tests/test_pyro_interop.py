@@ -28,10 +28,10 @@ def test_auto_normalizing_flow_recovers_a_conjugate_posterior(name):
     guide = AutoNormalizingFlow(
         conjugate_model, lambda dim: build(name, dim, transforms=2, hidden=(16, 16)).bijection
     )
-    # A decaying step size, so the last iterate is not dominated by SGD noise.
-    svi = SVI(
-        conjugate_model, guide, ClippedAdam({"lr": 2e-2, "lrd": 0.993}), Trace_ELBO(num_particles=4)
-    )
+    # A decaying step size, so the last iterate is not dominated by SGD noise; the particles
+    # in one vectorised pass (the flows broadcast over the particle dim, as Pyro's do).
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(conjugate_model, guide, ClippedAdam({"lr": 2e-2, "lrd": 0.993}), elbo)
     for _ in range(600):
         svi.step(data)
     samples = guide.get_posterior().sample((4000,))
