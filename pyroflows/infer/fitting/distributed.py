@@ -62,11 +62,11 @@ def process_group(distributed: bool | str, device: torch.device) -> Group | None
 
 
 @contextmanager
-def together(group: Group | None) -> Iterator[None]:
+def together(group: Group | None, what: str = "fit") -> Iterator[None]:
     """Run a block that may fail on some ranks only (their inputs, their checkpoint file):
     if it fails anywhere, it fails everywhere (the failing rank re-raises its own error, the
-    others a ``ValueError`` that points to it), so no rank waits for a collective that never
-    comes. Without a group, just runs the block."""
+    others a ``ValueError`` that points to it and names ``what`` failed), so no rank waits for
+    a collective that never comes. Without a group, just runs the block."""
     if group is None:
         yield
         return
@@ -78,8 +78,8 @@ def together(group: Group | None) -> Iterator[None]:
     failed = group.failed_ranks(False)
     if failed:
         raise ValueError(
-            f"fit failed on rank(s) {failed} of the process group (see their error); every "
-            "rank stops here"
+            f"{what} failed on rank(s) {failed} of the process group (see their error); "
+            "every rank stops here"
         )
 
 

@@ -32,10 +32,11 @@ from torch.distributions import Distribution
 
 from ...checks import check_count
 from ...core import Flow
+from ..fitting.distributed import together
 from ..model_density import check_model_arguments, nan_arguments, plate_nesting
 from .guide_weights import guide_log_weights
 from .importance_result import ImportanceResult, finish
-from .sharded import all_ranks, finish_sharded, sharding
+from .sharded import finish_sharded, sharding
 from .targets_and_proposals import VectorProposal, call_target, resolve_target
 
 __all__ = ["ImportanceResult", "importance", "seeded"]
@@ -154,7 +155,7 @@ def importance(
     probe = q.probe()
     device, dtype = probe.device, probe.dtype
     group, first, stop, seed, own_seed = sharding(distributed, device, num_samples, seed)
-    with all_ranks(group), seeded(seed, device):
+    with together(group, "importance sampling"), seeded(seed, device):
         n_wide = int(round(defensive * num_samples))
         wide = (
             _wide_component(q, defensive_df, defensive_scale, max(2000, 20 * q.dim))
@@ -212,7 +213,7 @@ def _guide_importance(
     nesting = plate_nesting(model, *args, **kwargs)
     chunks: list[tuple[dict[str, Tensor], Tensor]] = []
     group, first, stop, _, own_seed = sharding(distributed, None, num_samples, seed)
-    with all_ranks(group), seeded(own_seed):
+    with together(group, "importance sampling"), seeded(own_seed):
         for start in range(first, stop, chunk_size):
             n = min(chunk_size, stop - start)
             chunks.append(

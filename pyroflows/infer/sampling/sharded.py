@@ -17,8 +17,7 @@ order of floating-point additions), on every rank:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..fitting.distributed import Group, process_group
+from ..fitting.distributed import Group, process_group, together
 from .importance_result import ImportanceResult, warn_about
 from .psis import clean_log_weights, khat_threshold, smooth_tail, tail_length
 
@@ -70,26 +69,6 @@ def sharding(
     start = group.rank * base + min(group.rank, extra)
     stop = start + base + int(group.rank < extra)
     return group, start, stop, seed, (seed + group.rank * _GOLDEN) % 2**63
-
-
-@contextmanager
-def all_ranks(group: Group | None) -> Iterator[None]:
-    """Run a block that may fail on some ranks only: if it fails anywhere it fails everywhere,
-    so no rank waits forever in a later collective. Without a group, just runs the block."""
-    if group is None:
-        yield
-        return
-    try:
-        yield
-    except Exception:
-        group.failed_ranks(True)
-        raise
-    failed = group.failed_ranks(False)
-    if failed:
-        raise ValueError(
-            f"importance sampling failed on rank(s) {failed} of the process group (see their "
-            "error); every rank stops here"
-        )
 
 
 def _sum(group: Group, *values: Tensor | float) -> list[float]:
@@ -147,7 +126,7 @@ class ShardedImportanceResult(ImportanceResult):
     ) -> tuple[Tensor, Tensor]:
         """The global self-normalised estimate and its MCSE, on every rank (a collective: every
         rank calls it with the same ``f``, evaluated on its own draws)."""
-        with all_ranks(self.group):
+        with together(self.group, "importance sampling"):
             values = f(self.values) if callable(f) else f
             values = torch.as_tensor(values, device=self.log_weights.device)
             if values.shape[0] != self.log_weights.shape[0]:
