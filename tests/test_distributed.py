@@ -1,4 +1,5 @@
-"""Data-parallel ``fit`` and sharded ``importance`` on a real two-process gloo group on the CPU.
+"""Data-parallel ``fit``, sharded ``importance`` and data-parallel SVI (``fit_guide``) on a real
+two-process gloo group on the CPU.
 
 One spawned run (two processes, a TCP rendezvous on a free port, a 60 s collective timeout)
 plays every scenario on both ranks while the test process runs the same scenarios in one
@@ -17,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import pyro
+import pyro.distributions as pdist
 import pytest
 import torch
 import torch.distributed as dist
@@ -24,7 +27,17 @@ import torch.multiprocessing as mp
 
 from pyroflows import Flow
 from pyroflows.flows import build
-from pyroflows.infer import Callback, FitState, StepBudget, fit, importance
+from pyroflows.infer import (
+    AutoAmortizedFlow,
+    AutoFlow,
+    AutoMeanFieldFlow,
+    Callback,
+    FitState,
+    StepBudget,
+    fit,
+    fit_guide,
+    importance,
+)
 from pyroflows.infer.sampling.psis import ess, log_evidence, psis
 from pyroflows.infer.sampling.sharded import ShardedImportanceResult
 from pyroflows.transforms import ActNorm
@@ -199,6 +212,105 @@ def importance_scenarios(rank: int) -> dict[str, Any]:
     return outcomes
 
 
+# Data-parallel SVI on a conjugate model with a subsampled plate: y_i ~ N(mu, 1), mu ~ N(0, 1),
+# 200 rows, 20 per rank and step; the posterior of mu is N(sum(y) / 201, 1 / 201).
+SVI_ROWS, SVI_SUBSAMPLE = 200, 20
+SVI_STEPS = {"flow": 300, "meanfield": 50, "amortized": 100}  # steps (windows of 50)
+SVI_GUIDES = tuple(SVI_STEPS)
+_SEEN: list[torch.Tensor] = []  # every model call's subsample indices, in order
+
+
+def _svi_data() -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    return 0.8 + torch.randn(SVI_ROWS, generator=g, dtype=torch.float64)
+
+
+def svi_model(y: torch.Tensor) -> None:
+    mu = pyro.sample("mu", pdist.Normal(torch.zeros((), dtype=y.dtype), 1.0))
+    with pyro.plate("data", len(y), subsample_size=SVI_SUBSAMPLE) as idx:
+        _SEEN.append(idx.detach().clone())
+        pyro.sample("y", pdist.Normal(mu, 1.0), obs=y[idx])
+
+
+def local_model(y: torch.Tensor) -> None:
+    """Local latents z_i ~ N(mu, 1), y_i ~ N(z_i, 1), and a model parameter mu created
+    lazily by the model (maximum likelihood: mu = mean(y))."""
+    mu = pyro.param("mu", torch.zeros((), dtype=y.dtype))
+    with pyro.plate("data", len(y), subsample_size=SVI_SUBSAMPLE) as idx:
+        _SEEN.append(idx.detach().clone())
+        z = pyro.sample("z", pdist.Normal(mu, 1.0))
+        pyro.sample("y", pdist.Normal(z, 1.0), obs=y[idx])
+
+
+def svi_scenarios(rank: int) -> dict[str, Any]:
+    """fit_guide with each flow guide: a different initialisation on each rank (torch seeded by
+    rank) but the same RNG state when fit_guide starts (the trap: identical subsamples)."""
+    y = _svi_data()
+    outcomes: dict[str, Any] = {}
+    for kind in SVI_GUIDES:
+        pyro.clear_param_store()
+        torch.manual_seed(50 + rank)
+        small = {"transforms": 1, "hidden": (8,)}
+        if kind == "flow":
+            model, guide = svi_model, AutoFlow(svi_model, init="loc", **small)
+        elif kind == "meanfield":
+            model, guide = svi_model, AutoMeanFieldFlow(svi_model, init="loc", **small)
+        else:
+            encoder = torch.nn.Linear(1, 2).double()
+            guide = AutoAmortizedFlow(
+                local_model, encoder, data_fn=lambda y: y[:, None], flow="maf", **small
+            )
+            model = local_model
+        before = len(pyro.get_param_store())  # nothing yet: fit_guide builds the guide
+        pyro.set_rng_seed(7)  # the same on both ranks
+        _SEEN.clear()
+        started = time.perf_counter()
+        result = fit_guide(
+            model, guide, y, lr=0.03, max_steps=SVI_STEPS[kind], window=50, patience=100,
+            check_draws=64 if kind == "flow" else 0, progress=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        store = pyro.get_param_store()
+        params = {name: store.get_param(name).detach().clone() for name in store.keys()}
+        module = {k: v.detach().clone() for k, v in guide.state_dict().items()}
+        pyro.set_rng_seed(0)
+        if kind == "amortized":
+            summary = torch.tensor([float(params["mu"]), 0.0], dtype=torch.float64)
+        else:
+            draws = guide.sample_posterior(4000)["mu"].reshape(-1)
+            summary = torch.stack([draws.mean(), draws.std()]).double()
+        outcomes[kind] = {
+            "before": before,
+            "params": params,
+            "module": module,
+            "steps": result.steps,
+            "stop_reason": result.stop_reason,
+            "history": torch.tensor([h["loss"] for h in result.history], dtype=torch.float64),
+            "subsamples": torch.stack(_SEEN[-result.steps :]),
+            "summary": summary,
+            "check": None if result.check is None else (result.khat, result.ess),
+            "seconds": seconds,
+        }
+
+    # A model that fails on rank 1 only, at its fourth call (the third step): both ranks raise.
+    calls = [0]
+
+    def failing(y: torch.Tensor) -> None:
+        calls[0] += 1
+        if rank == 1 and calls[0] == 4:
+            raise TypeError("the model failed on rank 1")
+        svi_model(y)
+
+    pyro.clear_param_store()
+    try:
+        guide = AutoFlow(failing, init="loc", transforms=1, hidden=(4,))
+        fit_guide(failing, guide, y, lr=0.01, max_steps=10, check_draws=0, progress=False)
+        outcomes["failure"] = "no error"
+    except Exception as error:  # noqa: BLE001
+        outcomes["failure"] = f"{type(error).__name__}: {error}"
+    return outcomes
+
+
 def _worker(rank: int, port: int, out: Path) -> None:
     torch.set_num_threads(1)
     try:
@@ -213,6 +325,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
             outcome = scenarios(rank, out)
             outcome["mismatches"] = mismatches(rank)
             outcome["importance"] = importance_scenarios(rank)
+            outcome["svi"] = svi_scenarios(rank)
         finally:
             dist.destroy_process_group()
         torch.save(outcome, out / f"result{rank}.pt")
@@ -437,3 +550,80 @@ def test_psis_is_arviz_psislw():
         assert khat == float(k)
         assert np.array_equal(smoothed.numpy()[keep], reference)
         assert np.isneginf(smoothed.numpy()[~keep]).all()
+
+
+@gloo
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", SVI_GUIDES)
+def test_distributed_svi_keeps_the_ranks_identical(runs, kind):
+    """Rank 0's start and the averaged gradients: the same parameters and module state
+    (parameter averages included) on both ranks, bit for bit, though each rank initialised
+    its guide differently; the same losses, windows and stop; every parameter made before the
+    first step (none after it: a late one would start differently on each rank)."""
+    _, (zero, one) = runs
+    a, b = zero["svi"][kind], one["svi"][kind]
+    assert a["before"] == 0 and a["params"].keys() == b["params"].keys() and a["params"]
+    for table in ("params", "module"):
+        for key, value in a[table].items():
+            assert torch.equal(value, b[table][key]), (table, key)
+    assert torch.equal(a["history"], b["history"]) and len(a["history"]) == SVI_STEPS[kind] // 50
+    assert a["steps"] == b["steps"] == SVI_STEPS[kind] and a["stop_reason"] == b["stop_reason"]
+    assert torch.equal(a["summary"], b["summary"])
+
+
+@gloo
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", SVI_GUIDES)
+def test_distributed_svi_ranks_draw_their_own_subsamples(runs, kind):
+    """Both ranks entered fit_guide with the same RNG state, yet their plates drew different
+    rows at every step."""
+    _, (zero, one) = runs
+    a, b = zero["svi"][kind]["subsamples"], one["svi"][kind]["subsamples"]
+    assert a.shape == b.shape == (SVI_STEPS[kind], SVI_SUBSAMPLE)
+    assert not torch.equal(a[0], b[0])
+    differ = [not torch.equal(u.sort().values, v.sort().values) for u, v in zip(a, b)]
+    assert all(differ)
+    assert not torch.equal(a[0], a[1])
+
+
+@gloo
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["flow", "amortized"])
+def test_distributed_svi_known_answer(runs, kind):
+    """The conjugate posterior of mu (the flow guides) or the maximum-likelihood mu (the
+    amortized guide's model parameter)."""
+    _, (zero, _) = runs
+    y = _svi_data()
+    mean, sd = zero["svi"][kind]["summary"].tolist()
+    if kind == "amortized":
+        assert abs(mean - float(y.mean())) < 0.15
+        return
+    m, s = float(y.sum() / (SVI_ROWS + 1)), (SVI_ROWS + 1) ** -0.5
+    assert abs(mean - m) < 0.5 * s and 0.7 < sd / s < 1.4, (mean, m, sd, s)
+
+
+@gloo
+@pytest.mark.slow
+def test_distributed_svi_check_is_global(runs):
+    """The importance check is sharded over the ranks: the same khat and ESS on each (on a
+    subsampled model a poor one: each draw's log-density sees a random subsample)."""
+    _, (zero, one) = runs
+    assert zero["svi"]["flow"]["check"] == one["svi"]["flow"]["check"]
+    assert zero["svi"]["flow"]["check"] is not None
+
+
+@gloo
+@pytest.mark.slow
+def test_distributed_svi_fails_on_every_rank(runs):
+    _, (zero, one) = runs
+    assert one["svi"]["failure"] == "TypeError: the model failed on rank 1"
+    assert "failed on another rank" in zero["svi"]["failure"]
+
+
+def test_fit_guide_distributed_true_needs_a_process_group():
+    pyro.clear_param_store()
+    guide = AutoFlow(svi_model, init="loc", transforms=1, hidden=(4,))
+    with pytest.raises(ValueError, match="init_process_group"):
+        fit_guide(svi_model, guide, _svi_data(), distributed=True, progress=False)
+    with pytest.raises(ValueError, match="distributed must be"):
+        fit_guide(svi_model, guide, _svi_data(), distributed="yes", progress=False)

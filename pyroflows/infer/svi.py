@@ -17,6 +17,22 @@ runs and keep the best; average the iterates) and the spirit of Welandawe et al.
 4. **Check.** :func:`~pyroflows.infer.importance` with ``check_draws`` draws from the guide:
    PSIS :math:`\hat k` against the sample-size-dependent threshold :math:`1 - 1/\log_{10} S`
    (Vehtari et al. 2024) and the ESS.
+
+**Data-parallel.** Inside a ``torch.distributed`` process group of several processes (started
+by ``torchrun``), every rank calls :func:`fit_guide` with the same model, guide and full data.
+The guide (and any ``pyro.module`` / ``pyro.param`` of the model) is built once on every rank
+*before* any optimizer exists and rank 0's parameters and module state (e.g. the parameter
+averages) are copied to every rank; each rank is then reseeded differently (from rank 0's
+torch RNG), so a ``pyro.plate(..., subsample_size=...)`` draws its own subsample on each rank
+and the particles differ. Every step, each rank computes its ELBO gradient, and a few small
+``all_reduce`` calls (the losses and failure flags, which parameters have a gradient, then one
+flat buffer of gradients per dtype) average them over the ranks; every rank then takes the
+same optimizer step, so the parameters stay bit-identical. The average of the ranks' unbiased
+(plate-scaled) estimates is an unbiased estimate with ``world`` times the subsample. The
+pilots, windows and stopping decisions see the averaged loss, ``max_time`` stops every rank
+as soon as one rank's clock runs out, and an error on one rank raises on every rank. The
+progress bar is rank 0's; the check is sharded over the ranks (the same global result on
+each).
 """
 
 from __future__ import annotations
@@ -36,9 +52,11 @@ from tqdm.auto import tqdm
 
 from ..checks import check_count, check_real
 from ..nn.transaction import restore, snapshot
+from .fitting.distributed import process_group
 from .guides.param_sync import param_tensors
 from .sampling.importance import importance
 from .sampling.importance_result import ImportanceResult
+from .svi_parallel import DataParallelSVI
 
 __all__ = ["GuideFitResult", "fit_guide"]
 
@@ -117,6 +135,7 @@ def fit_guide(
     max_time: float | None = None,
     check_draws: int = 4000,
     progress: bool | None = None,
+    distributed: bool | str = "auto",
     **kwargs: Any,
 ) -> GuideFitResult:
     r"""Fit ``guide`` to ``model`` by SVI with Adam: pilot runs choose the step size, a
@@ -138,7 +157,12 @@ def fit_guide(
         max_time: time budget in seconds for the whole call (pilots included), checked after
             each step of the main run; the best state so far is kept.
         check_draws: importance draws of the final check (0: none).
-        progress: a tqdm bar (``None``: on a terminal).
+        progress: a tqdm bar (``None``: on a terminal; rank 0's only in a distributed fit).
+        distributed: ``"auto"``: data-parallel SVI when ``torch.distributed`` is initialised
+            with more than one process (see the module's description: every rank passes the
+            same model, guide and full data, and gets the same fitted guide); ``True``: the
+            same, but an uninitialised ``torch.distributed`` is an error; ``False``: an
+            independent fit on every rank.
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -171,17 +195,34 @@ def fit_guide(
     def guide_then_model(*a: Any, **k: Any) -> None:  # the guide's call builds it
         poutine.replay(model, trace=poutine.trace(guide).get_trace(*a, **k))(*a, **k)
 
-    state = _State(guide, param_tensors(guide_then_model, args, kwargs))
+    tensors = param_tensors(guide_then_model, args, kwargs)  # built before any optimizer
+    device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+    group = process_group(distributed, device)
+    parallel = None
+    if group is not None:
+        parallel = DataParallelSVI(group, guide, tensors)
+        parallel.start()  # rank 0's start on every rank, then per-rank randomness
+    state = _State(guide, tensors)
     state.save()  # the start, for every pilot and the chosen step size
     pilot: dict[float, float] = {}
-    bar = tqdm(
-        total=max_steps, desc="fit_guide", disable=None if progress is None else not progress
-    )
+    disable = None if progress is None else not progress
+    if group is not None and not group.main:
+        disable = True  # rank 0's bar only
+    bar = tqdm(total=max_steps, desc="fit_guide", disable=disable)
+    out_of_time = [False]  # a distributed run learns it from the step's all-reduce
 
     def run(step_size: float, steps: int) -> Any:
-        svi = SVI(model, guide, ClippedAdam({"lr": step_size}), loss)
+        if parallel is None:
+            svi = SVI(model, guide, ClippedAdam({"lr": step_size}), loss)
+            for _ in range(steps):
+                yield float(svi.step(*args, **kwargs))
+            return
+        optim = ClippedAdam({"lr": step_size})
         for _ in range(steps):
-            yield float(svi.step(*args, **kwargs))
+            value, out_of_time[0] = parallel.step(
+                optim, loss, model, args, kwargs, time.perf_counter() > deadline
+            )
+            yield value
 
     history: list[dict[str, float]] = []
     steps, best_step, reason, interrupted = 0, 0, "max_steps", False
@@ -228,7 +269,7 @@ def fit_guide(
                     if stale >= patience:
                         reason = "converged"
                         break
-            if time.perf_counter() > deadline:
+            if out_of_time[0] if parallel is not None else time.perf_counter() > deadline:
                 reason = "max_time"
                 break
     except KeyboardInterrupt:
@@ -241,7 +282,8 @@ def fit_guide(
     state.restore()  # the best window's state (the start if no window was finite)
     check = None
     if check_draws and not interrupted:
-        # One process's fit, checked in that process (a sharded check would wait for ranks).
+        # A distributed fit: the draws sharded over the ranks, the same global check on each;
+        # otherwise one process's fit, checked in that process (even inside a group).
         check = importance(
             model,
             guide,
@@ -249,6 +291,6 @@ def fit_guide(
             model_args=args,
             model_kwargs=kwargs,
             warn=False,
-            distributed=False,
+            distributed=group is not None,
         )
     return GuideFitResult(history, chosen, pilot, steps, best_step, reason, interrupted, check)
