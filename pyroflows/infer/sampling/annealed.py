@@ -164,6 +164,8 @@ def annealed_importance(
         raise ValueError(f"resample must be an ESS fraction in [0, 1], got {resample!r}")
     max_temperatures = check_count("max_temperatures", max_temperatures)
     final_moves = check_count("final_moves", final_moves, 0)
+    widen = check_real("widen", widen)
+    step_size = None if step_size is None else check_real("step_size", step_size)
     schedule = None if temperatures is None else _check_schedule(temperatures)
     model_args, model_kwargs = check_model_arguments(model_args, model_kwargs)
     if callable(proposal) and not isinstance(proposal, (Flow, Distribution, AutoContinuous)):
@@ -174,14 +176,14 @@ def annealed_importance(
         )
     q = VectorProposal(proposal, model_args, model_kwargs)
     log_density, model_target = resolve_target(target, q, model_args, model_kwargs, target_kind)
-    path = TemperedPath(q.distribution, log_density, check_real("widen", widen))
+    path = TemperedPath(q.distribution, log_density, widen)
     started = time.perf_counter()
     N = num_particles
+    eps = 0.5 * q.dim**-0.25 if step_size is None else step_size
     with seeded(seed, _device_of(q)), torch.no_grad():
         y = path.sample(N)
         first = path.evaluate(y, grad=True)  # validated: bad data fails here, with its message
         _check_start(first, model_args, model_kwargs)
-        eps = 0.5 * q.dim**-0.25 if step_size is None else check_real("step_size", step_size)
         # Like Pyro's MCMC, the moves run without validation: a proposal outside the support
         # is rejected by its -inf density rather than raising.
         with pyro.validation_enabled(False):
