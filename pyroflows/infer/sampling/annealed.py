@@ -266,10 +266,7 @@ def _anneal(
         if beta == 1.0:
             break  # the final weights are the result: no resampling or moves after them
         if float(ess(log_w)) < resample_below * N:
-            index = resample_indices(log_w)
-            particles, eves = particles.index(index), eves[index]
-            # Equal weights that keep the running evidence: log mean(w) is unchanged.
-            log_w = torch.full_like(log_w, float(torch.logsumexp(log_w, 0)) - math.log(N))
+            particles, eves, log_w = _resample(particles, eves, log_w)
             info["resampled_at"].append(k)
         inverse_mass = _inverse_mass(particles.y, log_w)
         particles, rates, eps = _moves(
@@ -289,6 +286,16 @@ def _anneal(
     return particles, log_w, info
 
 
+def _resample(
+    particles: Particles, eves: torch.Tensor, log_w: torch.Tensor
+) -> tuple[Particles, torch.Tensor, torch.Tensor]:
+    """Multinomial resampling: the drawn particles and their Eve indices, with equal weights
+    that keep the running evidence (``log mean(w)`` is unchanged)."""
+    index = resample_indices(log_w)
+    log_mean = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+    return particles.index(index), eves[index], log_mean.expand_as(log_w).clone()
+
+
 def _resample_move(
     path: TemperedPath,
     particles: Particles,
@@ -303,9 +310,7 @@ def _resample_move(
     the evidence, the diagnostics of the weights before in ``info``."""
     smoothed, khat = psis(log_w)
     info.update(khat_before_moves=khat, ess_before_moves=float(ess(smoothed)))
-    index = resample_indices(log_w)
-    particles, eves = particles.index(index), eves[index]
-    log_w = torch.full_like(log_w, float(torch.logsumexp(log_w, 0)) - math.log(log_w.shape[0]))
+    particles, eves, log_w = _resample(particles, eves, log_w)
     inverse_mass = _inverse_mass(particles.y, log_w)
     particles, rates, _ = _moves(
         path, particles, 1.0, num_moves, num_steps, info["step_size"], accept_target, inverse_mass
