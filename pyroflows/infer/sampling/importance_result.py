@@ -15,7 +15,7 @@ from torch import Tensor
 from ...checks import check_count
 from .psis import clean_log_weights, ess, khat_threshold, log_evidence, psis, weighted_mean_and_mcse
 
-__all__ = ["ImportanceResult", "finish", "warn_about"]
+__all__ = ["ImportanceResult", "all_nan_error", "finish", "warn_about"]
 
 
 @dataclass
@@ -205,16 +205,21 @@ def finish(
     log_w, num_nan = clean_log_weights(log_w)
     S = log_w.shape[0]
     if num_nan == S:
-        raise ValueError(
-            f"{what}: the log-density was NaN (or +inf) at all {S} draws, so no draw has a "
-            f"weight: {hint}"
-        )
+        raise all_nan_error(what, S, hint)
     smoothed, khat = psis(log_w)
     threshold = khat_threshold(S)
     if warn:
         warn_about(what, S, num_nan, khat, lambda: float(ess(smoothed)), stacklevel + 1)
     return ImportanceResult(
         log_w, samples, sites, log_p, log_q, smoothed, khat, threshold, num_nan, defensive
+    )
+
+
+def all_nan_error(what: str, num_samples: int, hint: str) -> ValueError:
+    """The error of a sampler whose every log-density was NaN (``hint``: what may cause it)."""
+    return ValueError(
+        f"{what}: the log-density was NaN (or +inf) at all {num_samples} draws, so no draw "
+        f"has a weight: {hint}"
     )
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "NO_WEIGHT",
     "clean_log_weights",
     "ess",
     "khat_threshold",
@@ -37,6 +38,9 @@ __all__ = [
     "tail_length",
     "weighted_mean_and_mcse",
 ]
+
+#: The error of a sample without one nonzero weight.
+NO_WEIGHT = "every importance weight is zero (all log-weights are -inf or NaN)"
 
 
 def khat_threshold(num_samples: int) -> float:
@@ -87,7 +91,7 @@ def psis(log_weights: Tensor) -> tuple[Tensor, float]:
         raise ValueError(f"psis() takes log-weights of shape (S,), got {tuple(log_weights.shape)}")
     finite = torch.isfinite(log_weights)
     if not bool(finite.any()):
-        raise ValueError("every importance weight is zero (all log-weights are -inf or NaN)")
+        raise ValueError(NO_WEIGHT)
     lw = log_weights.detach().double().cpu().numpy()
     keep = finite.cpu().numpy()
     raw = lw[keep]

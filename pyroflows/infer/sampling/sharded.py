@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..fitting.distributed import Group, process_group, together
-from .importance_result import ImportanceResult, warn_about
-from .psis import clean_log_weights, khat_threshold, smooth_tail, tail_length
+from .importance_result import ImportanceResult, all_nan_error, warn_about
+from .psis import NO_WEIGHT, clean_log_weights, khat_threshold, smooth_tail, tail_length
 
 __all__ = ["ShardedImportanceResult", "finish_sharded", "sharding"]
 
@@ -183,12 +183,9 @@ def finish_sharded(
     count, nans, sum_w, sum_w2 = _sum(group, finite.sum(), num_nan, w.sum(), (w * w).sum())
     count, nans = int(count), int(nans)
     if nans == total:
-        raise ValueError(
-            f"importance: the log-density was NaN (or +inf) at all {total} draws, so no draw "
-            f"has a weight: {hint}"
-        )
+        raise all_nan_error("importance", total, hint)
     if count == 0:
-        raise ValueError("every importance weight is zero (all log-weights are -inf or NaN)")
+        raise ValueError(NO_WEIGHT)
     # PSIS on the global weights, as psis() does on all of them (finite ones only).
     eps = torch.finfo(log_w.dtype).eps if log_w.is_floating_point() else 2.0**-52
     x = lw - top
