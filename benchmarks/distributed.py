@@ -16,6 +16,14 @@ against the data's exact density (log Z = 0), with the draws split over the proc
 exact global result on each; its wall time, speed-up, log Z, standard error, k-hat and ESS are
 a second table.
 
+Third (``--parts destructors``), density destructors fitted data-parallel from all-reduced
+sufficient statistics: each process passes *its own* contiguous share of the rows (no process
+holds the full set), and ``fit`` sums the statistics over the processes: a Gaussian-mixture
+destructor (8 components, ``--em-steps`` EM steps from k-means++ seeds drawn over all rows)
+and a deep destructor of ``copula`` layers (4 layers at most, depth chosen on 10 % held-out
+rows). Reported: wall time of each fit, the speed-up, the mean log-likelihood on all rows,
+and the largest difference of the mixture's parameters from the one-process fit.
+
 Reported per run: wall time of the ``fit`` call, seconds per epoch (training and the
 validation pass), the CPU seconds of each process, optimizer steps per second, the speed-up
 over one process, the final validation log-likelihood, and the largest parameter difference
@@ -31,6 +39,7 @@ Usage::
     python benchmarks/distributed.py --rows 100000 --epochs 2 --processes 1 2
     python benchmarks/distributed.py --device cuda    # one GPU per process
     python benchmarks/distributed.py --rows 100000 --epochs 2 --dtype float64  # equality
+    python benchmarks/distributed.py --parts destructors   # destructors only
 """
 
 from __future__ import annotations
@@ -115,13 +124,20 @@ def _worker(
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its one-time imports, untimed
         if world > 1:
             dist.barrier()  # connected, and starting together
-        start, cpu = time.perf_counter(), time.process_time()
-        result = pyroflows.infer.fit(
-            flow, x, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
-            validation=args.validation, patience=None, seed=0, progress=False,
-        )  # fmt: skip
-        outcome = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
-        if args.draws and nudge == 0.0:
+        outcome: dict[str, Any] = {}
+        if "fit" in args.parts:
+            start, cpu = time.perf_counter(), time.process_time()
+            result = pyroflows.infer.fit(
+                flow, x, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
+                validation=args.validation, patience=None, seed=0, progress=False,
+            )  # fmt: skip
+            outcome = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+            if rank == 0:
+                outcome["history"] = result.history
+                outcome["params"] = torch.nn.utils.parameters_to_vector(flow.parameters()).cpu()
+        if "destructors" in args.parts and nudge == 0.0:
+            outcome["destructors"] = _fit_destructors(x, rank, world, args)
+        if "importance" in args.parts and args.draws and nudge == 0.0:
             # The fitted flow as the proposal for the data's exact density (log Z = 0): the
             # draws split over the processes, one global result on each.
             log_p = data_density(args.features, device, x.dtype)
@@ -130,13 +146,49 @@ def _worker(
             start = time.perf_counter()
             r = pyroflows.infer.importance(log_p, flow, args.draws, seed=0, warn=False)
             outcome["importance"] = {"wall": time.perf_counter() - start, **r.diagnostics()}
-        if rank == 0:
-            outcome["history"] = result.history
-            outcome["params"] = torch.nn.utils.parameters_to_vector(flow.parameters()).cpu()
         torch.save(outcome, out / f"rank{rank}.pt")
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def _fit_destructors(
+    x: torch.Tensor, rank: int, world: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A mixture and a deep copula destructor fitted on this rank's share of the rows."""
+    from pyroflows.destructors import DeepDestructor, build
+
+    part = x.tensor_split(world)[rank]
+    fits: dict[str, Any] = {}
+    for name, make in (
+        ("mixture", lambda: build("mixture", x.shape[1], components=8, max_iter=args.em_steps,
+                                  tol=0.0)),
+        ("deep copula", lambda: DeepDestructor(x.shape[1], layer="copula", max_layers=4,
+                                               validation=0.1, progress=False)),
+    ):  # fmt: skip
+        destructor = make().to(x.device, x.dtype)
+        if world > 1:
+            dist.barrier()
+        start = time.perf_counter()
+        destructor.fit(part)
+        wall = time.perf_counter() - start
+        with torch.no_grad():  # the mean log-likelihood over all rows, summed over the shares
+            score = torch.stack(
+                [
+                    destructor.log_prob(part).double().sum(),
+                    torch.tensor(float(part.shape[0]), dtype=torch.float64, device=x.device),
+                ]
+            )
+        if world > 1:
+            dist.all_reduce(score)
+        fits[name] = {"wall": wall, "loglik": float(score[0] / score[1])}
+        if name == "mixture":
+            fits[name]["params"] = torch.cat(
+                [p.detach().double().reshape(-1).cpu() for p in destructor.parameters()]
+            )
+        else:
+            fits[name]["layers"] = len(destructor.layers)
+    return fits
 
 
 def _free_port() -> int:
@@ -166,7 +218,7 @@ def run(world: int, nudge: float, args: argparse.Namespace, out: Path) -> dict[s
             if p.is_alive():
                 p.terminate()
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
-    return {**ranks[0], "cpu": [r["cpu"] for r in ranks]}
+    return {**ranks[0], "cpu": [r.get("cpu", float("nan")) for r in ranks]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -180,6 +232,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--draws", type=int, default=1_000_000, help="importance draws after the fit (0: none)"
     )
+    parser.add_argument(
+        "--parts", nargs="+", default=["fit", "importance", "destructors"],
+        choices=["fit", "importance", "destructors"], help="what to time",
+    )  # fmt: skip
+    parser.add_argument("--em-steps", type=int, default=20, help="mixture destructor EM steps")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument(
@@ -190,19 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    info = machine_info()
-    nudge = 1e-7 if args.dtype == "float32" else 1e-15
-    configs = [(str(world), world, 0.0) for world in args.processes]
-    if not args.no_control:
-        configs.append((f"1, start x (1 + {nudge:g} noise)", 1, nudge))
-    runs: dict[str, dict[str, Any]] = {}
-    for label, world, scale in configs:
-        with tempfile.TemporaryDirectory() as tmp:
-            runs[label] = run(world, scale, args, Path(tmp))
-        print(f"{label} process(es): {runs[label]['wall']:.1f} s", flush=True)
-    base = runs[configs[0][0]]
+def _fit_table(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> tuple[list, str]:
+    base = next(iter(runs.values()))
     train_rows = args.rows - round(args.validation * args.rows)
     steps = -(-train_rows // args.batch_size) * args.epochs
     header = ["processes", "fit s", "s/epoch", "CPU s/process", "steps/s", "speed-up",
@@ -227,9 +273,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      record["steps_per_s"], record["speed_up"], record["val_loglik"],
                      f"{record['max_param_diff']:.1e}"])  # fmt: skip
     print(f"\nnsf, {args.rows} rows x {args.features}, global batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), {args.device}, {args.dtype}, 1 torch thread per process, "
-          f"load average {info['load_average_at_start']}")  # fmt: skip
-    table = print_table(header, rows, floatfmt=".2f")
+          f"{args.epochs} epoch(s), {args.device}, {args.dtype}, 1 torch thread per process")  # fmt: skip
+    return records, print_table(header, rows, floatfmt=".2f")
+
+
+def _destructor_table(runs: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    fitted = {label: r["destructors"] for label, r in runs.items() if "destructors" in r}
+    first = next(iter(fitted.values()))
+    rows = []
+    for label, fits in fitted.items():
+        mixture, deep = fits["mixture"], fits["deep copula"]
+        diff = float((mixture["params"] - first["mixture"]["params"]).abs().max())
+        rows.append([label, mixture["wall"], first["mixture"]["wall"] / mixture["wall"],
+                     mixture["loglik"], f"{diff:.1e}", deep["wall"],
+                     first["deep copula"]["wall"] / deep["wall"], deep["loglik"],
+                     deep["layers"]])  # fmt: skip
+    print(
+        f"\ndestructors on {args.rows} rows x {args.features} split over the processes, "
+        f"{args.dtype}: a mixture (8 components, {args.em_steps} EM steps) and a deep copula "
+        "destructor (<= 4 layers, 10 % held out)"
+    )
+    return print_table(
+        ["processes", "mixture s", "speed-up", "loglik", "max |param diff|", "deep s",
+         "speed-up", "loglik", "layers"],
+        rows, floatfmt=".3f",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    info = machine_info()
+    print(f"load average {info['load_average_at_start']}")
+    nudge = 1e-7 if args.dtype == "float32" else 1e-15
+    configs = [(str(world), world, 0.0) for world in args.processes]
+    if not args.no_control and "fit" in args.parts:
+        configs.append((f"1, start x (1 + {nudge:g} noise)", 1, nudge))
+    runs: dict[str, dict[str, Any]] = {}
+    for label, world, scale in configs:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            runs[label] = run(world, scale, args, Path(tmp))
+        print(f"{label} process(es): {time.perf_counter() - started:.1f} s", flush=True)
+    records, table = _fit_table(runs, args) if "fit" in args.parts else ([], "")
     sampled = {label: r["importance"] for label, r in runs.items() if "importance" in r}
     importance_table = ""
     if sampled:
@@ -244,10 +329,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ],
             floatfmt=".4f",
         )  # fmt: skip
+    destructors = {
+        label: {name: {k: v for k, v in f.items() if k != "params"} for name, f in r["destructors"].items()}
+        for label, r in runs.items() if "destructors" in r
+    }  # fmt: skip
+    destructor_table = _destructor_table(runs, args) if destructors else ""
     info["load_average_at_end"] = load_average()
     path = save_json(args.out, {"settings": vars(args), "machine": info, "runs": records,
                                 "table": table, "importance": sampled,
-                                "importance_table": importance_table})  # fmt: skip
+                                "importance_table": importance_table,
+                                "destructors": destructors,
+                                "destructor_table": destructor_table})  # fmt: skip
     print(f"\nwrote {path}")
     return {"runs": records}
 

@@ -1,20 +1,14 @@
 """Data-parallel ``fit``, sharded ``importance`` and data-parallel SVI (``fit_guide``) on a real
 two-process gloo group on the CPU.
 
-One spawned run (two processes, a TCP rendezvous on a free port, a 60 s collective timeout)
-plays every scenario on both ranks while the test process runs the same scenarios in one
-process; the tests then compare. The parent waits a bounded time and terminates the children
-on any failure, so a hang cannot block the suite.
+One spawned run (:func:`ranks.run_on_ranks`) plays every scenario on both ranks while the
+test process runs the same scenarios in one process; the tests then compare.
 """
 
 from __future__ import annotations
 
-import datetime
 import math
-import socket
-import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +16,7 @@ import pyro
 import pyro.distributions as pdist
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from ranks import gloo, run_on_ranks
 
 from pyroflows import Flow
 from pyroflows.flows import build
@@ -43,13 +36,7 @@ from pyroflows.infer.sampling.sharded import ShardedImportanceResult
 from pyroflows.transforms import ActNorm
 from pyroflows.transforms.triangular import LowerTriangularAffine
 
-WORLD = 2
 SCENARIOS = ("weighted", "early_stopping", "step_decisions", "actnorm")
-
-gloo = pytest.mark.skipif(
-    sys.platform == "win32" or not dist.is_available() or not dist.is_gloo_available(),
-    reason="needs torch.distributed with gloo (not on Windows)",
-)
 
 
 class StopOnRankOne(Callback):
@@ -311,63 +298,20 @@ def svi_scenarios(rank: int) -> dict[str, Any]:
     return outcomes
 
 
-def _worker(rank: int, port: int, out: Path) -> None:
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=WORLD,
-            timeout=datetime.timedelta(seconds=60),
-        )
-        try:
-            outcome = scenarios(rank, out)
-            outcome["mismatches"] = mismatches(rank)
-            outcome["importance"] = importance_scenarios(rank)
-            outcome["svi"] = svi_scenarios(rank)
-        finally:
-            dist.destroy_process_group()
-        torch.save(outcome, out / f"result{rank}.pt")
-    except BaseException:
-        (out / f"error{rank}.txt").write_text(traceback.format_exc())
-        raise
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def play(rank: int, out: Path) -> dict[str, Any]:
+    """Every scenario on one rank of the group."""
+    outcome = scenarios(rank, out)
+    outcome["mismatches"] = mismatches(rank)
+    outcome["importance"] = importance_scenarios(rank)
+    outcome["svi"] = svi_scenarios(rank)
+    return outcome
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
     """The single-process outcomes and those of both ranks of a two-process run."""
     out = tmp_path_factory.mktemp("distributed")
-    context = mp.get_context("spawn")
-    port = _free_port()
-    procs = [
-        context.Process(target=_worker, args=(r, port, out), daemon=True) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        single = scenarios(None, out)  # while the children run
-        deadline = time.monotonic() + 240
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        errors = [f.read_text() for f in sorted(out.glob("error*.txt"))]
-        assert not errors, "a rank failed:\n" + "\n".join(errors)
-        assert not any(p.is_alive() for p in procs), "the two-process fit hung"
-        assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-            if p.is_alive():
-                p.kill()
-    return single, [torch.load(out / f"result{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_on_ranks(play, out, meanwhile=lambda: scenarios(None, out))
 
 
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -50,12 +50,14 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..checks import check_features
+from ..collectives import Ranks, together, use_group
 from ..core import Flow
 from ..nn.device import module_device_dtype
 from ..nn.transaction import Transactional, transaction
 from ..transforms.base import Bijection, Inverse
 from .cube import StandardNormalCdf, UnitCube
 from .domain import REAL, UNIT
+from .shards import current, extremes, sharded, total
 
 __all__ = ["Destructor", "IdentityDestructor", "check_no_constant_columns", "mark_fitted"]
 
@@ -67,7 +69,8 @@ def check_no_constant_columns(
     constant columns.
 
     A column counts as constant when its range (max - min) is below ``rel`` (default 100
-    machine epsilons of the dtype) times its largest absolute value (at least 1).
+    machine epsilons of the dtype) times its largest absolute value (at least 1). Inside a
+    data-parallel fit the statistics are those of every rank's rows.
 
     Example:
         >>> check_no_constant_columns(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
@@ -76,11 +79,12 @@ def check_no_constant_columns(
     """
     rel = 100 * torch.finfo(x.dtype).eps if rel is None else rel
     w = torch.ones(x.shape[0], dtype=x.dtype, device=x.device) if weights is None else weights
-    w = w / w.sum()
-    mean = w @ x
-    var = w @ (x - mean).square()
-    scale = x.abs().amax(0).clamp_min(1.0)
-    constant = ((x.amax(0) - x.amin(0) <= rel * scale) | (var <= 0)).nonzero().flatten()
+    w = w / total(w.sum())
+    mean = total(w @ x)
+    var = total(w @ (x - mean).square())
+    low, high = extremes(x)
+    scale = torch.maximum(low.abs(), high.abs()).clamp_min(1.0)
+    constant = ((high - low <= rel * scale) | (var <= 0)).nonzero().flatten()
     if constant.numel():
         raise ValueError(
             f"{what} has {constant.numel()} zero-variance column(s) {constant[:10].tolist()}: "
@@ -186,7 +190,13 @@ class Destructor(Transactional, Bijection):
 
     # -- public API ------------------------------------------------------------------------------
 
-    def fit(self, x: Tensor | np.ndarray, weights: Tensor | np.ndarray | None = None) -> Destructor:
+    def fit(
+        self,
+        x: Tensor | np.ndarray,
+        weights: Tensor | np.ndarray | None = None,
+        *,
+        distributed: bool | str = "auto",
+    ) -> Destructor:
         """Fit the destructor's density to ``x`` (n, features); returns ``self``.
 
         A floating-point tensor ``x`` moves the destructor to ``x``'s device and dtype first
@@ -196,44 +206,100 @@ class Destructor(Transactional, Bijection):
         transaction: on any error, KeyboardInterrupt included, the destructor is left exactly
         as before the call (values, dtype, layers, ``fitted`` flags), and the error re-raised.
 
+        **Several processes.** Under ``torch.distributed`` (e.g. ``torchrun``) with
+        ``distributed="auto"`` (or ``True``) each rank passes *its own* rows, and every rank
+        ends with the destructor fitted on all the ranks' rows (in rank order, weights
+        normalised over all of them), from all-reduced sufficient statistics (see
+        :mod:`pyroflows.destructors.shards`); equal to a one-process fit on the concatenated
+        rows up to the order of floating-point additions. A rank may hold no rows. Checks
+        fail on every rank or on none; ranks that pass identical rows are an error (each
+        would count the rows ``world`` times): pass ``distributed=False`` for independent
+        fits on each rank.
+
         Args:
             x: training data.
             weights: optional non-negative per-point weights (n,), not all zero.
+            distributed: ``"auto"``, ``True`` or ``False``, as for :func:`~pyroflows.infer.fit`.
         """
+        nested = current()  # the part of a chain or a deep stack fits on its parent's group
         # One transaction: the dtype move, the checks and the fit all undo on any exception
         # (KeyboardInterrupt included), so the destructor is left exactly as it was.
         with transaction(self):
             if isinstance(x, Tensor) and x.is_floating_point():
                 self.to(device=x.device, dtype=x.dtype)
-            x, w = self._fit_inputs(x, weights)
-            with torch.no_grad():
-                self._fit(x.detach(), w)
-                mark_fitted(self)
+            ranks = nested
+            if nested is None and use_group(distributed, module_device_dtype(self)[0]):
+                ranks = Ranks(module_device_dtype(self)[0])
+            with sharded(ranks):
+                with together(ranks, f"{type(self).__name__}.fit"):
+                    x, w = self._fit_inputs(x, weights)
+                w = self._normalised(x, w, check_copies=nested is None)
+                with torch.no_grad():
+                    self._fit(x.detach(), w)
+                    mark_fitted(self)
         return self
 
-    def _fit_inputs(self, x: Any, weights: Any) -> tuple[Tensor, Tensor]:
-        """``fit``'s data (n, features) and normalised weights (n,), checked."""
+    def _fit_inputs(self, x: Any, weights: Any) -> tuple[Tensor, Tensor | None]:
+        """``fit``'s data (n, features) and weights (n,) or ``None``, checked row by row."""
         x = self._as_input(x, "fit data")
         if x.dim() != 2:
             raise ValueError(f"fit data must have shape (n, {self.features}), got {tuple(x.shape)}")
         self._check_values(x, "fit data", self.domain == "unit")
-        n = x.shape[0]
-        if n < self.min_points():
-            raise ValueError(
-                f"{type(self).__name__} needs at least {self.min_points()} points to fit "
-                f"{self.features} dimensions, got {n}"
-            )
         if weights is None:
-            return x, torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+            return x, None
+        n = x.shape[0]
         if not isinstance(weights, Tensor):  # host data, converted on the CPU
             weights = torch.as_tensor(np.asarray(weights, dtype=np.float64), device="cpu")
         w = weights.to(device=x.device, dtype=x.dtype)
         if tuple(w.shape) not in ((n,), (n, 1)):
             raise ValueError(f"weights must have shape ({n},) for {n} rows, got {tuple(w.shape)}")
         w = w.reshape(n)
-        if not torch.isfinite(w).all() or (w < 0).any() or not w.sum() > 0:
+        if not torch.isfinite(w).all() or (w < 0).any():
             raise ValueError("weights must be finite and non-negative with a positive sum")
-        return x, w / w.sum()
+        return x, w
+
+    def _normalised(self, x: Tensor, w: Tensor | None, check_copies: bool) -> Tensor:
+        """The weights (n,) divided by their total over every rank's rows, after the checks
+        that need all the rows (their number, the weights' sum, no rank passing a copy)."""
+        ranks = current()
+        n = x.shape[0]
+        plain = w is None
+        w = torch.ones(n, dtype=x.dtype, device=x.device) if plain else w
+        if ranks is None:
+            rows, weight = n, w.sum()
+        else:
+            if check_copies:
+                self._check_distinct_shards(ranks, x)
+            count = torch.tensor(float(n), dtype=torch.float64, device=x.device)
+            rows_t, weight = ranks.sum(count, w.sum())
+            rows = int(rows_t)
+        where = "" if ranks is None else f" over {ranks.world} ranks"
+        if rows < self.min_points():
+            raise ValueError(
+                f"{type(self).__name__} needs at least {self.min_points()} points to fit "
+                f"{self.features} dimensions, got {rows}{where}"
+            )
+        if not weight > 0:
+            raise ValueError(f"weights must be finite and non-negative with a positive sum{where}")
+        if plain and ranks is None:
+            return torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device)
+        return w / weight
+
+    @staticmethod
+    def _check_distinct_shards(ranks: Ranks, x: Tensor) -> None:
+        """``ValueError`` on every rank when all ranks passed the same rows (one
+        ``all_reduce``): a data-parallel fit would count each row once per rank."""
+        n = x.shape[0]
+        position = 1 + torch.arange(n, dtype=torch.float64, device=x.device) / max(n, 1)
+        checksum = (x.sum(1, dtype=torch.float64) * position).sum()
+        stats = torch.stack([checksum.new_tensor(float(n)), checksum])
+        (both,) = ranks.max(torch.cat([stats, -stats]))
+        if n and torch.equal(both[:2], -both[2:]):
+            raise ValueError(
+                f"every one of the {ranks.world} ranks passed the same {n} rows to a "
+                "data-parallel fit, which would count each row once per rank: pass each rank "
+                "its own part of the rows, or distributed=False for independent fits"
+            )
 
     def to_uniform(self, x: Tensor | np.ndarray) -> Tensor:
         """:math:`u = D(x)`: data (..., features) to the unit cube (checked: finite, inside the

@@ -20,6 +20,7 @@ from .cube import InverseNormalCdf
 from .independent import HistogramDestructor, NormalCdfDestructor
 from .registry import register
 from .rotation import PCARotation
+from .shards import total
 
 __all__ = ["CopulaDestructor"]
 
@@ -92,7 +93,7 @@ class CopulaDestructor(Chain):
         var = torch.exp(2 * gaussian.log_scale)  # the PCA eigenvalues
         if self.shrinkage == "oas":
             d = self.features
-            n = 1.0 / float(w.square().sum())  # effective sample size
+            n = 1.0 / float(total(w.square().sum()))  # effective sample size
             tr, tr2 = var.sum(), var.square().sum()
             rho = ((1 - 2 / d) * tr2 + tr * tr) / ((n + 1 - 2 / d) * (tr2 - tr * tr / d)).clamp_min(
                 1e-300

@@ -31,6 +31,7 @@ from .cube import InverseNormalCdf, StandardNormalCdf
 from .domain import REAL, UNIT
 from .registry import build, register
 from .rotation import PCARotation, RandomRotation
+from .shards import any_rank, current, row_span, total
 
 __all__ = ["DeepDestructor"]
 
@@ -194,21 +195,26 @@ class DeepDestructor(Stack):
 
     # -- fitting -------------------------------------------------------------------------------
 
-    def _splits(self, n: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    def _splits(self, n: int) -> list[tuple[Tensor, Tensor]]:
+        """(training rows, held-out rows) per run, as sorted row numbers among ``n`` (on the
+        CPU); sorted, so that the rows keep their order and a data-parallel fit, whose ranks
+        each take the row numbers they hold, sees them in the same order as one process."""
         generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(n, generator=generator, device="cpu").to(device)
+        order = torch.randperm(n, generator=generator, device="cpu")
         if isinstance(self.validation, int):
             if self.validation == 0:
                 return []
             folds = order.tensor_split(self.validation)
-            return [
+            splits = [
                 (torch.cat([f for j, f in enumerate(folds) if j != i]), folds[i])
                 for i in range(len(folds))
             ]
-        if self.validation == 0:
+        elif self.validation == 0:
             return []
-        n_val = max(1, int(round(self.validation * n)))
-        return [(order[n_val:], order[:n_val])]
+        else:
+            n_val = max(1, int(round(self.validation * n)))
+            splits = [(order[n_val:], order[:n_val])]
+        return [(train.sort().values, held.sort().values) for train, held in splits]
 
     def _grow(
         self,
@@ -223,8 +229,8 @@ class DeepDestructor(Stack):
     ) -> tuple[list[Destructor], list[int], list[dict[str, float]]]:
         """Fit up to ``depth`` layers on (x, w), none started past ``deadline`` (a
         ``time.perf_counter()`` value); score on (xv, wv) when given."""
-        w = w / w.sum()
-        wv = None if wv is None else wv / wv.sum()
+        w = w / total(w.sum())
+        wv = None if wv is None else wv / total(wv.sum())
         layers: list[Destructor] = []
         codes: list[int] = []
         history: list[dict[str, float]] = []
@@ -233,10 +239,10 @@ class DeepDestructor(Stack):
         if self._init_template is not None:
             first = self._make(_INIT, 0).fit(x, w)
             x, ladj = first.call_and_ladj(x)
-            train = float(w @ ladj)
+            train = float(total(w @ ladj))
             if xv is not None:
                 xv, lv = first.call_and_ladj(xv)
-                val = float(wv @ lv)
+                val = float(total(wv @ lv))
             layers.append(first)
             codes.append(_INIT)
         history.append(
@@ -252,12 +258,13 @@ class DeepDestructor(Stack):
         stale = 0
         for index in range(1, depth + 1):
             start = time.perf_counter()
-            if deadline is not None and start > deadline:
+            if deadline is not None and any_rank(start > deadline):
                 break
             layer = self._make(_LAYER, index).fit(x, w)
             u, ladj = layer.call_and_ladj(x)
-            gain = float(w @ ladj)
-            accepted = math.isfinite(gain) and gain >= 0 and bool(torch.isfinite(u).all())
+            gain = float(total(w @ ladj))
+            finite = not any_rank(not bool(torch.isfinite(u).all()))
+            accepted = math.isfinite(gain) and gain >= 0 and finite
             if not accepted:
                 # The identity is always available and never lowers the likelihood.
                 layer, u, gain = self._make(_IDENTITY, index), x, 0.0
@@ -269,7 +276,7 @@ class DeepDestructor(Stack):
             score_gain = gain
             if xv is not None:
                 xv, lv = layer.call_and_ladj(xv)
-                score_gain = float(wv @ lv)
+                score_gain = float(total(wv @ lv))
                 val = val + score_gain
             layers.append(layer)
             codes.append(_LAYER if accepted else _IDENTITY)
@@ -296,19 +303,22 @@ class DeepDestructor(Stack):
         return layers, codes, history
 
     def _fit(self, x: Tensor, w: Tensor) -> None:
-        n = x.shape[0]
-        splits = self._splits(n, x.device)
+        first, n = row_span(x.shape[0])  # this rank's rows among all ranks' n rows
+        splits = self._splits(n)
         need = self.min_points()
         if splits and min(len(tr) for tr, _ in splits) < need:
             raise ValueError(
                 f"too few points ({n}) for validation={self.validation!r}: each training part "
                 f"needs at least {need}"
             )
+        splits = [(self._mine(tr, first, x), self._mine(va, first, x)) for tr, va in splits]
         deadline = None if self.max_time is None else time.perf_counter() + self.max_time
+        ranks = current()
+        quiet = ranks is not None and not ranks.main  # the bar on rank 0 only
         bar = tqdm(
             total=self.max_layers * max(1, len(splits)),
             desc="deep destructor",
-            disable=None if self.progress is None else not self.progress,
+            disable=True if quiet else (None if self.progress is None else not self.progress),
         )
         try:
             if not splits:
@@ -354,6 +364,13 @@ class DeepDestructor(Stack):
         self._set_layers(layers)
         self.layer_codes = torch.tensor(codes, dtype=torch.long, device=x.device)
         self.history = history
+
+    @staticmethod
+    def _mine(rows: Tensor, first: int, x: Tensor) -> Tensor:
+        """The row numbers (sorted, among all ranks') that this rank holds, as indices into its
+        own rows ``x`` (starting at global row ``first``)."""
+        mine = rows[(rows >= first) & (rows < first + x.shape[0])] - first
+        return mine.to(x.device)
 
     def _set_layers(self, layers: list[Destructor]) -> None:
         self.layers = nn.ModuleList(layers)

@@ -12,16 +12,19 @@ from torch import Tensor, nn
 from .base import Destructor, check_no_constant_columns
 from .domain import REAL
 from .registry import register
+from .shards import total
 from .special import normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = ["GaussianDestructor", "weighted_covariance"]
 
 
 def weighted_covariance(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """Weighted mean (d,) and covariance (d, d) of ``x`` (n, d) with weights summing to one."""
-    mean = w @ x
+    """Weighted mean (d,) and covariance (d, d) of ``x`` (n, d) with weights summing to one
+    (over every rank's rows inside a data-parallel fit: two sums, the mean's then the
+    centred second moments')."""
+    mean = total(w @ x)
     centred = x - mean
-    return mean, (centred * w[:, None]).T @ centred
+    return mean, total((centred * w[:, None]).T @ centred)
 
 
 @register("gaussian")

@@ -25,6 +25,7 @@ from ..transforms.splines import rq_bin_forward, rq_bin_inverse
 from .base import Destructor, check_no_constant_columns
 from .domain import REAL, UNIT
 from .registry import register
+from .shards import row_span, total
 from .special import beta_log_pdf, betainc, normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = ["BetaDestructor", "HistogramDestructor", "NormalCdfDestructor"]
@@ -89,10 +90,11 @@ class HistogramDestructor(Destructor):
         )
 
     def _fit(self, x: Tensor, w: Tensor) -> None:
-        n, K = x.shape[0], self.bins
+        n, K = row_span(x.shape[0])[1], self.bins
         k = (x * K).floor().long().clamp(0, K - 1) + self.offsets
         counts = torch.zeros(self.features * K, dtype=x.dtype, device=x.device)
         counts.index_add_(0, k.reshape(-1), (w * n)[:, None].expand_as(x).reshape(-1))
+        counts = total(counts)
         probs = (counts.reshape(self.features, K) + self.alpha) / (n + K * self.alpha)
         self.logits.copy_(probs.log())
 
@@ -167,7 +169,7 @@ class NormalCdfDestructor(Destructor):
 
     def _fit(self, x: Tensor, w: Tensor) -> None:
         var = check_no_constant_columns(x, w)
-        self.loc.copy_(w @ x)
+        self.loc.copy_(total(w @ x))
         self.log_scale.copy_(0.5 * var.log())
 
     def call_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -211,11 +213,11 @@ class BetaDestructor(Destructor):
 
     def _fit(self, x: Tensor, w: Tensor) -> None:
         var = check_no_constant_columns(x, w)
-        mean = (w @ x).clamp(1e-6, 1 - 1e-6)
+        mean = total(w @ x).clamp(1e-6, 1 - 1e-6)
         common = (mean * (1 - mean) / var.clamp_min(1e-12) - 1).clamp_min(1e-3)
         a, b = (mean * common).clamp(1e-3, 1e6), ((1 - mean) * common).clamp(1e-3, 1e6)
         xo = self._open(x).clamp(1e-300 if x.dtype == torch.float64 else 1e-38)
-        s1, s2 = w @ torch.log(xo), w @ torch.log1p(-xo)
+        s1, s2 = total(w @ torch.log(xo), w @ torch.log1p(-xo))
 
         def loglik(a: Tensor, b: Tensor) -> Tensor:
             return (

@@ -33,6 +33,7 @@ from ..checks import check_count
 from .base import Destructor
 from .domain import UNIT
 from .registry import register
+from .shards import all_rows
 
 __all__ = ["TreeDestructor"]
 
@@ -114,6 +115,9 @@ class TreeDestructor(Destructor):
         return float(gain[row, dim]), dim, float(thresholds[row, dim])
 
     def _fit(self, x: Tensor, w: Tensor) -> None:
+        # The candidate thresholds are the data values themselves: no sums summarise them, so
+        # a data-parallel fit gathers the rows and every rank grows the same tree.
+        x, w = all_rows(x), all_rows(w)
         d = self.features
         nodes = 2 * self.max_leaves - 1
         feature = [0] * nodes

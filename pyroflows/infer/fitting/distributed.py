@@ -23,84 +23,28 @@ DDP averages instead of summing, which is not the weighted global mean with uneq
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ...collectives import Ranks, together, use_group
 from .callbacks import Callback
 
 __all__ = ["Group", "has_step_hooks", "pending_initialization", "process_group", "together"]
 
 
 def process_group(distributed: bool | str, device: torch.device) -> Group | None:
-    """The process group ``fit`` trains on, or ``None`` for a single-process fit.
-
-    ``"auto"``: the default group when ``torch.distributed`` is initialised with more than one
-    process; ``True``: the same, but an uninitialised ``torch.distributed`` is an error;
-    ``False``: a single-process fit on every rank (independent fits, an ensemble).
-    """
-    if not (isinstance(distributed, bool) or distributed == "auto"):
-        raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
-    ready = dist.is_available() and dist.is_initialized()
-    if distributed is True and not ready:
-        raise ValueError(
-            "distributed=True needs torch.distributed.init_process_group(...) first (launch "
-            "with torchrun, which sets RANK, WORLD_SIZE and MASTER_ADDR)"
-        )
-    if distributed is False or not ready or dist.get_world_size() < 2:
-        return None
-    if dist.get_backend() == "nccl" and device.type != "cuda":
-        raise ValueError(
-            "the process group uses NCCL, which needs the model on a GPU; move the model to "
-            "cuda:LOCAL_RANK or initialise the group with backend='gloo' for a CPU fit"
-        )
-    return Group(device)
+    """The process group ``fit`` trains on, or ``None`` for a single-process fit (see
+    :func:`~pyroflows.collectives.use_group` for ``distributed``)."""
+    return Group(device) if use_group(distributed, device) else None
 
 
-@contextmanager
-def together(group: Group | None, what: str = "fit") -> Iterator[None]:
-    """Run a block that may fail on some ranks only (their inputs, their checkpoint file):
-    if it fails anywhere, it fails everywhere (the failing rank re-raises its own error, the
-    others a ``ValueError`` that points to it and names ``what`` failed), so no rank waits for
-    a collective that never comes. Without a group, just runs the block."""
-    if group is None:
-        yield
-        return
-    try:
-        yield
-    except Exception:
-        group.failed_ranks(True)
-        raise
-    failed = group.failed_ranks(False)
-    if failed:
-        raise ValueError(
-            f"{what} failed on rank(s) {failed} of the process group (see their error); "
-            "every rank stops here"
-        )
-
-
-class Group:
-    """The default process group seen from one rank, with the collectives ``fit`` needs.
-
-    Attributes:
-        rank: this process's rank; ``world``: the number of processes.
-        device: where the collectives' tensors live (the model's device: CPU for gloo, the
-            rank's GPU for NCCL).
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.rank = dist.get_rank()
-        self.world = dist.get_world_size()
-        self.device = device
-
-    @property
-    def main(self) -> bool:
-        """Whether this is rank 0 (the one that checkpoints and shows progress)."""
-        return self.rank == 0
+class Group(Ranks):
+    """The default process group seen from one rank, with the collectives ``fit`` needs on top
+    of :class:`~pyroflows.collectives.Ranks`'s."""
 
     def shard(self, index: Tensor) -> Tensor:
         """This rank's contiguous part of the rows ``index`` of a global batch (parts differ by
