@@ -150,3 +150,28 @@ def test_an_error_during_the_run_leaves_the_best_state():
         fit_guide(failing_model, guide, y, lr=0.03, window=500, progress=False)
     pyro.set_rng_seed(1)
     assert torch.equal(guide.median()["mu"], start)  # no window completed: the start
+
+
+def test_a_divergence_goes_on_from_the_best_state_at_a_smaller_step_size():
+    """The model's density turns NaN once, at a step of the main run (as a too-large step
+    size does): the run goes back to its best state, on at the next smaller candidate, and
+    still ends at the posterior."""
+    y = data()
+    guide = small_guide()
+    calls = {"n": 0}
+
+    def spiking(y: torch.Tensor) -> None:
+        calls["n"] += 1
+        model(y)
+        if calls["n"] == 2 * 20 + 150:  # guide build + 2 pilots of 20, then 150 main steps
+            pyro.factor("spike", torch.tensor(float("nan"), dtype=y.dtype))
+
+    result = fit_guide(
+        spiking, guide, y, lr_candidates=(0.1, 0.01), pilot_steps=20, max_steps=1500,
+        window=100, check_draws=0, progress=False,
+    )  # fmt: skip
+    assert len(result.fallbacks) == 1 and result.lr < result.fallbacks[0]
+    assert result.steps > 150  # went on after the spike
+    m, s = posterior(y)
+    draws = guide.sample_posterior(4000)["mu"]
+    assert abs(float(draws.mean()) - m) < 0.1 and abs(float(draws.std()) / s - 1) < 0.2

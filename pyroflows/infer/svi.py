@@ -14,6 +14,9 @@ runs and keep the best; average the iterates) and the spirit of Welandawe et al.
    window means); after ``patience`` windows in a row without improvement, SVI stops.
 3. **Kept state.** The state at the end of the best window (the guide's parameters and its
    modules' state, e.g. pyroflows guides' parameter averages, which their posterior uses).
+   **Divergence.** A non-finite loss or Pyro's check of invalid values in the main run sends
+   the guide back to its best state so far and on at the next smaller candidate step size
+   (``result.fallbacks`` lists where it diverged), instead of ending the fit.
 4. **Check.** :func:`~pyroflows.infer.importance` with ``check_draws`` draws from the guide:
    PSIS :math:`\hat k` against the sample-size-dependent threshold :math:`1 - 1/\log_{10} S`
    (Vehtari et al. 2024) and the ESS.
@@ -68,12 +71,16 @@ class GuideFitResult:
     Attributes:
         history: one dict per window: ``step``, ``loss`` (its mean), ``se`` (its standard
             error), ``seconds``.
-        lr: the step size used; ``pilot``: mean pilot loss per candidate step size.
+        lr: the step size used (at the end: after a divergence the run goes on from its best
+            state at a smaller one); ``pilot``: mean pilot loss per candidate step size.
         steps: SVI steps taken after the pilots; ``best_step``: the end of the kept window.
         stop_reason: ``"converged"`` (the stopping rule), ``"max_steps"``, ``"max_time"`` or
             ``"interrupted"`` (Ctrl-C: the best state so far is kept, ``interrupted`` is set).
         check: the importance-sampling check (``None`` with ``check_draws=0`` or when
             interrupted); ``khat``, ``ess`` and ``reliable`` read it.
+        fallbacks: the step sizes at which the main run diverged (a non-finite loss or invalid
+            values), in order; each time it went back to its best state so far and on at the
+            next smaller candidate (a tenth below the smallest).
     """
 
     history: list[dict[str, float]]
@@ -84,6 +91,7 @@ class GuideFitResult:
     stop_reason: str
     interrupted: bool = False
     check: ImportanceResult | None = None
+    fallbacks: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def khat(self) -> float:
@@ -96,6 +104,14 @@ class GuideFitResult:
     @property
     def reliable(self) -> bool | None:
         return None if self.check is None else bool(self.check.reliable)
+
+
+def _diverged(error: BaseException) -> bool:
+    """Whether an SVI step's error says the parameters diverged: a non-finite loss, a
+    factorisation of a matrix gone indefinite, or Pyro's check finding invalid values."""
+    if isinstance(error, FloatingPointError | torch.linalg.LinAlgError):
+        return True
+    return isinstance(error, ValueError) and "invalid values" in str(error)
 
 
 class _State:
@@ -227,6 +243,31 @@ def fit_guide(
     history: list[dict[str, float]] = []
     steps, best_step, reason, interrupted = 0, 0, "max_steps", False
     chosen, failure = candidates[0], None
+    fallbacks: list[float] = []  # step sizes the main run diverged at
+    best = (math.inf, 0.0)  # (mean, se) of the best window
+    stale = 0
+
+    def _window_end(window_losses: list[float], steps: int) -> tuple[bool, str]:
+        """At the end of a window: record it, keep the state if it improves on the best,
+        and say whether the stopping rule ends the run."""
+        nonlocal best, best_step, stale
+        if len(window_losses) < window:
+            return False, "max_steps"
+        w = torch.tensor(window_losses, dtype=torch.float64)
+        mean, se = float(w.mean()), float(w.std() / math.sqrt(window))
+        history.append(
+            {"step": steps, "loss": mean, "se": se, "seconds": time.perf_counter() - start}
+        )
+        bar.set_postfix(loss=f"{mean:.4g}")
+        window_losses.clear()
+        margin = max(2 * math.hypot(se, best[1]), tol * abs(mean))
+        if mean < best[0] - (0 if best[0] == math.inf else margin):
+            best, best_step, stale = (mean, se), steps, 0
+            state.save()
+            return False, "max_steps"
+        stale += 1
+        return stale >= patience, "converged"
+
     try:
         if len(candidates) > 1:
             for step_size in candidates:
@@ -245,33 +286,39 @@ def fit_guide(
                     "check the model (the last failure is the cause below)"
                 ) from failure
             chosen = min(finite, key=finite.get)
-        bar.set_description(f"fit_guide (lr={chosen:g})")
-        best = (math.inf, 0.0)  # (mean, se) of the best window
-        stale, window_losses = 0, []
-        for loss_value in run(chosen, max_steps):
-            steps += 1
-            bar.update()
-            window_losses.append(loss_value)
-            if len(window_losses) == window:
-                w = torch.tensor(window_losses, dtype=torch.float64)
-                mean, se = float(w.mean()), float(w.std() / math.sqrt(window))
-                history.append(
-                    {"step": steps, "loss": mean, "se": se, "seconds": time.perf_counter() - start}
-                )
-                bar.set_postfix(loss=f"{mean:.4g}")
-                window_losses = []
-                margin = max(2 * math.hypot(se, best[1]), tol * abs(mean))
-                if math.isfinite(mean) and mean < best[0] - (0 if best[0] == math.inf else margin):
-                    best, best_step, stale = (mean, se), steps, 0
-                    state.save()
-                else:
-                    stale += 1
-                    if stale >= patience:
-                        reason = "converged"
+        window_losses, done = [], False
+        while not done and steps < max_steps:
+            bar.set_description(f"fit_guide (lr={chosen:g})")
+            try:
+                for loss_value in run(chosen, max_steps - steps):
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"non-finite loss {loss_value} at step {steps}")
+                    steps += 1
+                    bar.update()
+                    window_losses.append(loss_value)
+                    done, reason = _window_end(window_losses, steps)
+                    if done:
                         break
-            if out_of_time[0] if parallel is not None else time.perf_counter() > deadline:
-                reason = "max_time"
-                break
+                    if out_of_time[0] if parallel is not None else time.perf_counter() > deadline:
+                        done, reason = True, "max_time"
+                        break
+                else:
+                    done = True
+            except (ValueError, RuntimeError, FloatingPointError) as error:
+                if not _diverged(error) or (steps == 0 and not pilot):
+                    raise  # a failure of the model itself, not of the step size
+                # Diverged (a non-finite loss, or Pyro's check of invalid values): back to the
+                # best state so far (the start before any window) at the next smaller step size.
+                smaller = [c for c in candidates if c < chosen] or [chosen / 10]
+                if len(fallbacks) >= len(candidates) + 1:
+                    raise FloatingPointError(
+                        f"fit_guide diverged at step sizes {[*fallbacks, chosen]}; check the "
+                        "model (the last failure is the cause below)"
+                    ) from error
+                fallbacks.append(chosen)
+                chosen = max(smaller)
+                state.restore()
+                window_losses = []
     except KeyboardInterrupt:
         reason, interrupted = "interrupted", True
     except BaseException:
@@ -293,4 +340,6 @@ def fit_guide(
             warn=False,
             distributed=group is not None,
         )
-    return GuideFitResult(history, chosen, pilot, steps, best_step, reason, interrupted, check)
+    return GuideFitResult(
+        history, chosen, pilot, steps, best_step, reason, interrupted, check, fallbacks
+    )

@@ -1,0 +1,104 @@
+"""The 14-posterior table of issue 13 from the JSON files of three runs, side by side.
+
+Reads ``results/posteriordb_fit_guide.json`` (``posteriordb.py --fit fit_guide``: AutoFlow and
+Pyro's AutoMultivariateNormal, the one-call fit's defaults), ``results/posteriordb_svi4000.json``
+(``posteriordb.py --guides AutoFlow --out ...``: 4000 steps of ClippedAdam) and any number of
+``posteriordb_nuts.py`` outputs (``--nuts``), and prints one row per posterior: for each guide
+the largest |mean error| in reference sds, the worst sd ratio (the one farthest from 1), PSIS
+k-hat, gradient evaluations and seconds; for NUTS the largest quantile error, the largest
+|mean error|, gradient evaluations and seconds. "ok" marks a fit within issue 13's target
+(|mean error| <= 0.1 sd, sd ratios in [0.9, 1.1]).
+
+Usage::
+
+    python benchmarks/posteriordb_table.py --nuts results/posteriordb_nuts.json > table.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, format_table  # noqa: E402
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+def _worst_ratio(run: dict[str, Any]) -> float:
+    low, high = run["sd_ratio_range"]
+    if low is None or high is None or math.isnan(low):
+        return math.nan
+    return low if abs(math.log(low)) > abs(math.log(high)) else high
+
+
+def _guide_cells(run: dict[str, Any] | None) -> list[Any]:
+    if run is None:
+        return ["-"] * 5
+    if run.get("failed"):
+        return ["failed", "-", "-", run.get("gradient_evaluations", "-"), run["seconds"]]
+    ok = (
+        run["max_abs_mean_error"] <= 0.1
+        and 0.9 <= run["sd_ratio_range"][0]
+        and run["sd_ratio_range"][1] <= 1.1
+    )
+    error = f"{run['max_abs_mean_error']:.3f}{' ok' if ok else ''}"
+    grads = run.get("gradient_evaluations", 4000)
+    return [error, _worst_ratio(run), run["khat"], grads, run["seconds"]]
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--fit-guide", type=Path, default=RESULTS_DIR / "posteriordb_fit_guide.json"
+    )
+    parser.add_argument("--svi", type=Path, default=RESULTS_DIR / "posteriordb_svi4000.json")
+    parser.add_argument(
+        "--nuts", type=Path, nargs="*", default=[RESULTS_DIR / "posteriordb_nuts.json"]
+    )
+    args = parser.parse_args(argv)
+    fitted = {(r["posterior"], r["guide"]): r for r in _load(args.fit_guide)}
+    fixed = {(r["posterior"], r["guide"]): r for r in _load(args.svi)}
+    nuts: dict[str, dict[str, Any]] = {}
+    for path in args.nuts:
+        if path.exists():
+            for r in json.loads(path.read_text())["results"]:
+                nuts[r["posterior"]] = r
+    names = sorted({name for name, _ in fitted} | {name for name, _ in fixed} | set(nuts))
+    rows = []
+    for name in names:
+        n = nuts.get(name)
+        if n is None:
+            nuts_cells = ["not run", "-", "-", "-"]
+        elif "failed" in n:
+            nuts_cells = ["failed", "-", "-", "-"]
+        else:
+            nuts_cells = [n["max_quantile_error"], n["max_abs_mean_error"],
+                          n["gradient_evaluations"], n["seconds"]]  # fmt: skip
+        rows.append(
+            [name.split("-", 1)[1] if "-" in name else name]
+            + _guide_cells(fitted.get((name, "AutoFlow")))
+            + _guide_cells(fixed.get((name, "AutoFlow")))[:3] + [_guide_cells(fixed.get((name, "AutoFlow")))[4]]
+            + _guide_cells(fitted.get((name, "AutoMultivariateNormal")))[:2]
+            + nuts_cells
+        )  # fmt: skip
+    header = [
+        "posterior",
+        "AutoFlow fit_guide: max|mean err|", "worst sd ratio", "k-hat", "grads", "s",
+        "AutoFlow 4000 steps: max|mean err|", "worst sd ratio", "k-hat", "s",
+        "Pyro MVN fit_guide: max|mean err|", "worst sd ratio",
+        "NUTS: max quantile err", "max|mean err|", "grads", "s",
+    ]  # fmt: skip
+    table = format_table(header, rows, floatfmt=".3g")
+    print(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
