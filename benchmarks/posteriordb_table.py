@@ -3,7 +3,8 @@
 Reads ``results/posteriordb_fit_guide.json`` (``posteriordb.py --fit fit_guide``: AutoFlow and
 Pyro's AutoMultivariateNormal, the one-call fit's defaults), ``results/posteriordb_svi4000.json``
 (``posteriordb.py --guides AutoFlow --out ...``: 4000 steps of ClippedAdam) and any number of
-``posteriordb_nuts.py`` outputs (``--nuts``), and prints one row per posterior: for each guide
+``posteriordb_nuts.py`` outputs (``--nuts``; a later file's row replaces an earlier one's),
+and prints one row per posterior: for each guide
 the largest |mean error| in reference sds, the worst sd ratio (the one farthest from 1), PSIS
 k-hat, gradient evaluations and seconds; for NUTS the largest quantile error, the largest
 |mean error|, gradient evaluations and seconds. "ok" marks a fit within issue 13's target
@@ -75,11 +76,11 @@ def main(argv: list[str] | None = None) -> str:
     for name in names:
         n = nuts.get(name)
         if n is None:
-            nuts_cells = ["not run", "-", "-", "-"]
+            nuts_cells = ["no result", "-", "-", "-"]
         elif "failed" in n:
             nuts_cells = ["failed", "-", "-", "-"]
         else:
-            nuts_cells = [n["max_quantile_error"], n["max_abs_mean_error"],
+            nuts_cells = [n.get("max_quantile_error", "-"), n["max_abs_mean_error"],
                           n["gradient_evaluations"], n["seconds"]]  # fmt: skip
         rows.append(
             [name.split("-", 1)[1] if "-" in name else name]
