@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "stack_columns"]
+__all__ = ["ModelFactory", "as_tensor", "stack_columns"]
+
+#: ``factory(data, dtype) -> (model, columns)``: how every posterior's Pyro model is made.
+ModelFactory = Callable[[dict, torch.dtype], tuple[Callable, Callable]]
 
 
 def as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:

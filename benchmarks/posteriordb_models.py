@@ -16,7 +16,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from posteriordb_helpers import as_tensor, stack_columns
+from posteriordb_helpers import ModelFactory, as_tensor, stack_columns
 from posteriordb_models_more import MORE_MODELS
 from posteriordb_models_ode import ODE_MODELS
 from pyro.distributions import constraints
@@ -163,7 +163,7 @@ def diamonds(data: dict, dtype: torch.dtype) -> tuple[Callable, Callable]:
     return model, columns
 
 
-MODELS: dict[str, Callable[[dict, torch.dtype], tuple[Callable, Callable]]] = {
+MODELS: dict[str, ModelFactory] = {
     "eight_schools-eight_schools_noncentered": eight_schools_noncentered,
     "eight_schools-eight_schools_centered": eight_schools_centered,
     "kidiq-kidscore_momiq": kidiq,

@@ -14,7 +14,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from posteriordb_helpers import as_tensor, stack_columns
+from posteriordb_helpers import ModelFactory, as_tensor, stack_columns
 from pyro.distributions import constraints
 from torch import Tensor
 
@@ -164,7 +164,7 @@ def hmm_drive(data: dict, dtype: torch.dtype) -> tuple[Callable, Callable]:
     return model, columns
 
 
-MORE_MODELS: dict[str, Callable[[dict, torch.dtype], tuple[Callable, Callable]]] = {
+MORE_MODELS: dict[str, ModelFactory] = {
     "earnings-earn_height": earn_height,
     "kidiq-kidscore_interaction": kidscore_interaction,
     "kidiq_with_mom_work-kidscore_interaction_z": kidscore_interaction_z,

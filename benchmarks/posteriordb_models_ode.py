@@ -15,7 +15,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
-from posteriordb_helpers import as_tensor, stack_columns
+from posteriordb_helpers import ModelFactory, as_tensor, stack_columns
 from pyro.distributions import constraints
 from torchdiffeq import odeint
 
@@ -111,7 +111,7 @@ def one_comp_mm_elim_abs(data: dict, dtype: torch.dtype) -> tuple[Callable, Call
     return model, columns
 
 
-ODE_MODELS: dict[str, Callable[[dict, torch.dtype], tuple[Callable, Callable]]] = {
+ODE_MODELS: dict[str, ModelFactory] = {
     "hudson_lynx_hare-lotka_volterra": lotka_volterra,
     "one_comp_mm_elim_abs-one_comp_mm_elim_abs": one_comp_mm_elim_abs,
 }
