@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Ranks", "together", "use_group"]
+__all__ = ["Ranks", "row_checksum", "together", "use_group"]
 
 
 def use_group(distributed: bool | str, device: torch.device) -> bool:
@@ -86,6 +86,14 @@ class Ranks:
         promoted dtype; the inputs are not changed, each result has its input's dtype)."""
         return self._reduce(tensors, dist.ReduceOp.SUM)
 
+    def sum_floats(self, *values: Tensor | float) -> list[float]:
+        """The sums over the ranks of a few numbers (0-d tensors or floats), in float64, as
+        Python floats (one ``all_reduce``)."""
+        buffer = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+        buffer = buffer.to(self.device)
+        dist.all_reduce(buffer)
+        return buffer.tolist()
+
     def max(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """The elementwise maxima over the ranks (one ``all_reduce``)."""
         return self._reduce(tensors, dist.ReduceOp.MAX)
@@ -115,6 +123,21 @@ class Ranks:
         every = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(every, padded)
         return torch.cat([part[:c] for part, c in zip(every, counts)]).to(tensor.device)
+
+
+def row_checksum(*parts: Tensor | None) -> Tensor:
+    """A float64 checksum (0-d) of tensors sharing their first dimension (rows): each row's
+    sum weighted by its position, so the same rows in another order differ (``None`` parts
+    are skipped). What the data-parallel paths compare over the ranks to tell copies apart."""
+    first = next(p for p in parts if p is not None)
+    n = first.shape[0]
+    position = 1 + torch.arange(n, dtype=torch.float64, device=first.device) / max(n, 1)
+    checksum = torch.zeros((), dtype=torch.float64, device=first.device)
+    for part in parts:
+        if part is not None:
+            rows = part.flatten(1) if part.dim() > 1 else part[:, None]  # also with n = 0
+            checksum += (rows.sum(1, dtype=torch.float64) * position).sum()
+    return checksum
 
 
 @contextmanager

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from ..checks import check_features
-from ..collectives import Ranks, together, use_group
+from ..collectives import Ranks, row_checksum, together, use_group
 from ..core import Flow
 from ..nn.device import module_device_dtype
 from ..nn.transaction import Transactional, transaction
@@ -227,9 +227,9 @@ class Destructor(Transactional, Bijection):
         with transaction(self):
             if isinstance(x, Tensor) and x.is_floating_point():
                 self.to(device=x.device, dtype=x.dtype)
-            ranks = nested
-            if nested is None and use_group(distributed, module_device_dtype(self)[0]):
-                ranks = Ranks(module_device_dtype(self)[0])
+            ranks, device = nested, module_device_dtype(self)[0]
+            if nested is None and use_group(distributed, device):
+                ranks = Ranks(device)
             with sharded(ranks):
                 with together(ranks, f"{type(self).__name__}.fit"):
                     x, w = self._fit_inputs(x, weights)
@@ -290,8 +290,7 @@ class Destructor(Transactional, Bijection):
         """``ValueError`` on every rank when all ranks passed the same rows (one
         ``all_reduce``): a data-parallel fit would count each row once per rank."""
         n = x.shape[0]
-        position = 1 + torch.arange(n, dtype=torch.float64, device=x.device) / max(n, 1)
-        checksum = (x.sum(1, dtype=torch.float64) * position).sum()
+        checksum = row_checksum(x)
         stats = torch.stack([checksum.new_tensor(float(n)), checksum])
         (both,) = ranks.max(torch.cat([stats, -stats]))
         if n and torch.equal(both[:2], -both[2:]):

@@ -30,7 +30,7 @@ from .base import Destructor, check_no_constant_columns
 from .domain import REAL
 from .gaussian import weighted_covariance
 from .registry import register
-from .shards import all_rows, row, total
+from .shards import all_rows, row, row_span, total
 from .special import normal_cdf, normal_icdf, normal_log_pdf
 
 __all__ = ["MixtureDestructor", "jittered_cholesky"]
@@ -134,14 +134,15 @@ class MixtureDestructor(Destructor):
         distance to the nearest centre so far."""
         generator = torch.Generator().manual_seed(self.seed)
         weights = all_rows(w).cpu()
+        mine = row_span(x.shape[0])[0]  # this rank's first global row
         first = torch.multinomial(weights, 1, generator=generator)
-        centres = [row(x, int(first))]
+        centres = [row(x, int(first), mine)]
         dist2 = (x - centres[0]).square().sum(-1)
         for _ in range(1, self.components):
             p = all_rows(w * dist2).cpu()
             p = p if p.sum() > 0 else weights
             pick = torch.multinomial(p, 1, generator=generator)
-            centres.append(row(x, int(pick)))
+            centres.append(row(x, int(pick), mine))
             dist2 = torch.minimum(dist2, (x - centres[-1]).square().sum(-1))
         return torch.stack(centres)
 

@@ -101,13 +101,13 @@ def all_rows(t: Tensor) -> Tensor:
     return t if ranks is None else ranks.gather_rows(t)
 
 
-def row(x: Tensor, index: int) -> Tensor:
+def row(x: Tensor, index: int, first: int) -> Tensor:
     """Global row ``index`` of the rows ``x`` (n, features) spread over the ranks, on every
-    rank (sent by the rank that holds it)."""
+    rank (sent by the rank that holds it); ``first``: this rank's first global row
+    (:func:`row_span`)."""
     ranks = current()
     if ranks is None:
         return x[index]
-    first, _ = row_span(x.shape[0])
     local = index - first
     mine = x[local] if 0 <= local < x.shape[0] else x.new_zeros(x.shape[1:])
     return ranks.sum(mine)[0]

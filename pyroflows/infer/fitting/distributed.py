@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ...collectives import Ranks, together, use_group
+from ...collectives import Ranks, row_checksum, together, use_group
 from .callbacks import Callback
 
 __all__ = ["Group", "has_step_hooks", "pending_initialization", "process_group", "together"]
@@ -65,12 +65,7 @@ class Group(Ranks):
         the same data, context and weights in the same order (a float64 checksum weighted by
         position) and as many callbacks (one ``all_reduce``); returns whether any rank has a
         callback with its own ``on_step_end`` (see :meth:`decide`)."""
-        n = data.shape[0]
-        position = 1 + torch.arange(n, dtype=torch.float64, device=data.device) / max(n, 1)
-        checksum = torch.zeros((), dtype=torch.float64, device=data.device)
-        for part in (data, weights, context):
-            if part is not None:
-                checksum += (part.reshape(n, -1).sum(1, dtype=torch.float64) * position).sum()
+        checksum = row_checksum(data, weights, context)
         stats = torch.tensor(
             [data.shape[0], float(checksum), len(callbacks), has_step_hooks(callbacks)],
             dtype=torch.float64,
@@ -162,12 +157,6 @@ class Group(Ranks):
                     p.grad = flats[dtype][offset : offset + p.numel()].view_as(p)
                 offset += p.numel()
         return reduced[0]
-
-    def sum_floats(self, *values: float) -> list[float]:
-        """The sums over the ranks of a few numbers (float64, one ``all_reduce``)."""
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
 
     def decide(self, callbacks: Sequence[Any], stopper: Any) -> Any:
         """Rank 0's stopping callback (or ``None``) on every rank, as one of each rank's own

@@ -71,13 +71,6 @@ def sharding(
     return group, start, stop, seed, (seed + group.rank * _GOLDEN) % 2**63
 
 
-def _sum(group: Group, *values: Tensor | float) -> list[float]:
-    buffer = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
-    buffer = buffer.to(group.device)
-    dist.all_reduce(buffer)
-    return buffer.tolist()
-
-
 @dataclass(repr=False)
 class ShardedImportanceResult(ImportanceResult):
     r"""An :class:`ImportanceResult` whose draws are spread over the ranks of a process group.
@@ -180,7 +173,7 @@ def finish_sharded(
     high, low = extremes[0].item(), -extremes[1].item()
     top = high if math.isfinite(high) else 0.0
     w = torch.exp(lw - top)
-    count, nans, sum_w, sum_w2 = _sum(group, finite.sum(), num_nan, w.sum(), (w * w).sum())
+    count, nans, sum_w, sum_w2 = group.sum_floats(finite.sum(), num_nan, w.sum(), (w * w).sum())
     count, nans = int(count), int(nans)
     if nans == total:
         raise all_nan_error("importance", total, hint)
@@ -214,7 +207,7 @@ def finish_sharded(
             shift = 0.0
     mean = sum_w / total
     u = torch.exp(x - shift)
-    sum_u, sum_u2, squares = _sum(group, u.sum(), (u * u).sum(), ((w - mean) ** 2).sum())
+    sum_u, sum_u2, squares = group.sum_floats(u.sum(), (u * u).sum(), ((w - mean) ** 2).sum())
     smoothed_lw = (x - (shift + math.log(sum_u))).to(log_w.device, log_w.dtype)
     se = math.sqrt(squares / (total - 1)) / (math.sqrt(total) * mean) if total > 1 else math.inf
     summary = {
