@@ -1,21 +1,31 @@
 """Cost per SVI step and build time of the flow guides next to Pyro's, on issue 13's two models.
 
 Models: Neal's funnel in 10 dimensions, and a Bayesian logistic regression with 100
-coefficients on 1,000 rows (standard-normal covariates, float32). For each guide: the time to
-build it (construction and one call, ``init="auto"`` included; a torch optimizer is created
-first, untimed, because the first one of a process imports ``torch._dynamo``, about 4 s, which
-any SVI run pays once), then ``SVI(model, guide, Adam(1e-3), Trace_ELBO())``: 10 untimed steps
-and ``--steps`` timed ones, one particle, one torch thread.
+coefficients on 1,000 rows (standard-normal covariates, float32). Guides: Pyro's
+``AutoMultivariateNormal``, ``AutoIAFNormal`` (defaults), ``AutoNormalizingFlow`` with two
+``affine_autoregressive`` layers, a guide on zuko's NSF through ``pyro.contrib.zuko`` (``pip
+install zuko==1.6``; skipped when absent), and pyroflows' ``AutoFlow`` with its defaults (STL
+on for both models) and with ``stl=False``.
+
+For each guide: the time to build it (construction and one call, ``init="auto"`` included; a
+torch optimizer is created first, untimed, because the first one of a process imports
+``torch._dynamo``, about 4 s, which any SVI run pays once; the median of ``--builds``), then
+``SVI(model, guide, Adam(1e-3), Trace_ELBO())``, one particle, one torch thread, warmed up,
+timed in interleaved rounds of ``--steps`` steps: each round runs every guide once, rotating
+the order, so a slow period of this shared machine hits them alike. Reported: the median ms
+per step (CPU time of the thread, which leaves out time descheduled) and the median over
+rounds of the paired ratio to ``AutoIAFNormal``.
 
 Usage::
 
     python benchmarks/guide_step.py                      # -> results/guide_step.json
-    python benchmarks/guide_step.py --guides AutoIAFNormal AutoFlow --steps 100
+    python benchmarks/guide_step.py --guides AutoIAFNormal AutoFlow --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -24,12 +34,26 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions.transforms import affine_autoregressive
 from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal
+from pyro.infer.autoguide import (
+    AutoContinuous,
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormalizingFlow,
+)
 from pyro.optim import Adam
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine_info, print_table, save_json, set_threads  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    interleaved_timings_with_cpu,
+    machine_info,
+    paired_ratios,
+    print_table,
+    save_json,
+    set_threads,
+)
 
 from pyroflows.infer import AutoFlow  # noqa: E402
 
@@ -53,51 +77,111 @@ def logistic_regression() -> Callable[[], None]:
     return model
 
 
+class AutoZukoNSF(AutoContinuous):
+    """A guide on zuko's NSF (3 transforms, its defaults otherwise) over the latent vector,
+    through ``pyro.contrib.zuko.ZukoToPyro``, as Pyro's documentation pairs them."""
+
+    def get_posterior(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201, D102
+        import zuko
+        from pyro.contrib.zuko import ZukoToPyro
+
+        if "nsf" not in self._modules:
+            self.nsf = zuko.flows.NSF(self.latent_dim, transforms=3)
+        return ZukoToPyro(self.nsf())
+
+
+class AutoFlowNoSTL(AutoFlow):
+    """``AutoFlow(stl=False)`` under its own name in the param store."""
+
+    def __init__(self, model: Callable) -> None:
+        super().__init__(model, stl=False)
+
+
+def _zuko_available() -> bool:
+    try:
+        import zuko  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 GUIDES: dict[str, Callable] = {
     "AutoMultivariateNormal": AutoMultivariateNormal,
     "AutoIAFNormal": AutoIAFNormal,
+    "AutoNormalizingFlow(2 IAF)": lambda model: AutoNormalizingFlow(
+        model, lambda d: pyro.distributions.transforms.iterated(2, affine_autoregressive, d)
+    ),
+    "zuko NSF": AutoZukoNSF,
     "AutoFlow": AutoFlow,
-    "AutoFlow(stl=False)": lambda model: AutoFlow(model, stl=False),
+    "AutoFlow(stl=False)": AutoFlowNoSTL,
 }
 
 
-def measure(model: Callable, make: Callable, steps: int) -> tuple[float, float]:
-    """(build seconds, milliseconds per SVI step)."""
+def build_seconds(model: Callable, make: Callable, builds: int) -> float:
+    """Median seconds to construct the guide and call it once."""
+    times = []
+    for i in range(builds):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(i)
+        start = time.perf_counter()
+        make(model)()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def step_timings(
+    model: Callable, makes: dict[str, Callable], steps: int, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved rounds of ``steps`` SVI steps of every guide (one param store, the guides'
+    names distinct): seconds per round, wall and CPU."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    start = time.perf_counter()
-    guide = make(model)
-    guide()
-    build = time.perf_counter() - start
-    svi = SVI(model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
-    for _ in range(10):
-        svi.step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        svi.step()
-    return build, 1000 * (time.perf_counter() - start) / steps
+    svis = {}
+    for name, make in makes.items():
+        guide = make(model)
+        svis[name] = SVI(model, guide, Adam({"lr": 1e-3}), Trace_ELBO())
+        for _ in range(10):
+            svis[name].step()
+
+    def run(svi: SVI) -> Callable[[int], None]:
+        return lambda _: [svi.step() for _ in range(steps)]
+
+    return interleaved_timings_with_cpu({n: run(s) for n, s in svis.items()}, rounds, warmup=1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--guides", nargs="+", default=list(GUIDES), choices=list(GUIDES))
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--builds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "guide_step.json")
     args = parser.parse_args(argv)
     set_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch._dynamo's import, untimed
+    guides = [g for g in args.guides if g != "zuko NSF" or _zuko_available()]
+    makes = {name: GUIDES[name] for name in guides}
     models = {"funnel 10-D": funnel, "logistic 100-D x 1000": logistic_regression()}
-    rows, records = [], []
-    for guide in args.guides:
-        row: list = [guide]
-        for target, model in models.items():
-            build, ms = measure(model, GUIDES[guide], args.steps)
-            records.append({"guide": guide, "model": target, "build_s": build, "ms_per_step": ms})
-            row += [build, ms]
-            print(f"{target}, {guide}: build {build:.2f} s, {ms:.2f} ms/step", flush=True)
-        rows.append(row)
-    header = ["guide", "funnel build s", "funnel ms/step", "logistic build s", "logistic ms/step"]
-    table = print_table(header, rows, floatfmt=".2f")
+    rows: dict[str, list] = {name: [name] for name in guides}
+    records = []
+    for target, model in models.items():
+        timings = step_timings(model, makes, args.steps, args.rounds)
+        reference = timings.get("AutoIAFNormal")
+        for name in guides:
+            build = build_seconds(model, makes[name], args.builds)
+            cpu = timings[name]["cpu"]
+            ms = 1000 * statistics.median(cpu) / args.steps
+            ratio = paired_ratios(cpu, reference["cpu"])["median"] if reference else float("nan")
+            records.append({"guide": name, "model": target, "build_s": build,
+                            "ms_per_step": ms, "ratio_to_iaf": ratio,
+                            "round_seconds": timings[name]})  # fmt: skip
+            rows[name] += [build, ms, ratio]
+            print(f"{target}, {name}: build {build:.2f} s, {ms:.2f} ms/step, "
+                  f"x{ratio:.2f} AutoIAFNormal", flush=True)  # fmt: skip
+    header = ["guide"]
+    for target in ("funnel", "logistic"):
+        header += [f"{target} build s", f"{target} ms/step", f"{target} / IAF"]
+    table = print_table(header, list(rows.values()), floatfmt=".2f")
     save_json(args.out, {"settings": vars(args) | {"out": str(args.out)}, "machine": machine_info(),
                          "runs": records, "table": table})  # fmt: skip
 

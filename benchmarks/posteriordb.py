@@ -75,6 +75,7 @@ def run_one(  # noqa: PLR0913
     samples: int,
     seed: int,
     fit: str = "svi",  # noqa: ANN001
+    max_time: float | None = None,
 ) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -87,7 +88,7 @@ def run_one(  # noqa: PLR0913
     failed = None
     if fit == "fit_guide":
         try:
-            result = fit_guide(model, guide, check_draws=0, progress=False)
+            result = fit_guide(model, guide, check_draws=0, progress=False, max_time=max_time)
             steps = result.steps
             pilots = len(result.pilot) * 100  # fit_guide's pilot_steps
             stop = result.stop_reason
@@ -147,6 +148,10 @@ def main() -> None:
         help="svi: --steps steps of ClippedAdam(5e-3); fit_guide: pyroflows' one-call fit",
     )  # fmt: skip
     parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument(
+        "--max-time", type=float, default=None,
+        help="with --fit fit_guide: its max_time, seconds per fit (default: none)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS_DIR / "posteriordb.json"))
@@ -171,7 +176,9 @@ def main() -> None:
             print(f"{name}: no reference draws, skipped")
             continue
         for guide in args.guides:
-            r = run_one(name, post, guide, args.steps, args.samples, args.seed, args.fit)
+            r = run_one(
+                name, post, guide, args.steps, args.samples, args.seed, args.fit, args.max_time
+            )
             runs.append(r)
             ok = (
                 r["max_abs_mean_error"] <= 0.1

@@ -325,11 +325,22 @@ def test_nsf_iaf_layer_types_and_affine_first_option():
 
 def test_stl_auto_and_parameter_average():
     guide = AutoFlow(two_site_model, **SMALL)
-    assert guide._stl  # 3 dims: the inverse of the autoregressive layers is cheap
+    assert guide._stl  # 3 dims: the path gradient's Jacobians are small
     big = AutoFlow(
-        lambda: pyro.sample("z", dist.Normal(0.0, 1.0).expand([20]).to_event(1)), **SMALL
+        lambda: pyro.sample("z", dist.Normal(0.0, 1.0).expand([300]).to_event(1)),
+        init="loc",
+        **SMALL,
     )
-    assert not big._stl
+    assert not big._stl  # 300 x 300 Jacobians per sample: off
+    coupling = AutoFlow(
+        lambda: pyro.sample("z", dist.Normal(0.0, 1.0).expand([300]).to_event(1)),
+        flow="realnvp",
+        init="loc",
+        affine="diag",
+        transforms=2,
+        hidden=(8,),
+    )
+    assert coupling._stl and not coupling._path_gradient  # one inverse pass: on
     assert not AutoFlow(two_site_model, stl=False, **SMALL)._stl
     with pytest.raises(ValueError, match="stl"):
         AutoFlow(two_site_model, stl="sometimes")
@@ -354,15 +365,17 @@ def _stl_gradients(guide, value_map):  # noqa: ANN001, ANN202
     x = q.rsample((4,))
     log_p = dist.Normal(0.0, 1.0).log_prob(x).sum(-1)
     (log_p - q.log_prob(value_map(x))).sum().backward()
-    return [p.grad.clone() for p in guide.flow.parameters() if p.grad is not None]
+    return [p.grad.clone() for p in guide.parameters() if p.grad is not None]
 
 
 def test_stl_log_prob_depends_on_the_value_not_the_tensor():
     """The STL estimator is a function of the value: the sampled tensor and an equal copy
-    (what a poutine replay or a Pyro copy hands back) give the same gradient."""
+    (what a poutine replay or a Pyro copy hands back) give the same gradient. The sampled
+    tensor's comes from the sampling pass's Jacobians, the copy's from the inverse flow: two
+    computations of one gradient, so in float64 to compare them closely."""
 
     def model() -> None:
-        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("z", dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1))
 
     guide = AutoFlow(model, init="loc", init_scale=0.5, average=None, stl=True, **SMALL)
     with torch.no_grad():
@@ -395,7 +408,8 @@ def test_stl_gradient_is_zero_at_an_exact_guide():
     q = guide.get_posterior()
     x = q.rsample((16,))
     log_w = dist.Normal(0.0, 1.0).log_prob(x).sum(-1) - q.log_prob(x.clone())
-    params = [p for p in guide.flow.parameters() if p.requires_grad]
+    params = [p for p in guide.parameters() if p.requires_grad]  # the flat flow parameters
+    assert params
     for s in range(16):  # every particle, not only their mean
         grads = torch.autograd.grad(log_w[s], params, retain_graph=True, allow_unused=True)
         assert all(g is None or g.abs().max() < 1e-5 for g in grads)

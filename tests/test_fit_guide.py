@@ -41,7 +41,7 @@ def small_guide() -> AutoFlow:
 
 @pytest.mark.slow
 def test_fits_a_conjugate_posterior_and_stops_by_its_rule():
-    """With the default pilots, windows and patience (about 20 s here)."""
+    """With the default pilots and stopping rule (about 20 s here)."""
     y = data()
     guide = small_guide()
     result = fit_guide(model, guide, y, max_steps=3000, progress=False)
@@ -175,3 +175,19 @@ def test_a_divergence_goes_on_from_the_best_state_at_a_smaller_step_size():
     m, s = posterior(y)
     draws = guide.sample_posterior(4000)["mu"]
     assert abs(float(draws.mean()) - m) < 0.1 and abs(float(draws.std()) / s - 1) < 0.2
+
+
+def test_the_stopping_rule_compares_the_last_half_with_the_quarter_before():
+    from pyroflows.infer.svi import _last_doubling_did_not_pay as stop
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(40, generator=g, dtype=torch.float64)
+    assert not stop([5.0, 4.0, 3.0, 2.0, 1.0, 0.5, 0.2], tol=0.01)  # under 8 windows: go on
+    assert stop(noise.tolist(), tol=0.01)  # flat, noisy: the last half bought nothing
+    assert stop([1.0] * 12, tol=0.01)  # flat, exact: below tol
+    # A drift of 0.05 a window under noise of sd 0.3: window after window it is invisible
+    # (0.05 << 2 * 0.3 * sqrt(2)), over the last half against the quarter before it is not.
+    drift = (-0.05 * torch.arange(40, dtype=torch.float64) + 0.3 * noise).tolist()
+    assert not stop(drift, tol=0.01)
+    assert stop(drift, tol=1.0)  # ... unless the improvement is below a loose tolerance
+    assert not stop((-torch.arange(16.0)).tolist(), tol=0.01)  # still falling clearly

@@ -78,7 +78,7 @@ def nonlinear_autoflow(model, seed: int = 0) -> AutoFlow:  # noqa: ANN001
     autograd's Jacobian in the tests below; these check the draws end to end)."""
     pyro.set_rng_seed(seed)
     guide = AutoFlow(model, flow="maf", init="laplace", transforms=1, hidden=(4,))
-    perturb(guide, 0.15, seed)
+    perturb(guide.flow, 0.15, seed)  # its views of the guide's flat parameters
     return guide
 
 
@@ -125,7 +125,7 @@ def test_mean_field_potential_with_constrained_sites():
     """Per-site flows and the sites' supports: u = (loc (3), log scale), each block its flow."""
     pyro.set_rng_seed(1)
     guide = AutoMeanFieldFlow(constrained_model, flow="maf", init="loc", transforms=1, hidden=(4,))
-    perturb(guide, 0.3, 1)
+    perturb(guide.flows, 0.3, 1)
     potential = potential_of(constrained_model, guide)
     q = guide.site_posteriors()
 
@@ -182,7 +182,7 @@ def test_constrained_sites_keep_names_shapes_and_supports():
     guide = AutoMeanFieldFlow(
         constrained_model, flow="maf", init="laplace", transforms=1, hidden=(4,)
     )
-    perturb(guide, 0.15, 3)
+    perturb(guide.flows, 0.15, 3)
     mcmc = neutra_mcmc(constrained_model, guide, 150, 75, seed=3)
     samples = mcmc.get_samples()
     assert set(samples) == {"loc", "scale"}

@@ -20,11 +20,13 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
+from pyro.nn import PyroParam
 from torch import Tensor
-from torch.distributions import biject_to
+from torch.distributions import biject_to, constraints
 
 from ...checks import check_real
 from ...core import Flow
@@ -32,11 +34,12 @@ from ...transforms import ElementwiseAffine
 from ...transforms.triangular import LowerTriangularAffine
 from ..model_density import LatentLayout, UnconstrainedLogDensity, safe_init
 from .averaging import ParameterAverage
+from .flat_parameters import FlatParameters
 from .flow_spec import DEFAULT_FLOW, check_flow_name, resolve_flow
 from .guide_distribution import GuideFlowDistribution
 from .initialization import INIT_CHOICES, check_init_scale, initial_gaussian, set_affine
 from .lazy_build import LazyBuild
-from .param_sync import pyro_prefix, sync_with_param_store
+from .param_sync import store_guide_tensors
 from .sites import (
     discrete_message,
     guide_plates,
@@ -49,7 +52,7 @@ from .summaries import PosteriorSummaries
 
 __all__ = ["AutoFlow"]
 
-STL_AUTO_MAX_DIM = 16
+STL_AUTO_MAX_DIM = 256
 
 
 class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
@@ -93,10 +96,13 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         init_particles: samples used to compare the initialisations.
         stl: use the "sticking the landing" gradient (Roeder et al. 2017, https://arxiv.org/abs/1703.09194: the score term of
             log q is dropped, so the gradient's variance vanishes as q approaches the
-            posterior). It evaluates log q through the inverse flow, one pass for coupling
-            layers but D passes for inverse autoregressive ones, so ``"auto"`` (default) turns
-            it on when that is affordable (every layer fast both ways, or D <= 16). Use ``False``
-            with importance-weighted bounds.
+            posterior). It needs the score of q at each sample: through the inverse flow when
+            every layer is fast both ways (one pass for coupling layers), else from the
+            sampling pass itself (:mod:`~pyroflows.infer.guides.path_gradient`: each layer's
+            D x D Jacobian, about twice a plain step's flow cost at D = 100, where the
+            inverse of an inverse autoregressive layer takes D passes). ``"auto"`` (default)
+            turns it on for every flow fast both ways and for the others up to D = 256.
+            Use ``False`` with importance-weighted bounds.
         average: rate of the running average of the flow's parameters (iterate averaging;
             weight ``max(1/n, average)`` at step n), used by the posterior whenever the guide
             is not training (no gradients, or ``guide.eval()``); ``None`` turns it off.
@@ -211,16 +217,16 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         loc, scale_tril = self._initial_gaussian(loc, args, kwargs)
         if self.init_choice == "laplace":
             self._set_affine(loc, scale_tril, 1.0)
+        self._make_flat_parameters()
         self._make_averages()
+        # The STL gradient needs the guide's score at its sample: through the inverse flow
+        # when every layer is fast both ways, else from the sampling pass's Jacobians
+        # (path_gradient.py), whose size grows as D^2 per sample.
+        flows = [flow for flow, _ in self._flows_and_slices()]
+        fast_inverse = all(t.fast_direction == "both" for f in flows for t in f.transforms)
+        self._path_gradient = not fast_inverse
         if self._stl_option == "auto":
-            # The STL gradient evaluates log q at the sample through the inverse flow: one
-            # pass for coupling/elementwise layers, D passes for inverse autoregressive ones.
-            flows = [flow for flow, _ in self._flows_and_slices()]
-            self._stl = all(
-                f.features <= STL_AUTO_MAX_DIM
-                or all(t.fast_direction == "both" for t in f.transforms)
-                for f in flows
-            )
+            self._stl = fast_inverse or all(f.features <= STL_AUTO_MAX_DIM for f in flows)
         # Last, so that a failed build leaves the guide unbuilt.
         self.prototype_trace = trace
 
@@ -248,6 +254,26 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
                 ParameterAverage(flow, self._average_rate) for flow, _ in self._flows_and_slices()
             )
 
+    def _make_flat_parameters(self) -> None:
+        """One flat tensor for every flow parameter, the guide's ``flow_parameters`` (a
+        ``PyroParam``, so its one ``pyro.param`` statement is named as Pyro names a guide's
+        parameters, in a guide list too): Pyro then steps one optimizer, not one per weight
+        and bias (see :mod:`.flat_parameters`). The flows' own parameters become frozen views
+        of it: every gradient of the guide reaches the flat tensor, so
+        ``torch.optim.Adam(guide.parameters())`` trains it as Pyro's optimizers do."""
+        container = self._modules["flows" if "flows" in self._modules else "flow"]
+        flat = FlatParameters(container)
+        for p in container.parameters():
+            p.requires_grad_(False)
+        self.flow_parameters = PyroParam(flat.flat, constraints.real)
+        flat.adopt(self.flow_parameters_unconstrained)
+        self._flat, self._loaded = flat, False
+        self._flat_parts, start = [], 0  # where each flow's parameters lie in the flat tensor
+        for flow, _ in self._flows_and_slices():
+            size = sum(p.numel() for p in flow.parameters())
+            self._flat_parts.append(slice(start, start + size))
+            start += size
+
     def _averages(self) -> list[ParameterAverage | None]:
         if "averages" in self._modules:
             return list(self._modules["averages"])
@@ -257,30 +283,46 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         return torch.is_grad_enabled() and self.training and not torch.jit.is_tracing()
 
     def _synced_flows(self, prefix: str | None) -> list[Flow]:
-        """The live flows, synced with the param store under ``prefix`` (the guide's name there,
-        ``None`` outside its calls), their averages updated when training. Under JIT tracing,
-        averaging is switched off (the trace could not update it)."""
+        """The live flows, their fixed whitening and parameter averages kept in the param store
+        under ``prefix`` (the guide's name there, ``None`` outside its calls), the averages
+        updated when training. Under JIT tracing, averaging is switched off (the trace could
+        not update it)."""
         flows = [flow for flow, _ in self._flows_and_slices()]
         if torch.jit.is_tracing() and "averages" in self._modules:
             del self._modules["averages"]
         if prefix is not None:  # inside a call of the guide: sync with the param store
+            loaded, self._loaded = self._loaded, False
             for i, (flow, average) in enumerate(zip(flows, self._averages())):
-                sync_with_param_store(
-                    f"{prefix}.flow_{i}" if i else f"{prefix}.flow", flow, average
+                store_guide_tensors(
+                    f"{prefix}.flow_{i}" if i else f"{prefix}.flow", flow, average, loaded
                 )
         if self._training():
-            for flow, average in zip(flows, self._averages()):
+            flat = self._flat.flat
+            for part, average in zip(self._flat_parts, self._averages()):
                 if average is not None:
-                    average.update(flow)
+                    average.update(flat[part])
         return flows
-
-    #: The attribute holding the flow(s), whose registration names the guide's params.
-    _flows_attr = "flow"
 
     def _pyro_prefix(self) -> str | None:
         """The guide's name in the param store (``"AutoFlow"``, ``"AutoGuideList.0"`` in a
-        guide list) while it runs; ``None`` outside its calls."""
-        return pyro_prefix(self, self._flows_attr)
+        guide list) while it runs, ``None`` outside its calls. Inside a call this is the
+        guide's one ``pyro.param`` statement, ``{name}.flow_parameters``, whose tensor (the
+        store's own after a ``load``) the flows' parameters then view."""
+        with poutine.trace(param_only=True) as capture:
+            self.flow_parameters  # noqa: B018 (a PyroParam: reading it is the param statement)
+        if not capture.trace.nodes:
+            return None
+        name = next(iter(capture.trace.nodes))
+        stored = self.flow_parameters_unconstrained
+        if stored.shape != self._flat.flat.shape:
+            # An earlier guide of the same name (a new model in the same session): replace it.
+            del pyro.get_param_store()[name]
+            self.flow_parameters = PyroParam(self._flat.flat.detach(), constraints.real)
+            return self._pyro_prefix()
+        if stored.untyped_storage().data_ptr() != self._flat.flat.untyped_storage().data_ptr():
+            self._loaded = True
+        self._flat.adopt(stored)
+        return name[: -len(".flow_parameters")]
 
     def _posterior_flows(self, prefix: str | None = None) -> list[Flow]:
         """The flows that give the posterior: the live ones while training (gradients enabled
@@ -289,10 +331,14 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         flows = self._synced_flows(self._pyro_prefix() if prefix is None else prefix)
         if self._training():
             return flows
-        return [
-            flow if avg is None or avg.steps == 0 else avg.flow
-            for flow, avg in zip(flows, self._averages())
-        ]
+        posterior = []
+        for flow, avg in zip(flows, self._averages()):
+            if avg is None or avg.steps == 0:
+                posterior.append(flow)
+            else:
+                avg.copy_buffers(flow)
+                posterior.append(avg.flow)
+        return posterior
 
     def _flows_and_slices(self) -> list[tuple[Flow, slice]]:
         """Each flow with the slice of the latent vector it models."""
@@ -343,12 +389,23 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         return self._posterior(None)
 
     def _posterior(self, prefix: str | None) -> GuideFlowDistribution:
-        flow = self._posterior_flows(prefix)[0]
-        return GuideFlowDistribution(flow.base(), flow.transform(), stl=self._stl_of(flow))
+        return self._flow_posterior(self._posterior_flows(prefix)[0])
 
-    def _stl_of(self, flow: Flow) -> tuple[Flow, None] | None:
-        """The STL argument of a posterior: on while training with ``stl``."""
-        return (flow, None) if self._stl and self._training() else None
+    def _flow_posterior(self, flow: Flow) -> GuideFlowDistribution:
+        """``flow``'s distribution: with gradients (training, or the JIT's tracing) through
+        the flat parameters, so that they reach them; while training with ``stl``, with the
+        STL log-density (the path gradient of :mod:`.path_gradient`, or the inverse pass when
+        every layer is fast both ways)."""
+        if not (torch.is_grad_enabled() and self.training):
+            return GuideFlowDistribution(flow.base(), flow.transform())
+        stl = (flow, None) if self._stl and self._training() else None
+        return GuideFlowDistribution(
+            flow.base(),
+            flow.transform(),
+            stl=stl,
+            run=self._flat.call,
+            path_gradient=stl is not None and self._path_gradient,
+        )
 
     def sample_latent(self, *args: Any, **kwargs: Any) -> Tensor:
         """Sample the unconstrained latent vector (D,) at an auxiliary site (the model's args)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import Tensor
 
 from ...core import Flow
+from .flat_parameters import FlatParameters
 
 __all__ = ["ParameterAverage"]
 
@@ -19,7 +21,8 @@ class ParameterAverage(torch.nn.Module):
     for Variational Inference", NeurIPS 2020) removes most of that noise at no cost. Step
     :math:`n` updates :math:`\bar\theta \leftarrow \bar\theta + w_n(\theta_n - \bar\theta)`
     with :math:`w_n = \max(1/n, \text{rate})`: a plain average at first, then an EMA over about
-    ``1 / rate`` steps. Buffers are copied, not averaged.
+    ``1 / rate`` steps. The copy's parameters share one flat tensor (:attr:`values`), so a step
+    is one ``lerp_``. Buffers are not averaged: :meth:`copy_buffers` copies them.
 
     Args:
         flow: the flow whose parameters are averaged (copied; the copy holds the average).
@@ -37,16 +40,23 @@ class ParameterAverage(torch.nn.Module):
         self.flow = copy.deepcopy(flow)
         for p in self.flow.parameters():
             p.requires_grad_(False)
+        self.values = FlatParameters(self.flow, requires_grad=False)
         self.rate = float(rate)
         self.steps = 0
 
     @torch.no_grad()
-    def update(self, source: Flow) -> None:
-        """One averaging step towards ``source``'s current parameters."""
+    def update(self, source: Flow | Tensor) -> None:
+        """One averaging step towards ``source``: a flow like the averaged one, or its
+        parameters as one flat tensor (in ``named_parameters`` order)."""
+        if isinstance(source, Flow):
+            source = torch.cat([p.detach().reshape(-1) for p in source.parameters()])
         self.steps += 1
         weight = max(1.0 / self.steps, self.rate)
-        for mine, theirs in zip(self.flow.parameters(), source.parameters()):
-            mine.lerp_(theirs.detach(), weight)
+        self.values.current().lerp_(source.detach(), weight)
+
+    @torch.no_grad()
+    def copy_buffers(self, source: Flow) -> None:
+        """Take ``source``'s buffers (masks, fixed whitening)."""
         for mine, theirs in zip(self.flow.buffers(), source.buffers()):
             mine.copy_(theirs)
 

@@ -11,10 +11,14 @@ context) detached, so the gradient reaches :math:`\theta` only through :math:`x`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ...core import Flow, FlowDistribution
+from .path_gradient import rsample_with_path_gradient
 
 __all__ = ["GuideFlowDistribution", "detached_log_prob"]
 
@@ -64,6 +68,10 @@ class GuideFlowDistribution(FlowDistribution):
         base: base distribution (batch shape as the context's, event shape (D,)).
         transform: the flow's (conditioned) transform.
         stl: ``(flow, context)`` to evaluate the STL log-density, or ``None``.
+        run: how the differentiable passes run, ``run(fn, *args)``: e.g.
+            :meth:`~pyroflows.infer.guides.flat_parameters.FlatParameters.call`, which
+            evaluates them with the flow's parameters taken from one flat tensor; ``None``:
+            as they are.
 
     Example:
         >>> flow = pyroflows.flows.build("realnvp", 2, transforms=1, hidden=(4,))
@@ -79,10 +87,27 @@ class GuideFlowDistribution(FlowDistribution):
         transform,  # noqa: ANN001
         stl: tuple[Flow, Tensor | None] | None = None,
         validate_args: bool | None = None,
+        run: Callable[..., Any] | None = None,
+        path_gradient: bool = False,
     ) -> None:
         super().__init__(base, transform, validate_args)
         self.stl = stl
+        self.run = run
+        self.path_gradient = path_gradient
         self._last: tuple[Tensor, Tensor] | None = None
+
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> tuple[Tensor, Tensor]:
+        if self.path_gradient and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            assert self.stl is not None and self.stl[1] is None
+            base_shape = self.base_dist.batch_shape
+            sampler = lambda shape: rsample_with_path_gradient(  # noqa: E731
+                self.stl[0], torch.Size(shape) + base_shape
+            )
+        else:
+            sampler = super().rsample_and_log_prob
+        return sampler(sample_shape) if self.run is None else self.run(sampler, sample_shape)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         x, log_q = self.rsample_and_log_prob(sample_shape)
@@ -90,13 +115,23 @@ class GuideFlowDistribution(FlowDistribution):
         return x
 
     def log_prob(self, value: Tensor) -> Tensor:
+        if (
+            self._last is not None
+            and self._last[0] is value
+            and (self.path_gradient or self.stl is None)
+        ):
+            return self._last[1]
         if self.stl is not None and torch.is_grad_enabled() and not torch.jit.is_tracing():
             return detached_log_prob(self.stl[0], value, self.stl[1])
-        if self._last is not None and self._last[0] is value:
-            return self._last[1]
-        return super().log_prob(value)
+        if self.run is None:
+            return super().log_prob(value)
+        return self.run(super().log_prob, value)
 
     def expand(self, batch_shape, _instance=None) -> GuideFlowDistribution:  # noqa: ANN001
         return GuideFlowDistribution(
-            self.base_dist.expand(torch.Size(batch_shape)), self.transform, self.stl
+            self.base_dist.expand(torch.Size(batch_shape)),
+            self.transform,
+            self.stl,
+            run=self.run,
+            path_gradient=self.path_gradient,
         )

@@ -89,11 +89,6 @@ class AutoMeanFieldFlow(AutoFlow):
     def _flows_and_slices(self) -> list[tuple[Flow, slice]]:
         return list(zip(self._modules["flows"], self._slices))
 
-    _flows_attr = "flows"
-
-    def _site_posterior(self, flow: Flow) -> GuideFlowDistribution:
-        return GuideFlowDistribution(flow.base(), flow.transform(), stl=self._stl_of(flow))
-
     def get_posterior(self, *args: Any, **kwargs: Any) -> BlockProduct:
         """The product of the sites' flows as one distribution over the latent vector (D,),
         in the order of :class:`~pyroflows.infer.AutoFlow`'s (so importance and rejection
@@ -104,7 +99,7 @@ class AutoMeanFieldFlow(AutoFlow):
     def site_posteriors(self) -> dict[str, GuideFlowDistribution]:
         """The flow distribution of each site's unconstrained (flattened) value."""
         return {
-            name: self._site_posterior(flow)
+            name: self._flow_posterior(flow)
             for name, flow in zip(self._site_names, self._posterior_flows())
         }
 
@@ -116,7 +111,7 @@ class AutoMeanFieldFlow(AutoFlow):
             parts.append(
                 pyro.sample(
                     f"_{prefix or type(self).__name__}_{name}_latent",
-                    self._site_posterior(flow),
+                    self._flow_posterior(flow),
                     infer={"is_auxiliary": True},
                 )
             )

@@ -1,7 +1,8 @@
 r"""Keeping a flow guide's modules in Pyro's param store, through Pyro's public API only.
 
-Trainable parameters go through ``pyro.module(name, module, update_module_params=True)``, so
-a store loaded from disk replaces them. Tensors that must be saved and loaded with the store
+Trainable parameters go through ``pyro.param`` (the flow guides' one flat tensor, see
+:mod:`.flat_parameters`) or ``pyro.module(name, module, update_module_params=True)``, so a store
+loaded from disk replaces them. Tensors that must be saved and loaded with the store
 but never optimised (a flow's fixed whitening buffers, its parameter average) are put in the
 store as they are with ``ParamStoreDict.set_state``, which neither copies them nor makes them
 require gradients.
@@ -26,8 +27,8 @@ __all__ = [
     "pyro_fullname",
     "pyro_prefix",
     "store_tensor",
+    "store_guide_tensors",
     "sync_module",
-    "sync_with_param_store",
 ]
 
 
@@ -92,24 +93,21 @@ def sync_module(name: str, module: nn.Module) -> bool:
     return any(a is not b for a, b in zip(before, module.parameters()))
 
 
-def sync_with_param_store(name: str, flow: Flow, average: ParameterAverage | None = None) -> None:
-    """Register ``flow``'s parameters in Pyro's param store under ``name`` (taking the store's
-    values when it already holds them, e.g. after ``pyro.get_param_store().load``), and keep
-    its fixed whitening layer's buffers and its parameter average in the store too."""
-    loaded = sync_module(name, flow)
+def store_guide_tensors(
+    name: str, flow: Flow, average: ParameterAverage | None = None, loaded: bool = False
+) -> None:
+    """Keep ``flow``'s fixed whitening buffers and its parameter average (one flat tensor) in
+    the param store under ``name``, beside the guide's trainable parameters. ``loaded``: the
+    trainable parameters were just taken from the store (a loaded state); an average the
+    store lacks then restarts there, one it holds is taken as a full average."""
     for buffer_name, buffer in flow.transforms[-1].named_buffers():
         if buffer.is_floating_point() and not buffer_name.endswith("mask"):
             store_tensor(f"{name}$$$whitening.{buffer_name}", buffer)
     if average is None:
         return
-    keys = [f"{name}$$$average.{n}" for n, _ in average.flow.named_parameters()]
-    store = pyro.get_param_store()
-    if loaded and not all(k in store for k in keys):
+    key = f"{name}$$$average"
+    if loaded and key not in pyro.get_param_store():
         average.reset(flow)  # loaded parameters without an average: start it there
     elif loaded:
         average.steps = max(average.steps, int(1 / average.rate))
-    for key, tensor in zip(keys, average.flow.parameters()):
-        store_tensor(key, tensor)
-    with torch.no_grad():
-        for mine, theirs in zip(average.flow.buffers(), flow.buffers()):
-            mine.copy_(theirs)
+    store_tensor(key, average.values.current())
