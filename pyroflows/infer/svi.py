@@ -9,17 +9,17 @@ runs and keep the best; average the iterates) and the spirit of Welandawe et al.
    start; the one with the lowest mean loss over its second half (finite) is kept and the
    guide goes back to the start.
 2. **Stopping rule: the last doubling did not pay.** The loss is averaged over windows of
-   ``window`` steps. At the end of every window, once there are at least 8, the mean loss of
-   the second half of the run (steps :math:`n/2..n`) is compared with that of the quarter
-   before it (:math:`n/4..n/2`): SVI stops when the improvement :math:`d` is below
-   ``max(tol, 2 se)``, ``se`` the standard error of the difference from the window means as
-   batch means (which absorbs the losses' autocorrelation). So the horizon grows with the
-   run: a slow drift that a few windows cannot resolve still shows over the last half, and
-   the run stops once doubling its length bought less than ``tol`` nats or less than the
-   Monte Carlo noise can resolve; by diminishing returns, the next doubling would buy less.
-   (In the spirit of Welandawe et al.'s RAABBVI, which also stops when further optimisation
-   no longer pays for itself; the parameter averages of pyroflows' guides remove the
-   optimiser's noise ball from the result.)
+   ``window`` steps. At the end of every window, once there are at least 8 at the current
+   step size, the mean loss of the second half of them (steps :math:`n/2..n`) is compared
+   with that of the quarter before (:math:`n/4..n/2`): the rule holds when the improvement
+   :math:`d` is, with its Monte Carlo error, below ``tol`` nats: :math:`d + 2\,se < tol`,
+   ``se`` from the window means as batch means (which absorbs the losses'
+   autocorrelation). The horizon grows with the run, so a slow drift that a few windows
+   cannot resolve still shows over the last half, and a noisy loss runs until its
+   improvement is resolved. When the rule first holds, the step size is divided by 10 and
+   SVI goes on from there (``refinements`` times; the noise ball of a constant step size
+   shrinks with it, as in Welandawe et al.'s RAABBVI, which also lowers the step size at
+   stationarity); when it holds at the last step size, SVI stops.
 3. **Kept state.** The state at the end of the best window (the guide's parameters and its
    modules' state, e.g. pyroflows guides' parameter averages, which their posterior uses).
    **Divergence.** A non-finite loss or Pyro's check of invalid values in the main run sends
@@ -78,9 +78,10 @@ class GuideFitResult:
 
     Attributes:
         history: one dict per window: ``step``, ``loss`` (its mean), ``se`` (its standard
-            error), ``seconds``.
-        lr: the step size used (at the end: after a divergence the run goes on from its best
-            state at a smaller one); ``pilot``: mean pilot loss per candidate step size.
+            error), ``lr`` (its step size), ``seconds``.
+        lr: the step size the pilots chose (after a divergence, the smaller one the run went
+            on at; the refinements' tenths of it are in ``history``); ``pilot``: mean pilot
+            loss per candidate step size.
         steps: SVI steps taken after the pilots; ``best_step``: the end of the kept window.
         stop_reason: ``"converged"`` (the stopping rule), ``"max_steps"``, ``"max_time"`` or
             ``"interrupted"`` (Ctrl-C: the best state so far is kept, ``interrupted`` is set).
@@ -115,8 +116,9 @@ class GuideFitResult:
 
 
 def _last_doubling_did_not_pay(means: Sequence[float], tol: float) -> bool:
-    """The stopping rule on the window means so far: ``True`` (stop) when the second half's
-    mean is not below the preceding quarter's by more than ``max(tol, 2 se)``."""
+    """The stopping rule on the window means at one step size: ``True`` when the second half's
+    mean is below the preceding quarter's by less than ``tol`` with its Monte Carlo error
+    (``d + 2 se < tol``)."""
     m = len(means)
     if m < 8:
         return False
@@ -124,7 +126,7 @@ def _last_doubling_did_not_pay(means: Sequence[float], tol: float) -> bool:
     before = torch.tensor(means[m - m // 2 - m // 4 : m - m // 2], dtype=torch.float64)
     d = float(before.mean() - recent.mean())
     se = math.sqrt(float(recent.var() / len(recent) + before.var() / len(before)))
-    return d < max(tol, 2 * se)
+    return d + 2 * se < tol
 
 
 def _diverged(error: BaseException) -> bool:
@@ -166,7 +168,8 @@ def fit_guide(
     pilot_steps: int = 100,
     max_steps: int = 20_000,
     window: int = 100,
-    tol: float = 0.01,
+    tol: float = 0.05,
+    refinements: int = 1,
     loss: Any = None,
     max_time: float | None = None,
     check_draws: int = 4000,
@@ -187,9 +190,10 @@ def fit_guide(
         pilot_steps: steps of each pilot run.
         max_steps: SVI steps at most (after the pilots).
         window: steps per window (batch) of the stopping rule; it is first applied after 8.
-        tol: improvement of the mean loss, in nats, over the last doubling of the run below
-            which SVI stops (it also stops when the improvement is within twice its standard
-            error).
+        tol: improvement of the mean loss, in nats, over the last doubling of the run (at one
+            step size) that counts as none.
+        refinements: how many times the step size is divided by 10 when the stopping rule
+            holds, before it stops the run.
         loss: the ELBO (default ``Trace_ELBO()``).
         max_time: time budget in seconds for the whole call (pilots included), checked after
             each step of the main run; the best state so far is kept.
@@ -222,6 +226,7 @@ def fit_guide(
         check_count("max_steps", max_steps),
     )
     window = check_count("window", window, 2)
+    refinements = check_count("refinements", refinements, 0)
     tol = check_real("tol", tol)
     check_draws = check_count("check_draws", check_draws, 0)
     if max_time is not None:
@@ -265,9 +270,11 @@ def fit_guide(
     history: list[dict[str, float]] = []
     steps, best_step, reason, interrupted = 0, 0, "max_steps", False
     chosen, failure = candidates[0], None
+    base_lr = chosen
     fallbacks: list[float] = []  # step sizes the main run diverged at
     best = math.inf  # the best window mean, whose state is kept
-    means: list[float] = []  # window means since the main run (re)started
+    means: list[float] = []  # window means at the current step size
+    refined = 0
 
     def _window_end(window_losses: list[float], steps: int) -> tuple[bool, str]:
         """At the end of a window: record it, keep the state if it is the best, and say
@@ -278,8 +285,9 @@ def fit_guide(
         w = torch.tensor(window_losses, dtype=torch.float64)
         mean, se = float(w.mean()), float(w.std() / math.sqrt(window))
         history.append(
-            {"step": steps, "loss": mean, "se": se, "seconds": time.perf_counter() - start}
-        )
+            {"step": steps, "loss": mean, "se": se, "lr": chosen,
+             "seconds": time.perf_counter() - start}
+        )  # fmt: skip
         bar.set_postfix(loss=f"{mean:.4g}")
         window_losses.clear()
         means.append(mean)
@@ -306,6 +314,7 @@ def fit_guide(
                     "check the model (the last failure is the cause below)"
                 ) from failure
             chosen = min(finite, key=finite.get)
+        base_lr = chosen  # the run's step size before refinements (result.lr)
         window_losses, done = [], False
         while not done and steps < max_steps:
             bar.set_description(f"fit_guide (lr={chosen:g})")
@@ -317,6 +326,11 @@ def fit_guide(
                     bar.update()
                     window_losses.append(loss_value)
                     done, reason = _window_end(window_losses, steps)
+                    if done and reason == "converged" and refined < refinements:
+                        # Stationary at this step size: go on at a tenth of it.
+                        refined, chosen, done = refined + 1, chosen / 10, False
+                        means.clear()
+                        break
                     if done:
                         break
                     if out_of_time[0] if parallel is not None else time.perf_counter() > deadline:
@@ -336,7 +350,7 @@ def fit_guide(
                         "model (the last failure is the cause below)"
                     ) from error
                 fallbacks.append(chosen)
-                chosen = max(smaller)
+                chosen = base_lr = max(smaller)
                 state.restore()
                 window_losses, means[:] = [], []
     except KeyboardInterrupt:
@@ -361,5 +375,5 @@ def fit_guide(
             distributed=group is not None,
         )
     return GuideFitResult(
-        history, chosen, pilot, steps, best_step, reason, interrupted, check, fallbacks
+        history, base_lr, pilot, steps, best_step, reason, interrupted, check, fallbacks
     )

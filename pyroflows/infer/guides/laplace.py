@@ -61,6 +61,7 @@ def find_map(
     )
     start = time.perf_counter()
     best: list[Any] = [math.inf, None]  # the lowest loss seen and its point
+    evaluations = [0]  # counted here: a disabled tqdm bar does not count
     bar = tqdm(
         desc="Laplace start: L-BFGS for the mode",
         unit=" evaluations",
@@ -74,6 +75,7 @@ def find_map(
             raise _OutOfTimeError
         optimizer.zero_grad()
         loss = -log_density(x)
+        evaluations[0] += 1
         bar.update()
         if torch.isfinite(loss):
             loss.backward()
@@ -94,7 +96,7 @@ def find_map(
         stopped, point = "failed", None
     finally:
         bar.close()
-    report = {"evaluations": bar.n, "seconds": time.perf_counter() - start, "stopped": stopped}
+    report = {"evaluations": evaluations[0], "seconds": time.perf_counter() - start, "stopped": stopped}
     if point is None or not torch.isfinite(point).all() or not torch.isfinite(log_density(point)):
         if stopped == "converged":
             report["stopped"] = "failed"
