@@ -96,7 +96,11 @@ def find_map(
         stopped, point = "failed", None
     finally:
         bar.close()
-    report = {"evaluations": evaluations[0], "seconds": time.perf_counter() - start, "stopped": stopped}
+    report = {
+        "evaluations": evaluations[0],
+        "seconds": time.perf_counter() - start,
+        "stopped": stopped,
+    }
     if point is None or not torch.isfinite(point).all() or not torch.isfinite(log_density(point)):
         if stopped == "converged":
             report["stopped"] = "failed"
