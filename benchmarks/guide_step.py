@@ -102,6 +102,9 @@ def _zuko_available() -> bool:
         import zuko  # noqa: F401
     except ImportError:
         return False
+    # Importing zuko turns torch's argument validation off for every distribution; Pyro's
+    # default (on) again, so that every guide runs as it would in a Pyro program.
+    pyro.enable_validation(True)
     return True
 
 

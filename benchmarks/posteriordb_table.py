@@ -1,7 +1,8 @@
 """The 14-posterior table of issue 13 from the JSON files of three runs, side by side.
 
 Reads ``results/posteriordb_fit_guide.json`` (``posteriordb.py --fit fit_guide``: AutoFlow and
-Pyro's AutoMultivariateNormal, the one-call fit's defaults), ``results/posteriordb_svi4000.json``
+Pyro's AutoMultivariateNormal, the one-call fit's defaults; ``--fit-guide`` takes several files,
+e.g. the ODE models run apart), ``results/posteriordb_svi4000.json``
 (``posteriordb.py --guides AutoFlow --out ...``: 4000 steps of ClippedAdam) and any number of
 ``posteriordb_nuts.py`` outputs (``--nuts``; a later file's row replaces an earlier one's),
 and prints one row per posterior: for each guide
@@ -57,14 +58,14 @@ def _guide_cells(run: dict[str, Any] | None) -> list[Any]:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--fit-guide", type=Path, default=RESULTS_DIR / "posteriordb_fit_guide.json"
+        "--fit-guide", type=Path, nargs="+", default=[RESULTS_DIR / "posteriordb_fit_guide.json"]
     )
     parser.add_argument("--svi", type=Path, default=RESULTS_DIR / "posteriordb_svi4000.json")
     parser.add_argument(
         "--nuts", type=Path, nargs="*", default=[RESULTS_DIR / "posteriordb_nuts.json"]
     )
     args = parser.parse_args(argv)
-    fitted = {(r["posterior"], r["guide"]): r for r in _load(args.fit_guide)}
+    fitted = {(r["posterior"], r["guide"]): r for p in args.fit_guide for r in _load(p)}
     fixed = {(r["posterior"], r["guide"]): r for r in _load(args.svi)}
     nuts: dict[str, dict[str, Any]] = {}
     for path in args.nuts:

@@ -72,6 +72,13 @@ class GuideFlowDistribution(FlowDistribution):
             :meth:`~pyroflows.infer.guides.flat_parameters.FlatParameters.call`, which
             evaluates them with the flow's parameters taken from one flat tensor; ``None``:
             as they are.
+        path_gradient: with ``stl=(flow, None)``, sample with
+            :func:`~pyroflows.infer.guides.path_gradient.rsample_with_path_gradient`, whose
+            log-density of its own samples has the STL gradient without the inverse flow
+            (other values still go through the inverse).
+
+    Raises:
+        ValueError: ``path_gradient`` without ``stl=(flow, None)`` (an unconditional flow).
 
     Example:
         >>> flow = pyroflows.flows.build("realnvp", 2, transforms=1, hidden=(4,))
@@ -90,6 +97,8 @@ class GuideFlowDistribution(FlowDistribution):
         run: Callable[..., Any] | None = None,
         path_gradient: bool = False,
     ) -> None:
+        if path_gradient and (stl is None or stl[1] is not None):
+            raise ValueError("path_gradient needs stl=(flow, None): an unconditional flow")
         super().__init__(base, transform, validate_args)
         self.stl = stl
         self.run = run
@@ -99,15 +108,20 @@ class GuideFlowDistribution(FlowDistribution):
     def rsample_and_log_prob(
         self, sample_shape: torch.Size = torch.Size()
     ) -> tuple[Tensor, Tensor]:
-        if self.path_gradient and torch.is_grad_enabled() and not torch.jit.is_tracing():
-            assert self.stl is not None and self.stl[1] is None
+        sampler = super().rsample_and_log_prob
+        stl = self.stl
+        if stl is not None and self.path_gradient and self._stl_active():
             base_shape = self.base_dist.batch_shape
-            sampler = lambda shape: rsample_with_path_gradient(  # noqa: E731
-                self.stl[0], torch.Size(shape) + base_shape
-            )
-        else:
-            sampler = super().rsample_and_log_prob
+
+            def sampler(shape: torch.Size) -> tuple[Tensor, Tensor]:
+                return rsample_with_path_gradient(stl[0], torch.Size(shape) + base_shape)
+
         return sampler(sample_shape) if self.run is None else self.run(sampler, sample_shape)
+
+    @staticmethod
+    def _stl_active() -> bool:
+        # torch.func (detached_log_prob) cannot run under the JIT's tracer.
+        return torch.is_grad_enabled() and not torch.jit.is_tracing()
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         x, log_q = self.rsample_and_log_prob(sample_shape)
@@ -121,7 +135,7 @@ class GuideFlowDistribution(FlowDistribution):
             and (self.path_gradient or self.stl is None)
         ):
             return self._last[1]
-        if self.stl is not None and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        if self.stl is not None and self._stl_active():
             return detached_log_prob(self.stl[0], value, self.stl[1])
         if self.run is None:
             return super().log_prob(value)
