@@ -131,6 +131,7 @@ class FlatParameters:
         finally:
             for owner, params in saved:
                 for n, p in params:
-                    if n in owner.__dict__:
+                    if n in owner.__dict__:  # the view set above
                         delattr(owner, n)
-                    owner.register_parameter(n, p)
+                    if getattr(owner, n, None) is not p:
+                        owner.register_parameter(n, p)

@@ -13,12 +13,16 @@ rule it needs the score of the guide at the sample,
 (the change of variables :math:`\log q(x) = \log p_0(z) - \log|\det J(z)|` differentiated in
 :math:`x`; Vaitl, Nicoli, Nakajima & Kessel, ICML 2022, https://arxiv.org/abs/2207.09302,
 use the same identity layer by layer). :math:`J` and :math:`\nabla_z \log|\det J|` come from
-the sampling pass itself, run on :math:`D + 1` copies of each base draw: copy :math:`i < D`
-is differentiated for :math:`x_i` (the Jacobian's row :math:`i`), copy :math:`D` for the
-log-determinant, all in one backward pass; copy :math:`D` is also the sample. So the cost
-grows with :math:`D` in batch *width* (plain batched matrix products, cheap at the sizes a
-guide has), where evaluating :math:`\log q` through the inverse of an inverse autoregressive
-layer takes :math:`D` *sequential* passes. One :math:`D \times D` solve per sample follows.
+running the flow on :math:`D + 1` copies of each base draw: copy :math:`i < D` is
+differentiated for :math:`x_i` (the Jacobian's row :math:`i`), copy :math:`D` for the
+log-determinant, all in one backward pass. Up to :data:`WHOLE_FLOW_MAX_DIM` dimensions the
+whole flow runs once on the copies with the sample stacked after them; above, layer by layer,
+so that the loss's own backward pass runs on the sample alone: triangular and diagonal affine
+layers by their matrices, inverse autoregressive layers in parts (their transformer's
+elementwise derivatives from two copies, only the MADE on :math:`D + 1`). So the cost grows
+with :math:`D` in batch *width*, where evaluating :math:`\log q` through the inverse of an
+inverse autoregressive layer takes :math:`D` *sequential* passes; one :math:`D \times D`
+solve per sample and layer follows.
 """
 
 from __future__ import annotations
@@ -63,16 +67,20 @@ def _grad(output: Tensor, inputs: Tensor) -> Tensor:
     return torch.zeros_like(inputs) if grad is None else grad
 
 
-def _jacobian_and_ladj_grad(layer: Any, u: Tensor) -> tuple[Tensor, Tensor]:
-    """J = dx/du (..., D, D) and grad_u log|det J| (..., D) of any layer (or the composed
-    flow), from D + 1 copies of ``u`` in one backward pass: copy i < D gives row i of J,
-    copy D the log-det's gradient."""
-    d = u.shape[-1]
-    copies = _copies(u, d + 1)
-    x, ladj = layer.call_and_ladj(copies)
-    chosen = (x[:d] * _picks(u)).sum() + (ladj[d].sum() if ladj.requires_grad else 0.0)
+def _rows(x: Tensor, ladj: Tensor, copies: Tensor) -> tuple[Tensor, Tensor]:
+    """J (..., D, D) and grad log|det J| (..., D) from a pass on ``copies`` (D + 1, ..., D)
+    (outputs ``x``, ``ladj``, possibly with more rows stacked after), in one backward pass:
+    copy i < D is differentiated for x_i (row i of J), copy D for the log-determinant."""
+    d = copies.shape[-1]
+    chosen = (x[:d] * _picks(copies[0])).sum() + (ladj[d].sum() if ladj.requires_grad else 0.0)
     grads = _grad(chosen, copies)
     return grads[:d].movedim(0, -2), grads[d]
+
+
+def _jacobian_and_ladj_grad(layer: Bijection, u: Tensor) -> tuple[Tensor, Tensor]:
+    """J = dx/du (..., D, D) and grad_u log|det J| (..., D) of any layer at ``u``."""
+    copies = _copies(u, u.shape[-1] + 1)
+    return _rows(*layer.call_and_ladj(copies), copies)
 
 
 def _inverse_autoregressive_parts(layer: Bijection) -> tuple[MaskedAutoregressive, Any] | None:
@@ -110,13 +118,10 @@ def _inverse_autoregressive_jacobian(
 
 def _whole_flow(flow: Flow, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(x, ladj, J, grad_z ladj)`` of the composed flow at ``z``: one pass on D + 2 stacked
-    inputs (D + 1 copies for J and the log-det's gradient, then ``z``: the sample)."""
-    d = z.shape[-1]
-    copies = _copies(z, d + 1)
+    inputs, D + 1 copies for J and the log-det's gradient, then ``z`` itself: the sample."""
+    copies = _copies(z, z.shape[-1] + 1)
     x, ladj = flow.transform().call_and_ladj(torch.cat([copies, z.unsqueeze(0)]))
-    chosen = (x[:d] * _picks(z)).sum() + (ladj[d].sum() if ladj.requires_grad else 0.0)
-    grads = _grad(chosen, copies)
-    return x[-1], ladj[-1], grads[:d].movedim(0, -2), grads[d]
+    return (x[-1], ladj[-1], *_rows(x, ladj, copies))
 
 
 def _pull_back(score: Tensor, jacobian: Tensor, ladj_grad: Tensor) -> Tensor:
