@@ -63,7 +63,6 @@ class FlatParameters:
             for m in module.modules()
             if any(True for _ in m.parameters(recurse=False))
         ]
-        self.names = [name for name, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.sizes = [p.numel() for _, p in named]
         self.requires_grad = requires_grad
@@ -110,17 +109,18 @@ class FlatParameters:
         self.flat = tensor
         self._bind(tensor)
 
-    def views(self) -> dict[str, Tensor]:
-        """Differentiable views of ``flat`` shaped as the module's parameters, by name."""
-        parts = self.flat.split(self.sizes)
-        return {n: v.view(s) for n, v, s in zip(self.names, parts, self.shapes)}
+    def views(self) -> list[Tensor]:
+        """Differentiable views of ``flat`` shaped as the module's parameters, in
+        ``named_parameters`` order (shapes recorded at construction: reading a parameter's
+        shape under the JIT's tracer would capture it as a constant)."""
+        return [v.view(s) for v, s in zip(self.flat.split(self.sizes), self.shapes)]
 
     def call(self, fn: Callable, *args: Any) -> Any:
         """``fn(*args)`` with the module's parameters replaced by :meth:`views`, so gradients
         of the result reach ``flat`` (not the module's own parameters); they are put back
         after, also on an exception."""
-        views = iter(self.views().values())  # shapes recorded at construction: reading a
-        saved = []  # parameter's shape under the JIT's tracer would capture it as a constant
+        views = iter(self.views())
+        saved = []
         try:
             for owner, params in self._owners:
                 saved.append((owner, params))

@@ -58,13 +58,14 @@ def _copies(u: Tensor, n: int) -> Tensor:
     return u.detach().expand((n,) + u.shape).clone().requires_grad_(True)
 
 
-def _grad(output: Tensor, inputs: Tensor) -> Tensor:
-    """Gradient of ``output.sum()`` in ``inputs``, zeros when it does not depend on them."""
+def _grad(output: Tensor, *inputs: Tensor) -> tuple[Tensor, ...]:
+    """Gradients of ``output.sum()`` in each of ``inputs``, zeros for those it does not
+    depend on."""
     if not output.requires_grad:
-        return torch.zeros_like(inputs)
-    # The graph is shared with the live pass, which is differentiated later: keep it.
-    (grad,) = torch.autograd.grad(output.sum(), inputs, allow_unused=True, retain_graph=True)
-    return torch.zeros_like(inputs) if grad is None else grad
+        return tuple(torch.zeros_like(u) for u in inputs)
+    # The graph may be shared with the live pass, which is differentiated later: keep it.
+    grads = torch.autograd.grad(output.sum(), inputs, allow_unused=True, retain_graph=True)
+    return tuple(torch.zeros_like(u) if g is None else g for g, u in zip(grads, inputs))
 
 
 def _rows(x: Tensor, ladj: Tensor, copies: Tensor) -> tuple[Tensor, Tensor]:
@@ -73,7 +74,7 @@ def _rows(x: Tensor, ladj: Tensor, copies: Tensor) -> tuple[Tensor, Tensor]:
     copy i < D is differentiated for x_i (row i of J), copy D for the log-determinant."""
     d = copies.shape[-1]
     chosen = (x[:d] * _picks(copies[0])).sum() + (ladj[d].sum() if ladj.requires_grad else 0.0)
-    grads = _grad(chosen, copies)
+    (grads,) = _grad(chosen, copies)
     return grads[:d].movedim(0, -2), grads[d]
 
 
@@ -106,13 +107,9 @@ def _inverse_autoregressive_jacobian(
     thetas = masked.made(copies)  # (D + 1, ..., D, k)
     pair_u, pair_theta = _copies(u, 2), _copies(thetas[0], 2)
     x, ladj = tau(pair_u, pair_theta)
-    du, dtheta = torch.autograd.grad(
-        x[0].sum() + ladj[1].sum(), (pair_u, pair_theta), allow_unused=True
-    )
-    du = torch.zeros_like(pair_u) if du is None else du
-    dtheta = torch.zeros_like(pair_theta) if dtheta is None else dtheta
+    du, dtheta = _grad(x[0].sum() + ladj[1].sum(), pair_u, pair_theta)
     cotangents = torch.cat([_picks(u).unsqueeze(-1) * dtheta[0], dtheta[1].unsqueeze(0)])
-    rows = _grad(thetas * cotangents, copies)
+    (rows,) = _grad(thetas * cotangents, copies)
     return torch.diag_embed(du[0]) + rows[:d].movedim(0, -2), du[1] + rows[d]
 
 
@@ -148,12 +145,13 @@ def _through_layer(layer: Bijection, u: Tensor, score: Tensor) -> Tensor:
     return _pull_back(score, jacobian, ladj_grad)
 
 
-def _score_of_base(base: torch.distributions.Distribution, z: Tensor) -> Tensor:
-    r""":math:`\nabla_z \log p_0(z)`."""
+def _log_prob_and_score(base: torch.distributions.Distribution, z: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`\log p_0(z)` (detached) and :math:`\nabla_z \log p_0(z)`."""
     z = z.detach().requires_grad_(True)
     with torch.enable_grad():
-        (score,) = torch.autograd.grad(base.log_prob(z).sum(), z)
-    return score
+        log_p0 = base.log_prob(z)
+        (score,) = torch.autograd.grad(log_p0.sum(), z)
+    return log_p0.detach(), score
 
 
 def rsample_with_path_gradient(flow: Flow, sample_shape: torch.Size) -> tuple[Tensor, Tensor]:
@@ -173,7 +171,7 @@ def rsample_with_path_gradient(flow: Flow, sample_shape: torch.Size) -> tuple[Te
     """
     base = flow.base()
     z = base.rsample(sample_shape).detach()
-    score = _score_of_base(base, z)
+    log_p0, score = _log_prob_and_score(base, z)
     if z.shape[-1] <= WHOLE_FLOW_MAX_DIM:
         x, ladj, jacobian, ladj_grad = _whole_flow(flow, z)
         score = _pull_back(score, jacobian, ladj_grad)
@@ -183,5 +181,5 @@ def rsample_with_path_gradient(flow: Flow, sample_shape: torch.Size) -> tuple[Te
             score = _through_layer(layer, x, score)
             x, layer_ladj = layer.call_and_ladj(x)
             ladj = ladj + layer_ladj
-    log_q = base.log_prob(z) - ladj
-    return x, log_q.detach() + ((x - x.detach()) * score.detach()).sum(-1)
+    log_q = log_p0 - ladj.detach()
+    return x, log_q + ((x - x.detach()) * score.detach()).sum(-1)
