@@ -128,6 +128,10 @@ def test_argument_checks():
         fit_guide(model, small_guide(), y, lr=-1.0)
     with pytest.raises(ValueError, match="max_time"):
         fit_guide(model, small_guide(), y, max_time=-1.0)
+    with pytest.raises(ValueError, match="tol"):
+        fit_guide(model, small_guide(), y, tol=0.0)
+    with pytest.raises(ValueError, match="refinements"):
+        fit_guide(model, small_guide(), y, refinements=-1)
 
 
 def test_an_error_during_the_run_leaves_the_best_state():

@@ -71,3 +71,15 @@ def test_the_gradient_vanishes_when_q_is_the_target():
     x, log_q = flow().rsample_and_log_prob((16,))
     grads = torch.autograd.grad((target().log_prob(x) - log_q).sum(), params, allow_unused=True)
     assert sum(g.abs().sum() for g in grads if g is not None) > 1e-3
+
+
+def test_the_guide_distribution_refuses_a_path_gradient_without_an_unconditional_flow():
+    from pyroflows.infer.guides.guide_distribution import GuideFlowDistribution
+
+    flow = _guide_like_flow(2, "nsf-iaf", LowerTriangularAffine)
+    with pytest.raises(ValueError, match="path_gradient"):
+        GuideFlowDistribution(flow.base(), flow.transform(), path_gradient=True)
+    with pytest.raises(ValueError, match="path_gradient"):
+        GuideFlowDistribution(
+            flow.base(), flow.transform(), stl=(flow, torch.zeros(1)), path_gradient=True
+        )
