@@ -1,9 +1,17 @@
-"""The Laplace start's mode search on a Gaussian, whose mode and covariance are known."""
+"""The Laplace start's mode search: on a Gaussian, whose mode and covariance are known, and
+from random starts on a bimodal posterior, whose modes are known."""
 
 from __future__ import annotations
 
-import torch
+import math
 
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import init_to_value
+
+from pyroflows.infer import AutoFlow
 from pyroflows.infer.guides.laplace import find_map, laplace_approximation
 
 
@@ -17,3 +25,58 @@ def test_the_mode_and_covariance_of_a_gaussian():
     assert 2 <= report["evaluations"] < 100
     L = laplace_approximation(target.log_prob, point)
     assert torch.allclose(L @ L.T, cov, atol=1e-6)
+
+
+def bimodal_model() -> None:
+    """A 1-D posterior with a small mode at 1 and the main one (four times the mass) at -1,
+    20 sd apart."""
+    x = pyro.sample("x", dist.Normal(0.0, 10.0))
+    small = math.log(0.2) + dist.Normal(1.0, 0.1).log_prob(x)
+    main = math.log(0.8) + dist.Normal(-1.0, 0.1).log_prob(x)
+    pyro.factor("mixture", torch.stack([small, main]).logsumexp(0))
+
+
+def test_random_starts_find_the_main_mode_that_the_init_point_misses():
+    # The search from x = 1.2 ends at the small mode.
+    options = {"init_loc_fn": init_to_value(values={"x": torch.tensor(1.2)})}
+    options |= {"transforms": 1, "hidden": (8,), "progress": False}
+    pyro.set_rng_seed(0)
+    trapped = AutoFlow(bimodal_model, init_starts=0, **options)
+    assert trapped.init_choice == "laplace"
+    assert len(trapped.init_report["map_search"]["modes"]) == 1
+    assert float(trapped.flow.transforms[-1].loc) == pytest.approx(1.0, abs=1e-3)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoFlow(bimodal_model, init_starts=8, **options)
+    search = guide.init_report["map_search"]
+    # log p at each mode: log(weight / (0.1 sqrt(2 pi))) + the prior's, equal at +-1.
+    assert len(search["searches"]) == 9 and len(search["modes"]) == 2
+    assert search["modes"][0] - search["modes"][1] == pytest.approx(math.log(4), abs=1e-3)
+    elbo = guide.init_report["elbo"]
+    assert set(elbo) == {"loc", "laplace", "laplace 2"}
+    assert elbo["laplace"] - elbo["laplace 2"] == pytest.approx(math.log(4), abs=0.05)
+    assert guide.init_choice == "laplace"
+    assert float(guide.flow.transforms[-1].loc) == pytest.approx(-1.0, abs=1e-3)
+    assert "from 9 starts" in guide.init_report["summary"]
+    assert "2 modes" in guide.init_report["summary"]
+
+
+@pytest.mark.filterwarnings("ignore:Encountered \\+inf")
+def test_random_starts_are_skipped_when_the_init_point_finds_no_mode():
+    def unbounded() -> None:  # log p grows as e^x: the search overflows
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("explode", x.exp())
+
+    guide = AutoFlow(unbounded, transforms=1, hidden=(8,), progress=False)
+    searches = guide.init_report["map_search"]["searches"]
+    assert [s["start"] for s in searches] == ["init"] + ["random"] * 4
+    assert searches[0]["stopped"] == "failed"
+    assert all(s["stopped"] == "not run" for s in searches[1:])
+    assert guide.init_choice == "loc"
+
+
+def test_init_starts_is_checked():
+    with pytest.raises(TypeError, match="init_starts"):
+        AutoFlow(bimodal_model, init_starts=2.0)
+    with pytest.raises(ValueError, match="init_starts"):
+        AutoFlow(bimodal_model, init_starts=-1)

@@ -42,14 +42,13 @@ def rq_bin_forward(
     with :math:`u = u_0 + \xi w`. Shared by :class:`SplineMap` and the smooth histogram
     destructor. Returns ``(v, log dv/du)``.
     """
-    xi1 = xi * (1 - xi)
+    xi2, one_minus = xi * xi, 1 - xi
+    xi1 = xi * one_minus
     denom = s + (d1 + d0 - 2 * s) * xi1
-    v = y0 + h * (s * xi * xi + d0 * xi1) / denom
-    log_deriv = (
-        2 * torch.log(s)
-        + torch.log(d1 * xi * xi + 2 * s * xi1 + d0 * (1 - xi) ** 2)
-        - 2 * torch.log(denom)
-    )
+    v = y0 + h * (s * xi2 + d0 * xi1) / denom
+    # 2 log s - 2 log denom as one logarithm: this runs on every sample of every spline flow.
+    numer = d1 * xi2 + 2 * s * xi1 + d0 * (one_minus * one_minus)
+    log_deriv = torch.log(numer) + 2 * torch.log(s / denom)
     return v, log_deriv
 
 
@@ -131,43 +130,32 @@ class SplineMap(ElementwiseMap):
         # short (measured 4-20x slower than exp/sum at 8 bins), a quarter of nsf's time.
         e = torch.exp(raw - raw.detach().amax(-1, keepdim=True))
         sizes = self.min_bin_size + (1 - self.min_bin_size * K) * (e / e.sum(-1, keepdim=True))
-        knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
-        # Pin the ends exactly so that the tails join the spline without a gap.
-        ends = torch.ones_like(knots[..., :1])
-        return torch.cat([-B * ends, 2 * B * knots[..., 1:-1] - B, B * ends], dim=-1)
+        inner = torch.cumsum(sizes[..., :-1], dim=-1) * (2 * B) - B
+        # The ends pinned exactly, so that the tails join the spline without a gap.
+        return F.pad(F.pad(inner, (1, 0), value=-B), (0, 1), value=B)
 
-    def _spline(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _table(self, params: Tensor) -> Tensor:
+        """(..., 3, K+1): the input knots, the output knots and the knot derivatives."""
         K = self.bins
-        xs = self._knots(params[..., :K])
-        ys = self._knots(params[..., K : 2 * K])
+        knots = self._knots(params[..., : 2 * K].unflatten(-1, (2, K)))  # widths and heights
         inner = self.min_derivative + F.softplus(params[..., 2 * K :] + self._derivative_offset)
-        ones = torch.ones_like(params[..., :1])
-        return xs, ys, torch.cat([ones, inner, ones], dim=-1)
-
-    @staticmethod
-    def _bin(knots: Tensor, value: Tensor) -> Tensor:
-        # Index k with knots[k] <= value < knots[k+1], clamped to the K bins.
-        inner = knots[..., 1:-1]
-        return (value[..., None] >= inner).sum(-1, keepdim=True)
-
-    @staticmethod
-    def _gather(bins: Tensor, *tables: Tensor) -> list[Tensor]:
-        out = []
-        for table in tables:
-            out.append(table.gather(-1, bins).squeeze(-1))
-            out.append(table.gather(-1, bins + 1).squeeze(-1))
-        return out
+        derivatives = F.pad(F.pad(inner, (1, 0), value=1.0), (0, 1), value=1.0)
+        return torch.cat([knots, derivatives.unsqueeze(-2)], dim=-2)
 
     def _locate(self, value: Tensor, params: Tensor, by_output: bool) -> tuple[Tensor, ...]:
         """``(value, inside, clamped, x0, w, y0, h, d0, d1)``: ``value`` broadcast with the
         parameters, whether it lies in :math:`[-B, B]`, its clamp into it, and the bin that holds
-        the clamp among the input knots (``by_output=False``) or the output knots (``True``)."""
+        the clamp among the input knots (``by_output=False``) or the output knots (``True``),
+        found by a comparison count (static shape) and read in one gather."""
         value, params = broadcast_params(value, params)
-        xs, ys, ds = self._spline(params)
-        inside = (value >= -self.bound) & (value <= self.bound)
+        table = self._table(params)
+        inside = value.abs() <= self.bound
         clamped = value.clamp(-self.bound, self.bound)
-        x0, x1, y0, y1, d0, d1 = self._gather(
-            self._bin(ys if by_output else xs, clamped), xs, ys, ds
+        # Index k with knots[k] <= value < knots[k+1], clamped to the K bins.
+        bins = (clamped[..., None] >= table[..., int(by_output), 1:-1]).sum(-1, keepdim=True)
+        index = torch.cat([bins, bins + 1], dim=-1).unsqueeze(-2).expand(*table.shape[:-1], 2)
+        (x0, x1), (y0, y1), (d0, d1) = (
+            ends.unbind(-1) for ends in table.gather(-1, index).unbind(-2)
         )
         return value, inside, clamped, x0, x1 - x0, y0, y1 - y0, d0, d1
 

@@ -85,6 +85,10 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
             approximation, which whitens badly scaled, correlated posteriors), or ``"auto"``
             (default: estimate the ELBO of both starts with ``init_particles`` samples and keep
             the better one; Laplace is skipped above ``laplace_max_dim`` latent dimensions).
+        init_starts: random starts of the search for the mode besides the init point, drawn
+            uniformly in :math:`[-2, 2]` per unconstrained coordinate as Stan initialises;
+            each distinct mode found is a Laplace candidate, the ELBO estimates choose, so a
+            local mode next to the init point (an ODE model's) does not trap the guide.
         model_args: positional arguments of the model, so that the guide is built now. Without
             them the guide is built at construction when the model takes no required
             arguments, otherwise at its first call, as Pyro's autoguides are.
@@ -109,9 +113,10 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         create_plates: as for Pyro's ``AutoGuide``: a function of the model's arguments
             returning the ``pyro.plate`` (or plates) the guide enters, e.g. one subsampled by
             a data loader; other plates are made from the prototype trace.
-        init_max_time: time budget in seconds of the search for the mode (Laplace start):
-            past it the best point so far is used (``None``: no budget). ``guide.init_report``
-            says what the initialisation did (``init_report["summary"]``, one line).
+        init_max_time: time budget in seconds of the searches for the mode (Laplace start),
+            all starts together: past it the best point so far is used (``None``: no
+            budget). ``guide.init_report`` says what the initialisation did
+            (``init_report["summary"]``, one line).
         progress: show the initialisation's progress once it has run a second (``None``: on
             a terminal).
         **flow_options: options of the flow preset (``transforms``, ``hidden``, ``bins``, ...).
@@ -141,6 +146,7 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         affine: str = "auto",
         laplace_max_dim: int = 100,
         init_particles: int = 256,
+        init_starts: int = 4,
         stl: bool | str = "auto",
         average: float | None = 0.01,
         create_plates: Callable[..., Any] | None = None,
@@ -164,6 +170,11 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         self._affine_mode = affine
         self._laplace_max_dim = laplace_max_dim
         self._init_particles = init_particles
+        if isinstance(init_starts, bool) or not isinstance(init_starts, int):
+            raise TypeError(f"init_starts must be an int, got {type(init_starts).__name__}")
+        if init_starts < 0:
+            raise ValueError(f"init_starts must be >= 0, got {init_starts}")
+        self._init_starts = init_starts
         self._init_max_time = (
             None if init_max_time is None else check_real("init_max_time", init_max_time)
         )
@@ -367,6 +378,7 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
             self._init_particles,
             self._init_max_time,
             self._progress,
+            self._init_starts,
         )
         return loc, scale_tril
 

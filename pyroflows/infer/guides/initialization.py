@@ -1,5 +1,6 @@
 r"""The Gaussian a flow guide starts from: the init strategy's point with a fixed scale, or the
-Laplace approximation at the MAP, whichever has the better ELBO estimate.
+Laplace approximation at a mode (searched from that point and from random starts), whichever
+has the best ELBO estimate.
 
 For a candidate :math:`q_0 = \mathcal{N}(\mu, LL^\top)` the ELBO is estimated with :math:`S`
 draws, :math:`\widehat{\mathcal{L}} = \frac1S\sum_s \log\tilde p(u_s) - \log q_0(u_s)`.
@@ -8,6 +9,7 @@ draws, :math:`\widehat{\mathcal{L}} = \frac1S\sum_s \log\tilde p(u_s) - \log q_0
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +28,15 @@ INIT_CHOICES = ("auto", "laplace", "loc")
 #: The smallest ``init_scale`` is this many units in the last place of the latents' dtype at
 #: the init point's magnitude (at least 1).
 INIT_SCALE_ULPS = 10_000
+#: Random starts of the search for the mode are uniform in [-R, R] per unconstrained
+#: coordinate (Stan's default initialisation radius).
+RANDOM_START_RADIUS = 2.0
+#: Two searches found the same mode when every coordinate and the log-density agree to this
+#: relative tolerance.
+MODE_TOLERANCE = 1e-2
+#: A random start's search may take this many times the init point's search's evaluations
+#: (at least 50).
+RANDOM_START_EVALUATIONS = 4
 
 
 def check_init_scale(init_scale: float, loc: Tensor) -> None:
@@ -75,6 +86,71 @@ def gaussian_elbo(
     return value if math.isfinite(value) else -math.inf
 
 
+def _search_starts(loc: Tensor, starts: int) -> list[tuple[str, Tensor]]:
+    """The init strategy's point, then ``starts`` points drawn uniformly in
+    :math:`[-R, R]^D` (unconstrained), ``R`` = :data:`RANDOM_START_RADIUS` (Stan's default
+    initialisation), on ``loc``'s device and in its dtype."""
+    draws = [(torch.rand_like(loc) * 2 - 1) * RANDOM_START_RADIUS for _ in range(starts)]
+    return [("init", loc)] + [("random", u) for u in draws]
+
+
+def _same_mode(a: tuple[Tensor, float], b: tuple[Tensor, float]) -> bool:
+    """Whether two searches' ``(point, log-density)`` ended at the same mode, to L-BFGS's
+    accuracy (its stopping tolerances leave coordinates agreeing to a few digits)."""
+    (pa, va), (pb, vb) = a, b
+    close = ((pa - pb).abs() <= MODE_TOLERANCE * (1 + pb.abs())).all()
+    return bool(close) and abs(va - vb) <= MODE_TOLERANCE * (1 + abs(vb))
+
+
+def _find_modes(
+    log_p: Callable[[Tensor], Tensor],
+    loc: Tensor,
+    starts: int,
+    max_time: float | None,
+    progress: bool | None,
+) -> tuple[list[tuple[Tensor, float]], dict[str, Any]]:
+    """L-BFGS from the init point and, when that search finds a mode, from ``starts`` random
+    points (each allowed :data:`RANDOM_START_EVALUATIONS` times the first search's
+    evaluations), within ``max_time`` in all: the distinct modes found, best first, with their
+    log-densities, and the report. Without a mode from the init point the density is
+    unbounded (a funnel) or fails to evaluate there, where random starts spend time on the
+    same."""
+    began = time.perf_counter()
+    modes: list[tuple[Tensor, float]] = []
+    searches: list[dict[str, Any]] = []
+    max_iter = None
+    for origin, start in _search_starts(loc, starts):
+        left = None if max_time is None else max_time - (time.perf_counter() - began)
+        if searches and (not modes or (left is not None and left <= 0)):
+            searches.append({"start": origin, "stopped": "not run", "evaluations": 0})
+            continue
+        options = {} if max_iter is None else {"max_iter": max_iter}
+        point, search = find_map(log_p, start, max_time=left, progress=progress, **options)
+        max_iter = max(RANDOM_START_EVALUATIONS * search["evaluations"], 50)
+        search = {"start": origin, **search}
+        searches.append(search)
+        if point is None:
+            continue
+        with torch.no_grad():
+            search["log_density"] = value = float(log_p(point))
+        if not any(_same_mode((point, value), mode) for mode in modes):
+            modes.append((point, value))
+    modes.sort(key=lambda mode: -mode[1])
+    ran = [s for s in searches if s["stopped"] != "not run"]
+    report = {
+        "evaluations": sum(s["evaluations"] for s in searches),
+        "seconds": time.perf_counter() - began,
+        # How the best mode's search ended, else how the first search failed or ran out.
+        "stopped": next(
+            (s["stopped"] for s in ran if modes and s.get("log_density") == modes[0][1]),
+            ran[0]["stopped"],
+        ),
+        "searches": searches,
+        "modes": [value for _, value in modes],
+    }
+    return modes, report
+
+
 def initial_gaussian(
     log_density: Callable[[Tensor], Tensor],
     loc: Tensor,
@@ -84,26 +160,39 @@ def initial_gaussian(
     particles: int,
     max_time: float | None = None,
     progress: bool | None = None,
+    starts: int = 0,
 ) -> tuple[str, Tensor, Tensor, dict[str, Any]]:
     r"""Choose the start: ``(choice, loc, scale_tril, report)``.
+
+    The Laplace candidates come from L-BFGS searches for the mode started at ``loc`` and, when
+    that search finds one, at ``starts`` points drawn uniformly in :math:`[-2, 2]^D` (Stan's
+    initialisation): a posterior with a local mode (the Lotka-Volterra ODE's, where the search
+    from the prior's median ends 40 log-density units below the main mode) is started at the
+    best of those found. Every distinct mode with a positive-definite Hessian is a candidate;
+    the ELBO estimates decide.
 
     Args:
         log_density: unnormalised log-density of latents (S, D) -> (S,).
         loc: the init strategy's point (D,).
         init_scale: the scale of the ``"loc"`` candidate, :math:`\mathcal{N}(\text{loc}, s^2 I)`.
-        mode: ``"loc"``, ``"laplace"`` (Laplace unless it fails, with a warning) or ``"auto"``
-            (the candidate with the better ELBO estimate).
-        try_laplace: whether to compute the Laplace candidate at all.
+        mode: ``"loc"``, ``"laplace"`` (the best Laplace candidate unless none exists, with a
+            warning) or ``"auto"`` (the candidate with the best ELBO estimate).
+        try_laplace: whether to compute the Laplace candidates at all.
         particles: draws of each ELBO estimate.
-        max_time: time budget of the search for the mode, in seconds (see
-            :func:`~pyroflows.infer.guides.laplace.find_map`).
-        progress: show the search's progress once it has run a second (``None``: on a
+        max_time: time budget in seconds of all the searches for the mode together (see
+            :func:`~pyroflows.infer.guides.laplace.find_map`); starts left when it is spent are
+            not searched.
+        progress: show each search's progress once it has run a second (``None``: on a
             terminal).
+        starts: random starts besides ``loc``.
 
-    ``report`` says what was done: ``"elbo"`` (each candidate's ELBO estimate), and with
-    Laplace tried, ``"map_search"`` (L-BFGS evaluations, seconds, why it stopped) and
-    ``"summary"``, one line such as ``"Laplace start: L-BFGS converged in 34 evaluations
-    (0.8 s); ELBO laplace -210.3, loc -4521.0: laplace"``.
+    ``report`` says what was done: ``"elbo"`` (each candidate's ELBO estimate: ``"loc"``,
+    ``"laplace"`` for the best mode, ``"laplace 2"``, ... for the others), and with Laplace
+    tried, ``"map_search"`` (L-BFGS evaluations and seconds in all, how the best mode's search
+    stopped, ``"searches"`` one report per start, ``"modes"`` the distinct modes'
+    log-densities) and ``"summary"``, one line such as ``"Laplace start: L-BFGS converged
+    after 170 evaluations from 5 starts (0.8 s), 2 modes; ELBO loc -4521.0, laplace -210.3,
+    laplace 2 -251.6: laplace"``.
     """
     D = loc.shape[-1]
     candidates = {"loc": (loc, init_scale * torch.eye(D, dtype=loc.dtype, device=loc.device))}
@@ -113,12 +202,13 @@ def initial_gaussian(
         def log_p(u: Tensor) -> Tensor:
             return log_density(u[None])[0]
 
-        mode_point, search = find_map(log_p, loc, max_time=max_time, progress=progress)
+        modes, search = _find_modes(log_p, loc, starts, max_time, progress)
         report["map_search"] = search
-        scale_tril = None if mode_point is None else laplace_approximation(log_p, mode_point)
-        if scale_tril is not None:
-            candidates["laplace"] = (mode_point, scale_tril)
-        elif mode == "laplace":
+        for k, (point, _) in enumerate(modes):
+            scale_tril = laplace_approximation(log_p, point)
+            if scale_tril is not None:
+                candidates["laplace" if k == 0 else f"laplace {k + 1}"] = (point, scale_tril)
+        if len(candidates) == 1 and mode == "laplace":
             warnings.warn(
                 "the Laplace approximation failed (no finite MAP or a Hessian that is not "
                 f"positive definite; the search for the mode {search['stopped']}); starting "
@@ -132,18 +222,23 @@ def initial_gaussian(
                 k: gaussian_elbo(log_density, m, L, particles) for k, (m, L) in candidates.items()
             }
         elbos = report["elbo"]
-        choice = "laplace" if mode == "laplace" else max(elbos, key=lambda k: elbos[k])
+        allowed = [k for k in elbos if k != "loc"] if mode == "laplace" else list(elbos)
+        choice = max(allowed, key=lambda k: elbos[k])
     if try_laplace:
         search = report["map_search"]
         how = {"converged": "converged", "max_time": "stopped at max_time", "failed": "failed"}
+        tried = len([s for s in search["searches"] if s["stopped"] != "not run"])
+        found = len(search["modes"])
         elbo = ", ".join(f"{k} {v:.1f}" for k, v in report["elbo"].items())
         report["summary"] = (
             f"Laplace start: L-BFGS {how[search['stopped']]} after {search['evaluations']} "
-            f"evaluations ({search['seconds']:.1f} s)"
+            f"evaluations from {tried} start{'s' * (tried > 1)} ({search['seconds']:.1f} s), "
+            f"{found} mode{'s' * (found != 1)}"
             + (f"; ELBO {elbo}" if elbo else "; the Laplace approximation failed")
             + f": {choice}"
         )
-    return (choice, *candidates[choice], report)
+    loc, scale_tril = candidates[choice]
+    return ("loc" if choice == "loc" else "laplace"), loc, scale_tril, report
 
 
 @torch.no_grad()
