@@ -34,8 +34,8 @@ RANDOM_START_RADIUS = 2.0
 #: Two searches found the same mode when every coordinate and the log-density agree to this
 #: relative tolerance.
 MODE_TOLERANCE = 1e-2
-#: A random start's search may take this many times the init point's search's evaluations
-#: (at least 50).
+#: A random start's search runs at most this many times as many L-BFGS iterations as the init
+#: point's search took evaluations (at least 50).
 RANDOM_START_EVALUATIONS = 4
 
 
@@ -110,11 +110,11 @@ def _find_modes(
     progress: bool | None,
 ) -> tuple[list[tuple[Tensor, float]], dict[str, Any]]:
     """L-BFGS from the init point and, when that search finds a mode, from ``starts`` random
-    points (each allowed :data:`RANDOM_START_EVALUATIONS` times the first search's
-    evaluations), within ``max_time`` in all: the distinct modes found, best first, with their
-    log-densities, and the report. Without a mode from the init point the density is
-    unbounded (a funnel) or fails to evaluate there, where random starts spend time on the
-    same."""
+    points (each capped at :data:`RANDOM_START_EVALUATIONS` times the first search's
+    evaluations, in L-BFGS iterations), within ``max_time`` in all: the distinct modes found,
+    best first, with their log-densities, and the report. Without a mode from the init point
+    the density is unbounded (a funnel) or fails to evaluate there, where random starts spend
+    time on the same."""
     began = time.perf_counter()
     modes: list[tuple[Tensor, float]] = []
     searches: list[dict[str, Any]] = []
@@ -126,7 +126,8 @@ def _find_modes(
             continue
         options = {} if max_iter is None else {"max_iter": max_iter}
         point, search = find_map(log_p, start, max_time=left, progress=progress, **options)
-        max_iter = max(RANDOM_START_EVALUATIONS * search["evaluations"], 50)
+        if max_iter is None:  # the random starts' cap comes from the init point's search
+            max_iter = max(RANDOM_START_EVALUATIONS * search["evaluations"], 50)
         search = {"start": origin, **search}
         searches.append(search)
         if point is None:
