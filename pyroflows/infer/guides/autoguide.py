@@ -113,9 +113,9 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
         create_plates: as for Pyro's ``AutoGuide``: a function of the model's arguments
             returning the ``pyro.plate`` (or plates) the guide enters, e.g. one subsampled by
             a data loader; other plates are made from the prototype trace.
-        init_max_time: time budget in seconds of the searches for the mode (Laplace start),
-            all starts together: past it the best point so far is used (``None``: no
-            budget). ``guide.init_report`` says what the initialisation did
+        init_max_time: time budget in seconds of the Laplace start, all starts together:
+            past it the best point so far is used, and modes other than the best are not
+            assessed (``None``: no budget). ``guide.init_report`` says what the initialisation did
             (``init_report["summary"]``, one line).
         progress: show the initialisation's progress once it has run a second (``None``: on
             a terminal).
