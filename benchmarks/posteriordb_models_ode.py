@@ -24,18 +24,36 @@ __all__ = ["ODE_MODELS"]
 # Tighter than the Stan programs' (rk45: 1e-5 relative, 1e-3 absolute; bdf: 1e-6, 1e-6), so
 # the solver's error stays far below the posterior's scale.
 RTOL, ATOL = 1e-7, 1e-7
-MAX_STEPS = 20_000
+#: Right-hand-side evaluations of one solve at most, over all output times together (about
+#: 3,300 dopri5 steps). A solve at the reference draws takes 520-570 (Lotka-Volterra) and
+#: 120-150 (one_comp), for one draw or a batch of 4,000. torchdiffeq's own ``max_num_steps``
+#: counts per output interval: at 20,000 it let one solve at a wild point of Lotka-Volterra
+#: (20 intervals) run for minutes, and a mode search's or a guide build's time with it.
+MAX_RHS_CALLS = 20_000
+
+
+class _TooManyStepsError(Exception):
+    """Raised inside the right-hand side when a solve has spent ``MAX_RHS_CALLS``."""
 
 
 def _solve(rhs: Callable, y0: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """The solution (T, ..., n) at ``times`` (T,) from ``y0`` (..., n) at ``times[0]``, or NaN
-    where the solver gives up (a step size underflow or more than ``MAX_STEPS`` steps, at the
-    wild parameters of an early warm-up proposal): the density is then NaN, which NUTS
-    rejects as a divergence, as Stan rejects a failed solve, instead of stopping the run."""
+    where the solver gives up (a step size underflow or more than ``MAX_RHS_CALLS``
+    right-hand-side evaluations, at the wild parameters of an early warm-up proposal or a
+    random start): the density is then NaN, which NUTS rejects as a divergence, as Stan
+    rejects a failed solve, and which a mode search backs off from."""
+    calls = 0
+
+    def counted(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls > MAX_RHS_CALLS:
+            raise _TooManyStepsError
+        return rhs(t, y)
+
     try:
-        return odeint(rhs, y0, times, method="dopri5", rtol=RTOL, atol=ATOL,
-                      options={"max_num_steps": MAX_STEPS})  # fmt: skip
-    except AssertionError:  # torchdiffeq reports both failures by assertions
+        return odeint(counted, y0, times, method="dopri5", rtol=RTOL, atol=ATOL)
+    except (AssertionError, _TooManyStepsError):  # torchdiffeq reports underflow by assertion
         nan = torch.full_like(y0, float("nan"))
         return nan.expand(len(times), *y0.shape) + 0 * y0  # still a function of y0
 

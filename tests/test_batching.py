@@ -57,7 +57,7 @@ def log_joint(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
     return prior + dist.Bernoulli(logits=logits).log_prob(y).sum(-1)
 
 
-def test_importance_with_vmap_matches_the_per_draw_loop_in_two_model_runs():
+def test_importance_with_vmap_matches_the_per_draw_loop_in_four_model_runs():
     x, y = data()
     proposal = dist.MultivariateNormal(
         torch.zeros(P + 1, dtype=x.dtype), torch.eye(P + 1, dtype=x.dtype) * 0.3
@@ -73,7 +73,9 @@ def test_importance_with_vmap_matches_the_per_draw_loop_in_two_model_runs():
     calls["model"] = 0
     slow = importance(looped, proposal, 400, seed=1, warn=False)
     assert batched.route == "vmap" and "plate" in batched.failures
-    assert runs <= 3 and calls["model"] == 400  # the plate try, vmap's trace, the check
+    # The plate try, the first point unbatched (also vmap's check), the plate on copies of
+    # that point (the failure is the plate's, not the values'), vmap's trace.
+    assert runs <= 4 and calls["model"] == 400
     assert torch.allclose(fast.log_weights, slow.log_weights, rtol=0, atol=1e-10)
     # And against the closed form: u = (w, b) unconstrained (real supports).
     u = fast.samples
@@ -126,6 +128,35 @@ def test_posterior_predictive_draws_observed_sites_given_the_latents():
         posterior_predictive(logistic, guide, 10, x, return_sites=["nope"])
     with pytest.raises(ValueError, match="num_samples"):
         posterior_predictive(logistic, guide, 0, x)
+
+
+def positive_rate(rate_data: torch.Tensor) -> None:
+    """Written for batches (no ``X @ w``), but invalid beyond ``log_rate = 5``: Pyro's
+    validation raises for the observation's negative scale there, at any batch size."""
+    log_rate = pyro.sample("log_rate", dist.Normal(torch.zeros((), dtype=rate_data.dtype), 1.0))
+    with pyro.plate("rows", len(rate_data)):
+        pyro.sample("y", dist.Normal(0.0, 5 - log_rate), obs=rate_data)
+
+
+def test_an_error_at_some_values_is_raised_and_keeps_the_batched_route():
+    rate_data = torch.linspace(-1, 1, 7, dtype=torch.float64)
+    target = ModelTarget(positive_rate, (rate_data,))
+    good = torch.tensor([[0.5], [-1.0], [2.0]], dtype=torch.float64)
+    expected = dist.Normal(0.0, 1.0).log_prob(good[:, 0]) + dist.Normal(0.0, 5 - good).log_prob(
+        rate_data
+    ).sum(-1)
+    assert torch.allclose(target(good), expected, rtol=0, atol=1e-12)
+    assert target.route == "plate"
+    bad = torch.tensor([[0.5], [6.0], [2.0]], dtype=torch.float64)
+    calls["model"] = 0
+    with pytest.raises(ValueError, match="scale"):
+        target(bad)
+    # Not a batching problem: the route stays the particle plate, and the next call is batched.
+    assert target.route == "plate" and not target.failures
+    assert torch.allclose(target(good), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="scale"):  # a bad first point: its own error
+        target(bad.flip(0).roll(1, 0))
+    assert target.route == "plate"
 
 
 def unbatchable(x: torch.Tensor, y: torch.Tensor | None = None) -> None:

@@ -330,26 +330,34 @@ class UnconstrainedLogDensity:
     def __call__(self, u: Tensor, args: tuple | None = None, kwargs: dict | None = None) -> Tensor:
         if u.shape[0] == 0:
             return u.new_zeros(0)
-        if self.route == "plate":
-            try:
-                return self.evaluate(u, self.nesting, args, kwargs)
-            except VECTORIZE_ERRORS as error:
-                self.failures["plate"] = error
-                self.route = "vmap"
 
         def one(v: Tensor) -> Tensor:  # (1, D) -> (1,)
             return self.evaluate(v, None, args, kwargs)
 
+        reference = None  # one unbatched, validated run of the first point, once needed
+        if self.route == "plate":
+            try:
+                return self.evaluate(u, self.nesting, args, kwargs)
+            except VECTORIZE_ERRORS as error:
+                reference = self._check_batching_failed(
+                    error, u, one, None, lambda v: self.evaluate(v, self.nesting, args, kwargs)
+                )
+                self.failures["plate"] = error
+                self.route = "vmap"
         if self.route == "vmap":
             # One unbatched, validated point first: a genuine error in the model raises here.
-            reference = None if self.vmap_checked else one(u[:1])
+            if reference is None and not self.vmap_checked:
+                reference = one(u[:1])
             try:
                 out = vmap_points(one, u)
-                if reference is not None:
+                if reference is not None and not self.vmap_checked:
                     check_same(out[:1], reference, "torch.func.vmap")
                     self.vmap_checked = True
                 return out
             except VECTORIZE_ERRORS as error:
+                reference = self._check_batching_failed(
+                    error, u, one, reference, lambda v: vmap_points(one, v)
+                )
                 self.failures["vmap"] = error
                 self.route = "loop"
                 if self.warn:
@@ -363,6 +371,29 @@ class UnconstrainedLogDensity:
         # Errors here are not a batching problem (e.g. invalid parameter values): raise.
         rows = tqdm(u, desc="model, one draw at a time", delay=1.0, leave=False, disable=None)
         return torch.cat([one(row[None]) for row in rows])
+
+    @staticmethod
+    def _check_batching_failed(
+        error: BaseException,
+        u: Tensor,
+        one: Callable[[Tensor], Tensor],
+        reference: Tensor | None,
+        route: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """Re-raise ``error`` unless it is the route's failure to batch, not the values': the
+        route is tried again on copies of the first point, as many as ``u`` has, once that
+        point evaluates unbatched (else its error is raised). A model failing at wild values
+        (an ODE solve that gives up, a scale out of its support) keeps its batched route;
+        switching it to the per-draw loop made every later evaluation hundreds of times
+        slower. Returns the first point's unbatched log-density."""
+        if reference is None:
+            reference = one(u[:1])
+        try:
+            with torch.no_grad():
+                route(u[:1].detach().expand_as(u))
+        except VECTORIZE_ERRORS:
+            return reference
+        raise error
 
 
 def vmap_draws(fn: Callable[[Tensor], Any], xs: Tensor) -> Any:

@@ -115,7 +115,11 @@ class AutoFlow(LazyBuild, PosteriorSummaries, AutoContinuous):
             a data loader; other plates are made from the prototype trace.
         init_max_time: time budget in seconds of the Laplace start, all starts together:
             past it the best point so far is used, and modes other than the best are not
-            assessed (``None``: no budget). ``guide.init_report`` says what the initialisation did
+            assessed (``None``: no budget). It is checked between evaluations of the model, and
+            the best mode's Hessian and the ELBO estimates of it and of the ``"loc"`` start
+            (``init_particles`` draws each) are always computed, so a model whose single
+            evaluation takes long (an ODE solved at wild parameters) can exceed it by those.
+            ``guide.init_report`` says what the initialisation did
             (``init_report["summary"]``, one line).
         progress: show the initialisation's progress once it has run a second (``None``: on
             a terminal).

@@ -240,7 +240,12 @@ def initial_gaussian(
         choice = max(allowed, key=lambda k: elbos[k])
     if try_laplace:
         search = report["map_search"]
-        how = {"converged": "converged", "max_time": "stopped at max_time", "failed": "failed"}
+        how = {
+            "converged": "converged",
+            "max_time": "stopped at max_time",
+            "failed": "failed",
+            "stalled": "stalled short of a mode",
+        }
         tried = search["started"]
         found = len(search["modes"])
         elbo = ", ".join(f"{k} {v:.1f}" for k, v in report["elbo"].items())

@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["find_map", "laplace_approximation"]
+__all__ = ["STATIONARY_TOLERANCE", "find_map", "laplace_approximation"]
+
+#: A rejected trial point's loss exceeds the best seen by this times ``1 + |best|``.
+REJECTED_PENALTY = 1e3
+#: A converged search's end is a mode when every coordinate of the log-density's gradient
+#: there is at most this times ``1 + |log-density|``.
+STATIONARY_TOLERANCE = 1e-3
 
 
 class _OutOfTimeError(Exception):
@@ -47,7 +53,10 @@ def find_map(
         ``(point, report)``: the maximiser, or ``None`` when the optimisation produced
         non-finite values (an unbounded density such as a funnel's, or a numerical failure);
         ``report`` holds ``evaluations``, ``seconds`` and ``stopped`` (``"converged"``,
-        ``"max_time"`` or ``"failed"``).
+        ``"max_time"``, ``"failed"``, or ``"stalled"``: L-BFGS ended where the gradient is not
+        near zero, see :data:`STATIONARY_TOLERANCE`). Trial points where ``log_density``
+        raises ``ValueError``/``RuntimeError`` are rejected (the line search backs off), as
+        Stan rejects them; at ``init`` that ends the search as ``"failed"``.
     """
     x = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
@@ -74,17 +83,29 @@ def find_map(
         if max_time is not None and time.perf_counter() - start > max_time:
             raise _OutOfTimeError
         optimizer.zero_grad()
-        loss = -log_density(x)
+        try:
+            loss = -log_density(x)
+        except (RuntimeError, ValueError):
+            # A trial point where the model cannot be evaluated (an ODE solve that gives up, a
+            # parameter out of its support) is rejected, as Stan rejects it. At the start there
+            # is nothing to back off to.
+            if not evaluations[0]:
+                raise
+            loss = None
         evaluations[0] += 1
         bar.update()
-        if torch.isfinite(loss):
+        if loss is not None and torch.isfinite(loss):
             loss.backward()
             if float(loss.detach()) < best[0]:
                 best[:] = [float(loss.detach()), x.detach().clone()]
-        else:  # make the line search back off
-            loss = torch.full_like(loss, math.inf)
-            x.grad = torch.zeros_like(x)
-        return loss
+            return loss
+        # Rejected: a loss worse than any seen, finite and flat, so that the line search's
+        # interpolation backs off towards the last good point (an infinite one turns it NaN).
+        worst = 0.0 if math.isinf(best[0]) else best[0]
+        x.grad = torch.zeros_like(x)
+        return torch.tensor(
+            worst + REJECTED_PENALTY * (1 + abs(worst)), dtype=x.dtype, device=x.device
+        )
 
     stopped = "converged"
     try:
@@ -101,11 +122,40 @@ def find_map(
         "seconds": time.perf_counter() - start,
         "stopped": stopped,
     }
-    if point is None or not torch.isfinite(point).all() or not torch.isfinite(log_density(point)):
+    gradient = None if point is None else _finite_gradient(log_density, point)
+    if gradient is None:
         if stopped == "converged":
             report["stopped"] = "failed"
         return None, report
+    value, gradient = gradient
+    if stopped == "converged" and float(gradient.abs().max()) > STATIONARY_TOLERANCE * (
+        1 + abs(value)
+    ):
+        # L-BFGS also ends when its line search can make no progress, e.g. backing off from
+        # points the density cannot evaluate on its way to infinity (an unbounded density):
+        # that end is no mode.
+        report["stopped"] = "stalled"
+        return None, report
     return point, report
+
+
+def _finite_gradient(
+    log_density: Callable[[Tensor], Tensor], point: Tensor
+) -> tuple[float, Tensor] | None:
+    """``(log_density(point), its gradient)``, or ``None`` where either is not finite or the
+    density cannot be evaluated."""
+    if not torch.isfinite(point).all():
+        return None
+    x = point.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            value = log_density(x)
+            (gradient,) = torch.autograd.grad(value, x)
+    except (RuntimeError, ValueError):
+        return None
+    if not (torch.isfinite(value) and torch.isfinite(gradient).all()):
+        return None
+    return float(value.detach()), gradient
 
 
 def laplace_approximation(
