@@ -529,6 +529,36 @@ def test_a_model_written_for_one_draw_falls_back_to_a_loop():
         assert math.isfinite(objective.loss(single_draw_model, guide, X, y))
 
 
+def test_a_failing_draw_is_redrawn_and_keeps_the_particle_plate():
+    # The model raises once (as an ODE model at a wild draw): the batch is redrawn and the
+    # particles stay batched. Two batches failing in a row read as a model that does not
+    # broadcast: the particles are then drawn one at a time.
+    X = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = X.sum(-1)
+    failures = {"left": 0}
+
+    def flaky_model(features: torch.Tensor, y: torch.Tensor) -> None:
+        w = pyro.sample("w", dist.Normal(features.new_zeros(2), 1.0).to_event(1))
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ValueError("the solver gave up")
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=y)
+
+    guide = pyro.infer.autoguide.AutoNormal(flaky_model)
+    guide(X, y)
+    objective = IWAE(4, max_plate_nesting=1)
+    failures["left"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fall-back warning
+        assert math.isfinite(objective.loss(flaky_model, guide, X, y))
+    assert objective.vectorize_particles is True and failures["left"] == 0
+    failures["left"] = 2
+    with pytest.warns(UserWarning, match="one at a time"):
+        assert math.isfinite(objective.loss(flaky_model, guide, X, y))
+    assert objective.vectorize_particles is False
+
+
 def test_an_objective_is_an_elbo_for_pyro():
     objective = IWAE(4)
     assert isinstance(objective, pyro.infer.ELBO)

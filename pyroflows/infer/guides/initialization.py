@@ -117,6 +117,7 @@ def _find_modes(
     where random starts spend time on the same."""
     began = time.perf_counter()
     modes: list[tuple[Tensor, float]] = []
+    ends: list[str] = []  # how each mode's search ended
     searches: list[dict[str, Any]] = []
     max_iter = None
     for origin, start in _search_starts(loc, starts):
@@ -136,16 +137,15 @@ def _find_modes(
             search["log_density"] = value = float(log_p(point))
         if not any(_same_mode((point, value), mode) for mode in modes):
             modes.append((point, value))
-    modes.sort(key=lambda mode: -mode[1])
+            ends.append(search["stopped"])
+    order = sorted(range(len(modes)), key=lambda k: -modes[k][1])
+    modes = [modes[k] for k in order]
     ran = [s for s in searches if s["stopped"] != "not run"]
     report = {
         "evaluations": sum(s["evaluations"] for s in searches),
         "seconds": time.perf_counter() - began,
         # How the best mode's search ended, else how the first search failed or ran out.
-        "stopped": next(
-            (s["stopped"] for s in ran if modes and s.get("log_density") == modes[0][1]),
-            ran[0]["stopped"],
-        ),
+        "stopped": ends[order[0]] if modes else ran[0]["stopped"],
         "searches": searches,
         "started": len(ran),
         "modes": [value for _, value in modes],

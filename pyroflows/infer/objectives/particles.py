@@ -145,7 +145,8 @@ class ParticleObjective:
         max_plate_nesting: the plates the model and guide nest (found by tracing them once
             when infinite, the default).
         vectorize_particles: draw the particles at once in a particle plate (default); a model
-            that does not broadcast over one falls back, with a warning, to a loop.
+            that does not broadcast over one falls back, with a warning, to a loop (decided
+            when two batches in a row fail: one failing batch is redrawn).
 
     Raises:
         ValueError: ``num_particles < 1`` or an unknown ``gradient``.
@@ -298,6 +299,15 @@ class ParticleObjective:
             except _RefusedError:
                 raise
             except VECTORIZE_ERRORS as error:
+                # A second batch tells the two causes apart: a draw the model cannot take (an
+                # ODE solve giving up at a wild value) is not redrawn, a model that does not
+                # broadcast over the plate fails again. Only the latter means one at a time.
+                try:
+                    return self._draw(model, guide, args, kwargs, K, nesting, grads)
+                except _RefusedError:
+                    raise
+                except VECTORIZE_ERRORS:
+                    pass
                 warnings.warn(
                     f"{type(self).__name__}: the model and guide do not run in a particle plate "
                     f"({describe(error)}), so the {K} particles are drawn one at a time "
