@@ -69,7 +69,11 @@ def check(name: str, warmup: int, draws: int, seed: int) -> dict:
     kernel = NUTS(model, target_accept_prob=0.8, init_strategy=init, max_plate_nesting=2)
     mcmc = MCMC(kernel, num_samples=draws, warmup_steps=warmup, disable_progbar=True)
     start = time.perf_counter()
-    mcmc.run()
+    # Pyro's validation raises at a proposal where the model gives NaN (an ODE solve that gives
+    # up at a wild warm-up point), and NUTS does not catch it: off, the NaN is a divergence,
+    # rejected as Stan rejects a failed solve.
+    with pyro.validation_enabled(False):
+        mcmc.run()
     seconds = time.perf_counter() - start
     got = columns({k: v.detach() for k, v in mcmc.get_samples().items()})
     mean, sd = posterior.reference_mean_sd()

@@ -43,6 +43,15 @@ def test_the_search_backs_off_from_points_the_density_cannot_evaluate():
     assert point is None and report["stopped"] == "failed" and report["evaluations"] == 0
 
 
+def test_a_search_that_ends_off_a_stationary_point_has_stalled():
+    # A kink at the maximum (the gradient is +-1 on either side): L-BFGS ends next to it, on
+    # no zero of the gradient, which is no mode with a Hessian.
+    point, report = find_map(
+        lambda x: -(x - 1).abs().sum(), torch.zeros(2, dtype=torch.float64), progress=False
+    )
+    assert point is None and report["stopped"] == "stalled"
+
+
 def bimodal_model() -> None:
     """A 1-D posterior with a small mode at 1 and the main one (four times the mass) at -1,
     20 sd apart."""
@@ -79,15 +88,15 @@ def test_random_starts_find_the_main_mode_that_the_init_point_misses():
 
 @pytest.mark.filterwarnings("ignore:Encountered \\+inf")
 def test_random_starts_are_skipped_when_the_init_point_finds_no_mode():
-    def unbounded() -> None:  # log p grows as e^x: the search overflows, backs off, stalls
+    def unbounded() -> None:  # log p grows as e^x: the search overflows
         x = pyro.sample("x", dist.Normal(0.0, 1.0))
         pyro.factor("explode", x.exp())
 
     guide = AutoFlow(unbounded, transforms=1, hidden=(8,), progress=False)
     searches = guide.init_report["map_search"]["searches"]
     assert [s["start"] for s in searches] == ["init"] + ["random"] * 4
-    # L-BFGS's line search ends on its way to +inf, where the gradient is anything but 0.
-    assert searches[0]["stopped"] == "stalled"
+    # On its way to +inf every trial point overflows: rejected ten in a row, the search fails.
+    assert searches[0]["stopped"] == "failed" and searches[0]["rejected"] >= 10
     assert all(s["stopped"] == "not run" for s in searches[1:])
     assert guide.init_choice == "loc"
 

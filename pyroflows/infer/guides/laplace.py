@@ -20,6 +20,10 @@ __all__ = ["STATIONARY_TOLERANCE", "find_map", "laplace_approximation"]
 
 #: A rejected trial point's loss exceeds the best seen by this times ``1 + |best|``.
 REJECTED_PENALTY = 1e3
+#: A search whose line search meets this many points in a row that it must reject has
+#: nowhere to go (on the Neal's funnel, every step towards the unbounded neck overflows): it
+#: ends as failed.
+MAX_REJECTED_IN_A_ROW = 10
 #: A converged search's end is a mode when every coordinate of the log-density's gradient
 #: there is at most this times ``1 + |log-density|``.
 STATIONARY_TOLERANCE = 1e-3
@@ -27,6 +31,10 @@ STATIONARY_TOLERANCE = 1e-3
 
 class _OutOfTimeError(Exception):
     """Raised inside L-BFGS's closure when the time budget is spent."""
+
+
+class _RejectedError(Exception):
+    """Raised inside L-BFGS's closure after :data:`MAX_REJECTED_IN_A_ROW` rejected points."""
 
 
 def find_map(
@@ -55,8 +63,9 @@ def find_map(
         ``report`` holds ``evaluations``, ``seconds`` and ``stopped`` (``"converged"``,
         ``"max_time"``, ``"failed"``, or ``"stalled"``: L-BFGS ended where the gradient is not
         near zero, see :data:`STATIONARY_TOLERANCE`). Trial points where ``log_density``
-        raises ``ValueError``/``RuntimeError`` are rejected (the line search backs off), as
-        Stan rejects them; at ``init`` that ends the search as ``"failed"``.
+        raises ``ValueError``/``RuntimeError`` or is not finite are rejected (the line search
+        backs off), as Stan rejects them; at ``init``, or :data:`MAX_REJECTED_IN_A_ROW` in a
+        row, that ends the search as ``"failed"``. ``report["rejected"]`` counts them.
     """
     x = init.detach().clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
@@ -70,7 +79,8 @@ def find_map(
     )
     start = time.perf_counter()
     best: list[Any] = [math.inf, None]  # the lowest loss seen and its point
-    evaluations = [0]  # counted here: a disabled tqdm bar does not count
+    # Evaluations, rejected ones, rejected ones in a row (a disabled tqdm bar does not count).
+    evaluations = [0, 0, 0]
     bar = tqdm(
         desc="Laplace start: L-BFGS for the mode",
         unit=" evaluations",
@@ -98,7 +108,12 @@ def find_map(
             loss.backward()
             if float(loss.detach()) < best[0]:
                 best[:] = [float(loss.detach()), x.detach().clone()]
+            evaluations[2] = 0
             return loss
+        evaluations[1] += 1
+        evaluations[2] += 1
+        if evaluations[2] >= MAX_REJECTED_IN_A_ROW:
+            raise _RejectedError
         # Rejected: a loss worse than any seen, finite and flat, so that the line search's
         # interpolation backs off towards the last good point (an infinite one turns it NaN).
         worst = 0.0 if math.isinf(best[0]) else best[0]
@@ -113,12 +128,13 @@ def find_map(
         point = x.detach()
     except _OutOfTimeError:
         stopped, point = "max_time", best[1]
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, _RejectedError):
         stopped, point = "failed", None
     finally:
         bar.close()
     report = {
         "evaluations": evaluations[0],
+        "rejected": evaluations[1],
         "seconds": time.perf_counter() - start,
         "stopped": stopped,
     }
