@@ -79,8 +79,8 @@ def find_map(
     )
     start = time.perf_counter()
     best: list[Any] = [math.inf, None]  # the lowest loss seen and its point
-    # Evaluations, rejected ones, rejected ones in a row (a disabled tqdm bar does not count).
-    evaluations = [0, 0, 0]
+    # Counted here: a disabled tqdm bar does not count.
+    counts = {"evaluations": 0, "rejected": 0, "rejected_in_a_row": 0}
     bar = tqdm(
         desc="Laplace start: L-BFGS for the mode",
         unit=" evaluations",
@@ -99,20 +99,20 @@ def find_map(
             # A trial point where the model cannot be evaluated (an ODE solve that gives up, a
             # parameter out of its support) is rejected, as Stan rejects it. At the start there
             # is nothing to back off to.
-            if not evaluations[0]:
+            if not counts["evaluations"]:
                 raise
             loss = None
-        evaluations[0] += 1
+        counts["evaluations"] += 1
         bar.update()
         if loss is not None and torch.isfinite(loss):
             loss.backward()
             if float(loss.detach()) < best[0]:
                 best[:] = [float(loss.detach()), x.detach().clone()]
-            evaluations[2] = 0
+            counts["rejected_in_a_row"] = 0
             return loss
-        evaluations[1] += 1
-        evaluations[2] += 1
-        if evaluations[2] >= MAX_REJECTED_IN_A_ROW:
+        counts["rejected"] += 1
+        counts["rejected_in_a_row"] += 1
+        if counts["rejected_in_a_row"] >= MAX_REJECTED_IN_A_ROW:
             raise _RejectedError
         # Rejected: a loss worse than any seen, finite and flat, so that the line search's
         # interpolation backs off towards the last good point (an infinite one turns it NaN).
@@ -133,8 +133,8 @@ def find_map(
     finally:
         bar.close()
     report = {
-        "evaluations": evaluations[0],
-        "rejected": evaluations[1],
+        "evaluations": counts["evaluations"],
+        "rejected": counts["rejected"],
         "seconds": time.perf_counter() - start,
         "stopped": stopped,
     }
@@ -147,9 +147,9 @@ def find_map(
     if stopped == "converged" and float(gradient.abs().max()) > STATIONARY_TOLERANCE * (
         1 + abs(value)
     ):
-        # L-BFGS also ends when its line search can make no progress, e.g. backing off from
-        # points the density cannot evaluate on its way to infinity (an unbounded density):
-        # that end is no mode.
+        # L-BFGS also ends after max_iter iterations, or where its line search makes no
+        # progress (a kink; a supremum on the boundary of the unconstrained space, such as an
+        # HMM's rate going to 0): that end is no mode.
         report["stopped"] = "stalled"
         return None, report
     return point, report
