@@ -38,6 +38,15 @@ def test_the_search_backs_off_from_points_the_density_cannot_evaluate():
     start = torch.full((1,), 1.0, dtype=torch.float64)
     point, report = find_map(log_p, start, progress=False)
     assert report["stopped"] == "converged" and torch.allclose(point, torch.tensor([1.5]).double())
+
+    # A finite but astronomical value there (an overflowing likelihood, as an HMM's at a wild
+    # point) is rejected too: fed to the line search's cubic interpolation it gave NaN steps.
+    def overflowing(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x < 2, -0.5 * (x - 1.5) ** 2 / 0.01, -1e303 * torch.ones_like(x)).sum()
+
+    point, report = find_map(overflowing, start, progress=False)
+    assert report["stopped"] == "converged" and report["rejected"] >= 1
+    assert torch.allclose(point, torch.tensor([1.5]).double())
     # Where the start itself cannot be evaluated, there is nothing to back off to.
     point, report = find_map(log_p, start + 10, progress=False)
     assert point is None and report["stopped"] == "failed" and report["evaluations"] == 0

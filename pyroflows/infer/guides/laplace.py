@@ -104,7 +104,7 @@ def find_map(
             loss = None
         counts["evaluations"] += 1
         bar.update()
-        if loss is not None and torch.isfinite(loss):
+        if loss is not None and torch.isfinite(loss) and float(loss.detach()) <= penalty():
             loss.backward()
             if float(loss.detach()) < best[0]:
                 best[:] = [float(loss.detach()), x.detach().clone()]
@@ -112,15 +112,17 @@ def find_map(
             return loss
         counts["rejected"] += 1
         counts["rejected_in_a_row"] += 1
-        if counts["rejected_in_a_row"] >= MAX_REJECTED_IN_A_ROW:
-            raise _RejectedError
+        if counts["rejected_in_a_row"] >= MAX_REJECTED_IN_A_ROW or math.isinf(best[0]):
+            raise _RejectedError  # stuck, or nothing to back off to
         # Rejected: a loss worse than any seen, finite and flat, so that the line search's
-        # interpolation backs off towards the last good point (an infinite one turns it NaN).
-        worst = 0.0 if math.isinf(best[0]) else best[0]
+        # interpolation backs off towards the last good point (an infinite one, or a finite
+        # one near overflow, turns it NaN).
         x.grad = torch.zeros_like(x)
-        return torch.tensor(
-            worst + REJECTED_PENALTY * (1 + abs(worst)), dtype=x.dtype, device=x.device
-        )
+        return torch.tensor(penalty(), dtype=x.dtype, device=x.device)
+
+    def penalty() -> float:
+        """The loss of a rejected point; a worse one is rejected too."""
+        return best[0] + REJECTED_PENALTY * (1 + abs(best[0]))
 
     stopped = "converged"
     try:
