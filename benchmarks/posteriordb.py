@@ -133,6 +133,19 @@ def run_one(  # noqa: PLR0913
     }
 
 
+def _flow_option(text: str) -> tuple[str, object]:
+    """``"name=value"`` -> ``(name, value)``, the value as a number where it reads as one."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--flow-option {text!r}: expected NAME=VALUE")
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,9 +167,17 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--flow-option", action="append", default=[], metavar="NAME=VALUE",
+        help="an AutoFlow flow option, e.g. tails=linear or bins=8 (repeatable; a trial, "
+        "not the defaults)",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(RESULTS_DIR / "posteriordb.json"))
     args = parser.parse_args()
     set_threads(args.threads)
+    if args.flow_option:
+        options = dict(_flow_option(text) for text in args.flow_option)
+        GUIDES["AutoFlow"] = lambda model: AutoFlow(model, **options)
     try:
         available = list_posteriors(args.root)
     except FileNotFoundError as error:

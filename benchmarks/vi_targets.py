@@ -75,6 +75,7 @@ GUIDES = {
         model, flow="maf", transforms=3, hidden=(32, 32), log_scale_bound=6.0
     ),
     "AutoFlow(nsf 3x32)": lambda model: AutoFlow(model, transforms=3, hidden=(32, 32)),
+    "AutoFlow(linear tails)": lambda model: AutoFlow(model, tails="linear"),
 }
 DEFAULT_GUIDES = list(GUIDES)[:4]
 

@@ -36,7 +36,14 @@ def randn(*shape, gen, device, dtype):  # noqa: ANN001, ANN002, ANN201
 
 # -- elementwise maps ---------------------------------------------------------------------------
 
-MAPS = [AdditiveMap(), AffineMap(), SplineMap(bins=5, bound=3.0), SplineMap(bins=1, bound=1.0)]
+MAPS = [
+    AdditiveMap(),
+    AffineMap(),
+    SplineMap(bins=5, bound=3.0),
+    SplineMap(bins=1, bound=1.0),
+    SplineMap(bins=5, bound=3.0, tails="linear"),
+    SplineMap(bins=1, bound=1.0, tails="linear"),
+]
 
 
 @pytest.mark.parametrize("m", MAPS, ids=lambda m: type(m).__name__ + str(m.num_params))
@@ -99,6 +106,29 @@ def test_spline_is_continuous_at_the_bound(gen, device, dtype):
     assert ladj.abs().max() < 1e-4  # boundary derivatives are pinned to 1
 
 
+def test_spline_linear_tails_continue_with_the_boundary_derivatives(gen, device, dtype):
+    m = SplineMap(bins=4, bound=1.5, tails="linear")
+    params = randn(1, 1, m.num_params, gen=gen, device=device, dtype=dtype).expand(6, 1, -1)
+    # The boundary derivatives are the first and last of the K + 1 derivatives' parameters.
+    raw = params[0, 0, 2 * 4 :]
+    slopes = m.min_derivative + torch.nn.functional.softplus(raw + m._derivative_offset)
+    low, high = slopes[0], slopes[-1]
+    eps = 1e-7
+    u = torch.tensor(
+        [[-1.5 - eps], [-1.5 + eps], [1.5 - eps], [1.5 + eps], [-4.0], [7.0]],
+        device=device,
+        dtype=dtype,
+    )
+    v, ladj = m(u, params)
+    # Value and slope continuous at both ends (C1), the tails straight lines with those slopes.
+    assert (v[0] - v[1]).abs() < 1e-5 and (v[2] - v[3]).abs() < 1e-5
+    assert (ladj[0] - ladj[1]).abs() < 1e-4 and (ladj[2] - ladj[3]).abs() < 1e-4
+    assert torch.allclose(v[4], -1.5 + low * (-4.0 + 1.5), atol=1e-5)
+    assert torch.allclose(v[5], 1.5 + high * (7.0 - 1.5), atol=1e-5)
+    assert torch.allclose(ladj[[4, 5], 0], torch.stack([low, high]).log(), atol=1e-5)
+    assert not torch.allclose(low, high)  # a real test of which end is which
+
+
 def test_spline_inverse_at_knots(device, dtype):
     m = SplineMap(bins=4, bound=2.0)
     params = torch.zeros(5, 1, m.num_params, device=device, dtype=dtype)
@@ -115,6 +145,8 @@ def test_spline_rejects_bad_options():
         SplineMap(bound=-1.0)
     with pytest.raises(ValueError, match="min_bin_size"):
         SplineMap(bins=10, min_bin_size=0.2)
+    with pytest.raises(ValueError, match="tails"):
+        SplineMap(tails="cubic")
 
 
 def test_affine_map_scale_is_bounded(device, dtype):

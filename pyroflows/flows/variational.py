@@ -53,6 +53,7 @@ def nsf_iaf(
     log_scale_bound: float = 6.0,
     activation: str = "relu",
     affine_first: bool = True,
+    tails: str = "identity",
 ) -> Flow:
     r"""Inverse autoregressive flow with spline and affine stages (the guides' default).
 
@@ -99,6 +100,8 @@ def nsf_iaf(
         activation: MADE non-linearity.
         affine_first: make the first of two or more layers affine (a single layer is always
             an ``AffineSplineMap`` one).
+        tails: the splines' tails, ``"identity"`` or ``"linear"`` (slopes learned, see
+            :class:`~pyroflows.transforms.SplineMap`).
 
     Raises:
         ValueError: ``transforms < 1``. TypeError: a non-bool ``affine_first``.
@@ -116,7 +119,9 @@ def nsf_iaf(
     for k, order in enumerate(orderings(features, transforms, "reverse")):
         affine = affine_first and transforms >= 2 and k == 0
         map = (
-            AffineMap(log_scale_bound) if affine else AffineSplineMap(bins, bound, log_scale_bound)
+            AffineMap(log_scale_bound)
+            if affine
+            else AffineSplineMap(bins, bound, log_scale_bound, tails)
         )
         layers.append(
             inverse_autoregressive(

@@ -19,7 +19,7 @@ class AffineSplineMap(ElementwiseMap):
 
     A spline alone is the identity outside :math:`[-B, B]`, so it cannot rescale the tails;
     the affine stage does. Parameters per feature: the spline's ``3 * bins - 1``, then the
-    shift :math:`t` and the raw log-scale :math:`\tilde s` (``num_params = 3 * bins + 1``).
+    shift :math:`t` and the raw log-scale :math:`\tilde s` (``num_params = 3 * bins + 1``, or ``3 * bins + 3`` with linear tails).
     All-zero parameters give the identity. Shapes: ``u`` (..., D), ``params``
     (..., D, num_params), outputs (..., D).
 
@@ -27,6 +27,8 @@ class AffineSplineMap(ElementwiseMap):
         bins: spline bins :math:`K`.
         bound: spline half-width :math:`B`.
         log_scale_bound: the bound :math:`b` on the affine log-scale.
+        tails: the spline's tails, ``"identity"`` or ``"linear"`` (learned slopes, two more
+            parameters; see :class:`~pyroflows.transforms.SplineMap`).
 
     Example:
         >>> m = AffineSplineMap(bins=4)
@@ -36,9 +38,15 @@ class AffineSplineMap(ElementwiseMap):
         True
     """
 
-    def __init__(self, bins: int = 8, bound: float = 5.0, log_scale_bound: float = 6.0) -> None:
+    def __init__(
+        self,
+        bins: int = 8,
+        bound: float = 5.0,
+        log_scale_bound: float = 6.0,
+        tails: str = "identity",
+    ) -> None:
         super().__init__()
-        self.spline = SplineMap(bins, bound)
+        self.spline = SplineMap(bins, bound, tails=tails)
         self.log_scale_bound = float(log_scale_bound)
         self.num_params = self.spline.num_params + 2
 

@@ -11,15 +11,19 @@ and the inverse solves the bin's quadratic in closed form.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checks import check_count, check_real
+from ..checks import check_choice, check_count, check_real
 from .elementwise import ElementwiseMap, broadcast_params
 
-__all__ = ["SplineMap", "rq_bin_forward", "rq_bin_inverse"]
+__all__ = ["TAILS", "SplineMap", "rq_bin_forward", "rq_bin_inverse"]
+
+#: The spline's behaviour outside its interval (see :class:`SplineMap`).
+TAILS = ("identity", "linear")
 
 
 def _softplus_inverse(y: float) -> float:
@@ -85,13 +89,18 @@ class SplineMap(ElementwiseMap):
 
     Parameters per feature: :math:`K` bin widths, :math:`K` heights (softmax-normalised, each
     at least ``min_bin_size`` of the interval) and :math:`K-1` interior derivatives (softplus,
-    at least ``min_derivative``), i.e. ``3 * bins - 1``. All-zero parameters give the identity.
+    at least ``min_derivative``), i.e. ``3 * bins - 1``. With ``tails="linear"`` the two
+    boundary derivatives :math:`\delta^{(0)}, \delta^{(K)}` are learned too (``3 * bins + 1``)
+    and the map goes on outside :math:`[-B, B]` with those slopes,
+    :math:`v = \pm B + \delta (u \mp B)`: the slope of a tail then matches the spline's at
+    its edge, where identity tails jump from it to 1. All-zero parameters give the identity.
 
     Args:
         bins: number of bins :math:`K`.
         bound: half-width :math:`B` of the spline's interval.
         min_bin_size: smallest bin width/height, as a fraction of the interval.
         min_derivative: smallest knot derivative.
+        tails: ``"identity"`` (boundary derivatives 1, Durkan et al.) or ``"linear"``.
 
     Example:
         >>> m = SplineMap(bins=4, bound=3.0)
@@ -110,18 +119,21 @@ class SplineMap(ElementwiseMap):
         bound: float = 5.0,
         min_bin_size: float = 1e-3,
         min_derivative: float = 1e-3,
+        tails: str = "identity",
     ) -> None:
         super().__init__()
         self.bins = check_count("bins", bins)
+        self.tails = check_choice("tails", tails, TAILS)
         self.bound = check_real("bound", bound)
         check_real("min_bin_size * bins", min_bin_size * bins, 0.0, 1.0)
         self.min_bin_size = min_bin_size
         self.min_derivative = check_real("min_derivative", min_derivative, 0.0, 1.0)
-        self.num_params = 3 * bins - 1
+        self.num_params = 3 * bins - 1 + 2 * (tails == "linear")
         self._derivative_offset = _softplus_inverse(1.0 - min_derivative)
 
     def extra_repr(self) -> str:
-        return f"bins={self.bins}, bound={self.bound}"
+        tails = "" if self.tails == "identity" else f", tails={self.tails!r}"
+        return f"bins={self.bins}, bound={self.bound}{tails}"
 
     def _knots(self, raw: Tensor) -> Tensor:
         """Knot positions (..., K+1) on [-B, B] from raw bin sizes (..., K)."""
@@ -138,15 +150,19 @@ class SplineMap(ElementwiseMap):
         """(..., 3, K+1): the input knots, the output knots and the knot derivatives."""
         K = self.bins
         knots = self._knots(params[..., : 2 * K].unflatten(-1, (2, K)))  # widths and heights
-        inner = self.min_derivative + F.softplus(params[..., 2 * K :] + self._derivative_offset)
-        derivatives = F.pad(F.pad(inner, (1, 0), value=1.0), (0, 1), value=1.0)
+        derivatives = self.min_derivative + F.softplus(
+            params[..., 2 * K :] + self._derivative_offset
+        )
+        if self.tails == "identity":  # the boundary derivatives pinned to the tails' slope 1
+            derivatives = F.pad(F.pad(derivatives, (1, 0), value=1.0), (0, 1), value=1.0)
         return torch.cat([knots, derivatives.unsqueeze(-2)], dim=-2)
 
     def _locate(self, value: Tensor, params: Tensor, by_output: bool) -> tuple[Tensor, ...]:
-        """``(value, inside, clamped, x0, w, y0, h, d0, d1)``: ``value`` broadcast with the
-        parameters, whether it lies in :math:`[-B, B]`, its clamp into it, and the bin that holds
-        the clamp among the input knots (``by_output=False``) or the output knots (``True``),
-        found by a comparison count (static shape) and read in one gather."""
+        """``(value, inside, clamped, x0, w, y0, h, d0, d1, tail_slope)``: ``value`` broadcast
+        with the parameters, whether it lies in :math:`[-B, B]`, its clamp into it, the bin that
+        holds the clamp among the input knots (``by_output=False``) or the output knots
+        (``True``), found by a comparison count (static shape) and read in one gather, and the
+        slope of the tail on ``value``'s side (``None`` for identity tails)."""
         value, params = broadcast_params(value, params)
         table = self._table(params)
         inside = value.abs() <= self.bound
@@ -157,22 +173,31 @@ class SplineMap(ElementwiseMap):
         (x0, x1), (y0, y1), (d0, d1) = (
             ends.unbind(-1) for ends in table.gather(-1, index).unbind(-2)
         )
-        return value, inside, clamped, x0, x1 - x0, y0, y1 - y0, d0, d1
+        # The tail's slope is the boundary derivative on the value's side.
+        slope = None
+        if self.tails == "linear":
+            slope = torch.where(value > 0, table[..., 2, -1], table[..., 2, 0])
+        return value, inside, clamped, x0, x1 - x0, y0, y1 - y0, d0, d1, slope
 
     @staticmethod
     def _with_tails(
-        inside: Tensor, spline: Tensor, value: Tensor, ladj: Tensor
+        inside: Tensor, spline: Tensor, value: Tensor, clamped: Tensor, ladj: Tensor, slope: Any
     ) -> tuple[Tensor, Tensor]:
-        # Outside [-B, B] the map is the identity: the value passes through with log-slope 0.
-        return torch.where(inside, spline, value), torch.where(inside, ladj, torch.zeros_like(ladj))
+        """Outside [-B, B] the identity (``slope`` None: log-slope 0), or the line through the
+        spline's end with the boundary derivative ``slope`` (the clamp is that end)."""
+        if slope is None:
+            return torch.where(inside, spline, value), torch.where(inside, ladj, 0 * ladj)
+        tail = clamped + slope * (value - clamped)
+        return torch.where(inside, spline, tail), torch.where(inside, ladj, torch.log(slope))
 
     def forward(self, u: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        u, inside, uc, x0, w, y0, h, d0, d1 = self._locate(u, params, by_output=False)
+        u, inside, uc, x0, w, y0, h, d0, d1, slope = self._locate(u, params, by_output=False)
         xi = ((uc - x0) / w).clamp(0, 1)
         v, ladj = rq_bin_forward(xi, y0, h, h / w, d0, d1)
-        return self._with_tails(inside, v, u, ladj)
+        return self._with_tails(inside, v, u, uc, ladj, slope)
 
     def inverse(self, v: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        v, inside, vc, x0, w, y0, h, d0, d1 = self._locate(v, params, by_output=True)
+        v, inside, vc, x0, w, y0, h, d0, d1, slope = self._locate(v, params, by_output=True)
         xi, log_deriv = rq_bin_inverse(vc - y0, h, h / w, d0, d1)
-        return self._with_tails(inside, x0 + xi * w, v, -log_deriv)
+        inverse_slope = None if slope is None else 1 / slope
+        return self._with_tails(inside, x0 + xi * w, v, vc, -log_deriv, inverse_slope)
