@@ -3,7 +3,8 @@ Flows", NeurIPS 2019), the spline math every spline flow in pyroflows shares.
 
 On :math:`[-B, B]` the map is a rational-quadratic spline through :math:`K+1` knots
 :math:`(x^{(k)}, y^{(k)})` with positive derivatives :math:`\delta^{(k)}`; outside it is the
-identity (linear tails with slope 1, the boundary derivatives being pinned to 1), so any real
+identity (linear tails with slope 1, the boundary derivatives being pinned to 1) or, with
+``tails="linear"``, straight lines with the learned boundary derivatives as slopes, so any real
 input is valid. Bin lookup is a comparison count (static shape, no ``searchsorted`` copies),
 and the inverse solves the bin's quadratic in closed form.
 """
@@ -186,7 +187,8 @@ class SplineMap(ElementwiseMap):
         """Outside [-B, B] the identity (``slope`` None: log-slope 0), or the line through the
         spline's end with the boundary derivative ``slope`` (the clamp is that end)."""
         if slope is None:
-            return torch.where(inside, spline, value), torch.where(inside, ladj, 0 * ladj)
+            zero = torch.zeros_like(ladj)
+            return torch.where(inside, spline, value), torch.where(inside, ladj, zero)
         tail = clamped + slope * (value - clamped)
         return torch.where(inside, spline, tail), torch.where(inside, ladj, torch.log(slope))
 
