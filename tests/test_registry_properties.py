@@ -405,3 +405,24 @@ def test_every_entry_meets_the_density_protocol(entry):
     # A context where none is expected, or none where one is, is refused with a ValueError.
     with pytest.raises(ValueError):
         model(None if context else torch.zeros(4, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("context_size", [0, CONTEXT], ids=["unconditional", "conditional"])
+def test_linear_tails_round_trip_and_logdet_far_outside_the_spline(
+    context_size, device, dtype, tol
+):
+    # nsf-iaf's splines with learned tail slopes, at inputs well past their interval (bound 5).
+    flow = make("nsf-iaf", context_size, device, dtype, tails="linear", **SMALL)
+    c = make_context(1, context_size, device, dtype)
+    T = flow.transform(c)
+    z = 8 * torch.randn(
+        6, FEATURES, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    z = z.to(device, dtype)
+    x, ladj = T.call_and_ladj(z)
+    # Values 8 times those of test_round_trip: the absolute tolerance scaled with them.
+    assert (T.inverse_and_ladj(x)[0] - z).abs().max() < tol["roundtrip"] * 8
+    expected = jacobian_logdet(lambda v: T.call_and_ladj(v)[0].reshape(-1), z)
+    assert (ladj.reshape(-1) - expected).abs().max() < tol["logdet"]
+    spline = flow.transforms[-1].bijection.map.map.spline
+    assert spline.tails == "linear" and spline.num_params == 3 * 4 + 1
