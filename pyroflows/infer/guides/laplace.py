@@ -150,8 +150,7 @@ def find_map(
         1 + abs(value)
     ):
         # L-BFGS also ends after max_iter iterations, or where its line search makes no
-        # progress (a kink; a supremum on the boundary of the unconstrained space, such as an
-        # HMM's rate going to 0): that end is no mode.
+        # progress (at a kink, say): that end is no mode.
         report["stopped"] = "stalled"
         return None, report
     return point, report
