@@ -138,14 +138,14 @@ def _find_modes(
         if not any(_same_mode((point, value), mode) for mode in modes):
             modes.append((point, value))
             ends.append(search["stopped"])
-    order = sorted(range(len(modes)), key=lambda k: -modes[k][1])
-    modes = [modes[k] for k in order]
+    best = max(range(len(modes)), key=lambda k: modes[k][1], default=None)
+    modes.sort(key=lambda mode: -mode[1])
     ran = [s for s in searches if s["stopped"] != "not run"]
     report = {
         "evaluations": sum(s["evaluations"] for s in searches),
         "seconds": time.perf_counter() - began,
         # How the best mode's search ended, else how the first search failed or ran out.
-        "stopped": ends[order[0]] if modes else ran[0]["stopped"],
+        "stopped": ran[0]["stopped"] if best is None else ends[best],
         "searches": searches,
         "started": len(ran),
         "modes": [value for _, value in modes],

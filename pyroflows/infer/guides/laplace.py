@@ -16,7 +16,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["STATIONARY_TOLERANCE", "find_map", "laplace_approximation"]
+__all__ = [
+    "MAX_REJECTED_IN_A_ROW",
+    "REJECTED_PENALTY",
+    "STATIONARY_TOLERANCE",
+    "find_map",
+    "laplace_approximation",
+]
 
 #: A rejected trial point's loss exceeds the best seen by this times ``1 + |best|``.
 REJECTED_PENALTY = 1e3
