@@ -26,7 +26,8 @@ runs and keep the best; average the iterates) and the spirit of Welandawe et al.
    the guide back to its best state so far and on at the next smaller candidate step size
    (``result.fallbacks`` lists where it diverged), instead of ending the fit.
 4. **Check.** :func:`~pyroflows.infer.importance` with ``check_draws`` draws from the guide:
-   PSIS :math:`\hat k` against the sample-size-dependent threshold :math:`1 - 1/\log_{10} S`
+   PSIS :math:`\hat k` against the sample-size-dependent threshold
+   :math:`\min(1 - 1/\log_{10} S, 0.7)`
    (Vehtari et al. 2024) and the ESS.
 
 **Data-parallel.** Inside a ``torch.distributed`` process group of several processes (started
