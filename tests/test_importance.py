@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -241,3 +242,35 @@ def test_psis_of_equal_weights_is_exact():
     smoothed, _ = psis(lw)
     assert torch.isneginf(smoothed[:10]).all()
     assert torch.allclose(smoothed[10:].exp(), torch.full((990,), 1 / 990, dtype=torch.float64))
+
+
+def test_mean_and_sd_correct_a_too_wide_proposal_to_the_exact_posterior():
+    # posterior_flow() is 1.3 times too wide; the weighted moments are the exact ones.
+    result = importance(conjugate_model, posterior_flow(), 20_000, model_args=(Y,), seed=0)
+    assert result.reliable
+    post_var = 1 / (1 / 4 + len(Y))
+    a, b = 3.0 + float(K.sum()), 2.0 + len(K)  # lam | k ~ Gamma(a, b)
+    moments = result.mean_and_sd()
+    assert set(moments) == {"mu", "lam"}
+    (mu_mean, mu_sd), (lam_mean, lam_sd) = moments["mu"], moments["lam"]
+    assert mu_mean.shape == () and mu_sd.shape == ()
+    assert float(mu_mean) == pytest.approx(post_var * float(Y.sum()), abs=0.01)
+    assert float(mu_sd) == pytest.approx(math.sqrt(post_var), rel=0.03)
+    assert float(lam_mean) == pytest.approx(a / b, rel=0.02)
+    assert float(lam_sd) == pytest.approx(math.sqrt(a) / b, rel=0.03)
+    # The proposal's own draws are 1.3 times too wide: the weights are what corrects them.
+    raw_sd = float(result.site_samples["mu"].std())
+    assert raw_sd == pytest.approx(1.3 * math.sqrt(post_var), rel=0.03)
+    # Uniform weights would give the draws' own moments.
+    flat = dataclasses.replace(
+        result, smoothed_log_weights=torch.full_like(result.log_weights, -math.log(20_000))
+    )
+    assert float(flat.mean_and_sd()["mu"][1]) == pytest.approx(raw_sd, rel=1e-3)
+
+
+def test_mean_and_sd_of_vector_samples():
+    flow = gaussian_flow(MEAN + 0.2, 1.3 * torch.linalg.cholesky(COV))
+    mean, sd = importance(gaussian_target(), flow, 20_000, seed=1).mean_and_sd()
+    assert mean.shape == (3,) and sd.shape == (3,)
+    assert torch.allclose(mean, MEAN, atol=0.03)
+    assert torch.allclose(sd, COV.diagonal().sqrt(), rtol=0.03)

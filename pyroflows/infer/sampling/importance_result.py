@@ -122,6 +122,41 @@ class ImportanceResult:
         lw = self.smoothed_log_weights if smoothed else self.log_weights
         return weighted_mean_and_mcse(values, lw, self.ancestors)
 
+    def mean_and_sd(
+        self, smoothed: bool = True
+    ) -> dict[str, tuple[Tensor, Tensor]] | tuple[Tensor, Tensor]:
+        r"""Self-normalised estimates of the target's mean and standard deviation,
+
+        .. math:: \hat\mu = \sum_s \bar w_s x_s, \qquad
+            \hat\sigma = \Big(\sum_s \bar w_s (x_s - \hat\mu)^2\Big)^{1/2},
+
+        elementwise, with the PSIS-smoothed normalised weights :math:`\bar w` (default) or the
+        raw ones: the posterior summary to read after a fit whose check is :attr:`reliable`
+        (where the guide's own draws may be too wide or too narrow, these are corrected).
+
+        Returns:
+            For a Pyro model, ``name -> (mean, sd)`` for every site of :attr:`site_samples`,
+            each of the site's shape; else ``(mean, sd)`` of :attr:`samples`, shape (D,).
+
+        Example:
+            >>> check = fit_guide(model, guide).check                 # doctest: +SKIP
+            >>> mean, sd = check.mean_and_sd()["tau"]                  # doctest: +SKIP
+        """
+        values = self.values
+        if values is None:
+            raise ValueError("this result holds no samples")
+        weights = self.pareto_weights if smoothed else self.normalized_weights
+
+        def moments(v: Tensor) -> tuple[Tensor, Tensor]:
+            v = v if v.is_floating_point() else v.to(weights.dtype)
+            w = weights.to(device=v.device, dtype=v.dtype).reshape((-1,) + (1,) * (v.dim() - 1))
+            mean = (w * v).sum(0)
+            return mean, (w * (v - mean).square()).sum(0).sqrt()
+
+        if isinstance(values, dict):
+            return {name: moments(v) for name, v in values.items()}
+        return moments(values)
+
     def resample(self, n: int, smoothed: bool = True, generator: torch.Generator | None = None):  # noqa: ANN201
         """``n`` draws resampled (multinomially, with replacement) by their weights.
 
