@@ -8,8 +8,8 @@ Two refinements, each stated in the benchmark's output:
 
 * **PSIS-weighted estimates.** :func:`weighted_mean_sd` scores the same guide draws weighted
   by their Pareto-smoothed importance weights :math:`p/q` (Vehtari et al. 2024), the
-  estimates :func:`pyroflows.infer.fit_guide`'s check (``result.check.expectation``) gives a
-  user when :math:`\hat k` is below the sample-size-dependent threshold. Above it the weights
+  estimates :func:`pyroflows.infer.fit_guide`'s check (``result.check.mean_and_sd()``) gives
+  a user when :math:`\hat k` is below the sample-size-dependent threshold. Above it the weights
   are unreliable and the raw draws are scored (:func:`psis_scored`).
 * **Parameters without a standard deviation.** A marginal with tails like :math:`x^{-3}` has no
   variance: its sample sd never settles, for the reference as for a guide. :func:`unstable_sd`
@@ -98,12 +98,12 @@ def mean_error_and_sd_ratio(
 def psis_scored(khat: float, threshold: float) -> bool:
     """Whether the PSIS-weighted estimates are the ones to trust (:math:`\\hat k` below the
     threshold)."""
-    return bool(np.isfinite(khat) and khat <= threshold)
+    return bool(not np.isnan(khat) and khat <= threshold)
 
 
-def within_target(run: dict, psis: bool = False) -> bool:
+def within_target(run: dict, weighted: bool = False) -> bool:
     """Issue 13's target for one run of ``posteriordb.py``: from the raw draws, or with
-    ``psis=True`` from the PSIS-weighted ones where they are trusted (else the raw)."""
-    prefix = "psis_" if psis and run.get("psis_trusted") else ""
+    ``weighted=True`` from the PSIS-weighted ones where they are trusted (else the raw)."""
+    prefix = "psis_" if weighted and run.get("psis_trusted") else ""
     low, high = run[f"{prefix}sd_ratio_range"]
     return bool(run[f"{prefix}max_abs_mean_error"] <= 0.1 and 0.9 <= low and high <= 1.1)

@@ -9,8 +9,8 @@ cannot inflate as they inflate a mean or a standard deviation), the effective sa
 minimum, the number of gradient evaluations and the wall time. A model agrees with its
 reference when every quantile error is below 0.1 (3 Monte Carlo standard errors of a median
 from 200 effective draws); the script exits non-zero otherwise. Means and sds are reported,
-not judged: a Cauchy-tailed parameter's sample sd can double from one draw (parameters whose
-reference sd does not reproduce itself are compared as logarithms, as in ``posteriordb.py``).
+not judged: a Cauchy-tailed parameter's sample sd can double from one draw (parameters without a
+variance are compared as logarithms, as in ``posteriordb.py``).
 
 Usage::
 

@@ -9,7 +9,7 @@ k-hat, gradient evaluations and seconds, then the same draws PSIS-weighted where
 below the threshold ("(raw)" where it is not: the raw draws are judged); for NUTS the largest
 quantile error, the largest |mean error|, gradient evaluations and seconds. "ok" marks a fit
 within issue 13's target (|mean error| <= 0.1 sd, sd ratios in [0.9, 1.1]; parameters without
-a reproducible reference sd on the log scale, see ``posteriordb_metrics.py``).
+a variance on the log scale, see ``posteriordb_metrics.py``).
 
 Usage::
 
@@ -57,8 +57,8 @@ def _psis_cells(run: dict[str, Any] | None) -> list[Any]:
     if run is None or run.get("failed") or "psis_trusted" not in run:
         return ["-", "-"]
     if not run["psis_trusted"]:
-        return [f"(raw){' ok' if within_target(run, psis=True) else ''}", "-"]
-    ok = " ok" if within_target(run, psis=True) else ""
+        return [f"(raw){' ok' if within_target(run, weighted=True) else ''}", "-"]
+    ok = " ok" if within_target(run, weighted=True) else ""
     return [f"{run['psis_max_abs_mean_error']:.3f}{ok}", _worst_ratio(run, "psis_")]
 
 

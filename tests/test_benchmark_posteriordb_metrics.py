@@ -64,5 +64,5 @@ def test_the_verdict_reads_the_weighted_draws_only_when_trusted(metrics) -> None
         "psis_trusted": True,
     }  # fmt: skip
     assert not metrics.within_target(run)
-    assert metrics.within_target(run, psis=True)
-    assert not metrics.within_target({**run, "psis_trusted": False}, psis=True)
+    assert metrics.within_target(run, weighted=True)
+    assert not metrics.within_target({**run, "psis_trusted": False}, weighted=True)
