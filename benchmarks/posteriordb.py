@@ -54,6 +54,7 @@ from posteriordb_models import MODELS  # noqa: E402
 from pyroflows.data.posteriordb import list_posteriors, load_posterior  # noqa: E402
 from pyroflows.infer import AutoFlow, fit_guide, guide_log_weights, khat_threshold, psis  # noqa: E402
 from pyroflows.infer.model_density import safe_init  # noqa: E402
+from pyroflows.infer.svi import MASS_COVERING_PARTICLES  # noqa: E402
 
 TARGETED = [
     "eight_schools-eight_schools_noncentered",
@@ -88,13 +89,30 @@ def run_one(  # noqa: PLR0913
     guide()  # build (Pyro's guides build lazily)
     setup = time.perf_counter() - start
     start = time.perf_counter()
-    failed = None
+    failed, mass_covering = None, None
     if fit == "fit_guide":
         try:
-            result = fit_guide(model, guide, check_draws=0, progress=False, max_time=max_time)
+            result = fit_guide(model, guide, progress=False, max_time=max_time)
             steps = result.steps
             pilots = len(result.pilot) * 100  # fit_guide's pilot_steps
             stop = result.stop_reason
+            stage = result.mass_covering
+            if stage is not None:  # its steps take MASS_COVERING_PARTICLES gradients each
+                stage_grads = (stage.steps + len(stage.pilot) * 100) * MASS_COVERING_PARTICLES
+                mass_covering = {
+                    "kept": result.mass_covering_kept,
+                    "gradient_evaluations": stage_grads,
+                    "steps": stage.steps,
+                    "lr": stage.lr,
+                    "stop_reason": stage.stop_reason,
+                    "khat": stage.khat,
+                    "first_khat": result.first_check.khat if result.first_check else None,
+                    "log_evidence": stage.check.log_evidence if stage.check else None,
+                    "first_log_evidence": (
+                        result.first_check.log_evidence if result.first_check else None
+                    ),
+                }
+                steps += stage_grads
         except ValueError as error:  # e.g. every pilot diverged
             failed, steps, pilots, stop = str(error)[:200], 0, 0, "failed"
     else:
@@ -148,6 +166,8 @@ def run_one(  # noqa: PLR0913
         "stop_reason": stop,
         "failed": failed,
         "init_choice": getattr(guide, "init_choice", None),
+        # fit_guide's mass-covering stage (IWAE), when the first fit's check flagged it.
+        "mass_covering": mass_covering,
     }
 
 
@@ -242,7 +262,8 @@ def main() -> None:
                 f"({r['seconds']:.0f} s, init {r['init_choice']}); PSIS-weighted "
                 f"{'(trusted)' if r['psis_trusted'] else '(not trusted)'}: max|mean err| "
                 f"{r['psis_max_abs_mean_error']:.3f} sd ratio [{r['psis_sd_ratio_range'][0]:.3f}, "
-                f"{r['psis_sd_ratio_range'][1]:.3f}]",
+                f"{r['psis_sd_ratio_range'][1]:.3f}]; mass-covering stage: "
+                f"{r['mass_covering']}",
                 flush=True,
             )
             for p, e, q, we, wq in zip(

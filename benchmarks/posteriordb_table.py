@@ -5,7 +5,9 @@ Pyro's AutoMultivariateNormal, the one-call fit's defaults; ``--fit-guide`` take
 e.g. the ODE models run apart) and any number of ``posteriordb_nuts.py`` outputs (``--nuts``; a
 later file's row replaces an earlier one's), and prints one row per posterior: for each guide
 the largest |mean error| in reference sds, the worst sd ratio (the one farthest from 1), PSIS
-k-hat, gradient evaluations and seconds, then the same draws PSIS-weighted where k-hat is
+k-hat, gradient evaluations and seconds (fit_guide's mass-covering stage included: its IWAE
+steps count 8 gradients each; "IWAE stage" gives the first fit's check k-hat, the stage's,
+and whether its guide was kept), then the same draws PSIS-weighted where k-hat is
 below the threshold ("(raw)" where it is not: the raw draws are judged); for NUTS the largest
 quantile error, the largest |mean error|, gradient evaluations and seconds. "ok" marks a fit
 within issue 13's target (|mean error| <= 0.1 sd, sd ratios in [0.9, 1.1]; parameters without
@@ -43,12 +45,22 @@ def _worst_ratio(run: dict[str, Any], prefix: str = "") -> float:
 
 def _guide_cells(run: dict[str, Any] | None) -> list[Any]:
     if run is None:
-        return ["-"] * 5
+        return ["-"] * 6
     if run.get("failed"):
-        return ["failed", "-", "-", run.get("gradient_evaluations", "-"), run["seconds"]]
+        return ["failed", "-", "-", run.get("gradient_evaluations", "-"), run["seconds"], "-"]
     error = f"{run['max_abs_mean_error']:.3f}{' ok' if within_target(run) else ''}"
     grads = run.get("gradient_evaluations", 4000)
-    return [error, _worst_ratio(run), run["khat"], grads, run["seconds"]]
+    return [error, _worst_ratio(run), run["khat"], grads, run["seconds"], _stage_cell(run)]
+
+
+def _stage_cell(run: dict[str, Any]) -> str:
+    """fit_guide's mass-covering stage: the first fit's check k-hat -> the stage's, and
+    whether its guide was kept ("-" where it did not run)."""
+    stage = run.get("mass_covering")
+    if not stage:
+        return "-"
+    verdict = "kept" if stage["kept"] else "not kept"
+    return f"{stage['first_khat']:.2f} -> {stage['khat']:.2f} {verdict}"
 
 
 def _psis_cells(run: dict[str, Any] | None) -> list[Any]:
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> str:
     header = [
         "posterior",
         "AutoFlow fit_guide: max|mean err|", "worst sd ratio", "k-hat", "grads", "s",
+        "IWAE stage: k-hat",
         "with PSIS: max|mean err|", "worst sd ratio",
         "Pyro MVN fit_guide: max|mean err|", "worst sd ratio", "k-hat",
         "with PSIS: max|mean err|", "worst sd ratio",

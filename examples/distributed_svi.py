@@ -74,7 +74,6 @@ def main() -> None:
         lr=0.02,
         max_steps=args.steps,
         window=100,
-        patience=3,
         check_draws=0,  # a subsampled model's log-density is noisy: no importance check
         progress=False,
     )

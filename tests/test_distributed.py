@@ -256,9 +256,11 @@ def svi_scenarios(rank: int) -> dict[str, Any]:
         pyro.set_rng_seed(7)  # the same on both ranks
         _SEEN.clear()
         started = time.perf_counter()
+        # mass_covering off: the check flags these short fits, and the stage (tested in
+        # test_fit_guide.py) is not what this compares across ranks.
         result = fit_guide(
             model, guide, y, lr=0.03, max_steps=SVI_STEPS[kind], window=50,
-            check_draws=64 if kind == "flow" else 0, progress=False,
+            check_draws=64 if kind == "flow" else 0, mass_covering=False, progress=False,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         store = pyro.get_param_store()

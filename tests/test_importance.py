@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pyroflows import Flow
+from pyroflows.infer import AutoFlow
 from pyroflows.infer.sampling.importance import ImportanceResult, importance
 from pyroflows.infer.sampling.psis import khat_threshold, log_evidence, weighted_mean_and_mcse
 from pyroflows.transforms import ElementwiseAffine
@@ -274,3 +275,22 @@ def test_mean_and_sd_of_vector_samples():
     assert mean.shape == (3,) and sd.shape == (3,)
     assert torch.allclose(mean, MEAN, atol=0.03)
     assert torch.allclose(sd, COV.diagonal().sqrt(), rtol=0.03)
+
+
+def test_a_model_with_an_improper_prior_is_weighed():
+    # mu has a flat prior (ImproperUniform cannot be sampled, so the model is traced at an
+    # init strategy's value): the posterior is N(mean(Y), 1 / n) exactly.
+    def flat_model(y: torch.Tensor) -> None:
+        mu = pyro.sample("mu", dist.ImproperUniform(dist.constraints.real, (), ()))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    # A flow guide, whose proposal names its sites in order (the route that traces the model).
+    guide = AutoFlow(flat_model, init="laplace", model_args=(Y,), progress=False)
+    result = importance(flat_model, guide, 20_000, model_args=(Y,), seed=0)
+    mean, sd = result.mean_and_sd()["mu"]
+    assert result.reliable
+    assert float(mean) == pytest.approx(float(Y.mean()), abs=0.02 / math.sqrt(len(Y)))
+    assert float(sd) == pytest.approx(1 / math.sqrt(len(Y)), rel=0.03)

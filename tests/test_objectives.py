@@ -559,6 +559,28 @@ def test_a_failing_draw_is_redrawn_and_keeps_the_particle_plate():
     assert objective.vectorize_particles is False
 
 
+def test_a_diverged_guide_raises_and_keeps_the_particle_plate():
+    # Parameters gone NaN (a pilot run at too large a step size) fail in the plate and out of
+    # it: the error is raised and the particles stay batched for the steps after a restore.
+    X = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = X.sum(-1)
+    guide = pyro.infer.autoguide.AutoNormal(single_draw_model)
+    guide(X, y)
+    objective = IWAE(4, max_plate_nesting=1)
+    loc = pyro.get_param_store().get_param("AutoNormal.locs.w")
+    saved = loc.detach().clone()
+    with torch.no_grad():
+        loc.fill_(float("nan"))
+    with pytest.raises(ValueError, match="invalid values"):
+        objective.loss(single_draw_model, guide, X, y)
+    assert objective.vectorize_particles is True
+    with torch.no_grad():
+        loc.copy_(saved)
+    with pytest.warns(UserWarning, match="one at a time"):  # this model needs the loop
+        assert math.isfinite(objective.loss(single_draw_model, guide, X, y))
+    assert objective.vectorize_particles is False
+
+
 def test_an_objective_is_an_elbo_for_pyro():
     objective = IWAE(4)
     assert isinstance(objective, pyro.infer.ELBO)

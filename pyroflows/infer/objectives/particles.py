@@ -308,6 +308,13 @@ class ParticleObjective:
                     raise
                 except VECTORIZE_ERRORS:
                     pass
+                # One particle outside the plate must then work: where it fails too (a guide
+                # whose parameters diverged, as in a step size's pilot run), the plate is not
+                # the cause, and switching for good would slow every later step K-fold.
+                try:
+                    first = self._draw(model, guide, args, kwargs, 1, None, grads)
+                except VECTORIZE_ERRORS as alone:
+                    raise alone from error
                 warnings.warn(
                     f"{type(self).__name__}: the model and guide do not run in a particle plate "
                     f"({describe(error)}), so the {K} particles are drawn one at a time "
@@ -315,7 +322,17 @@ class ParticleObjective:
                     stacklevel=3,
                 )
                 self.vectorize_particles = False
-        parts = [self._draw(model, guide, args, kwargs, 1, None, grads) for _ in range(K)]
+                rest = [
+                    self._draw(model, guide, args, kwargs, 1, None, grads) for _ in range(K - 1)
+                ]
+                return self._joined([first, *rest])
+        return self._joined(
+            [self._draw(model, guide, args, kwargs, 1, None, grads) for _ in range(K)]
+        )
+
+    @staticmethod
+    def _joined(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Single-particle draws of :meth:`_draw` joined: log-weights (K,), corrections (2, K)."""
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=-1)
 
     def _surrogate(self, log_weights: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,7 @@ from ..model_density import (
     LatentLayout,
     UnconstrainedLogDensity,
     check_model_arguments,
+    init_trace,
     plate_nesting,
 )
 
@@ -76,8 +77,9 @@ class ModelTarget(UnconstrainedLogDensity):
         order: list[str] | None = None,
     ) -> None:
         args, kwargs = check_model_arguments(model_args, model_kwargs)
-        with poutine.block():
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        # Traced at an init strategy's values: a site that cannot sample (ImproperUniform)
+        # still gets one.
+        trace = init_trace(model, args, kwargs)
         latent = {}
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
