@@ -10,6 +10,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyroflows.infer import AutoFlow, fit_guide
+from pyroflows.infer.svi import MASS_COVERING_PARTICLES
 
 #: y_i ~ N(mu, 1), mu ~ N(0, 2^2): the posterior of mu is N(m, s^2) in closed form.
 N = 20
@@ -267,26 +268,34 @@ def test_the_mass_covering_stage_keeps_an_exact_guide_exact():
     assert float(guide.get_posterior().loc.detach().abs().max()) < 0.08
 
 
-def test_interrupted_in_the_mass_covering_stage_keeps_the_first_fit():
-    armed = {"calls": 0}
+@pytest.mark.parametrize("where", ["run", "check"])
+def test_interrupted_in_the_mass_covering_stage_keeps_the_first_fit(where: str):
+    # Ctrl-C at the stage's 30th step (its run), or in its importance check (the second
+    # batch of check draws): the parameters are those of the same fit without the stage.
+    calls = {"run": 0, "check": 0}
+    draws = 200
 
     class Interrupting(pyro.infer.autoguide.AutoNormal):
         def forward(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             out = super().forward(*args, **kwargs)
-            if out["z"].dim() > 1:  # the stage's particle plate: interrupted at its 30th step
-                armed["calls"] += 1
-                if armed["calls"] == 30:
-                    raise KeyboardInterrupt
+            batch = out["z"].shape[0] if out["z"].dim() > 1 else 0
+            if batch == MASS_COVERING_PARTICLES:
+                calls["run"] += 1
+            elif batch == draws:
+                calls["check"] += 1
+            if (where == "run" and calls["run"] == 30) or calls["check"] == 2:
+                raise KeyboardInterrupt
             return out
 
     reference = pyro.infer.autoguide.AutoNormal(correlated_model)
-    fit_guide(correlated_model, reference, check_draws=0, mass_covering=False, **QUICK)
+    fit_guide(correlated_model, reference, check_draws=draws, mass_covering=False, **QUICK)
     expected = {k.split(".", 1)[1]: v.detach().clone() for k, v in pyro.get_param_store().items()}
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = Interrupting(correlated_model)
-    result = fit_guide(correlated_model, guide, check_draws=0, mass_covering=True, **QUICK)
-    assert armed["calls"] == 30 and result.interrupted and result.mass_covering.interrupted
-    assert not result.mass_covering_kept
+    result = fit_guide(correlated_model, guide, check_draws=draws, mass_covering=True, **QUICK)
+    assert result.interrupted and not result.mass_covering_kept
+    assert (calls["run"] == 30) if where == "run" else (calls["check"] == 2)
+    assert result.check is result.first_check and result.check is not None
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value.detach(), expected[name.split(".", 1)[1]]), name

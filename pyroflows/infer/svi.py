@@ -490,6 +490,9 @@ def fit_guide(  # noqa: PLR0913
             model, guide, args, kwargs, loss=objective, max_time=left, label="fit_guide (IWAE)",
             **options,
         )  # fmt: skip
+    except KeyboardInterrupt:  # during the stage's check, after its own run's handling
+        state.restore()
+        return dataclasses.replace(first, interrupted=True, first_check=first.check)
     except FloatingPointError as error:  # diverged at every step size: keep the first fit
         state.restore()
         warnings.warn(
