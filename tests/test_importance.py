@@ -15,6 +15,7 @@ from pyroflows import Flow
 from pyroflows.infer import AutoFlow
 from pyroflows.infer.sampling.importance import ImportanceResult, importance
 from pyroflows.infer.sampling.psis import khat_threshold, log_evidence, weighted_mean_and_mcse
+from pyroflows.infer.sampling.targets_and_proposals import ModelTarget
 from pyroflows.transforms import ElementwiseAffine
 from pyroflows.transforms.triangular import LowerTriangularAffine
 
@@ -291,6 +292,7 @@ def test_a_model_with_an_improper_prior_is_weighed():
     guide = AutoFlow(flat_model, init="laplace", model_args=(Y,), progress=False)
     result = importance(flat_model, guide, 20_000, model_args=(Y,), seed=0)
     mean, sd = result.mean_and_sd()["mu"]
+    assert ModelTarget(flat_model, (Y,)).dtype == Y.dtype == torch.float64  # not the default
     assert result.reliable
     assert float(mean) == pytest.approx(float(Y.mean()), abs=0.02 / math.sqrt(len(Y)))
     assert float(sd) == pytest.approx(1 / math.sqrt(len(Y)), rel=0.03)

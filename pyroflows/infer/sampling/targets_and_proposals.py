@@ -21,6 +21,7 @@ distribution over the unconstrained latent vector.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -102,7 +103,18 @@ class ModelTarget(UnconstrainedLogDensity):
             model, layout, plate_nesting(model, *args, **kwargs), args, kwargs, warn=True
         )
         first = latent[order[0]]["value"]
-        self.dtype, self.device = first.dtype, first.device
+        # The widest floating dtype among the sites' values, observed data included: a site
+        # that cannot sample (ImproperUniform) got its init value in torch's default dtype.
+        # Likewise the device: the data's, where any value is off the CPU.
+        floats = [
+            site["value"]
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            and torch.is_tensor(site["value"])
+            and site["value"].is_floating_point()
+        ]
+        self.dtype = functools.reduce(torch.promote_types, [v.dtype for v in floats])
+        self.device = next((v.device for v in floats if v.device.type != "cpu"), first.device)
         self.dim = layout.dim
 
     def describe(self) -> str:
