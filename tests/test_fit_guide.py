@@ -3,6 +3,8 @@ the stopping rule, the time budget and interruption."""
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -299,3 +301,21 @@ def test_interrupted_in_the_mass_covering_stage_keeps_the_first_fit(where: str):
     assert result.check is result.first_check and result.check is not None
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value.detach(), expected[name.split(".", 1)[1]]), name
+
+
+def test_the_stage_is_dropped_only_when_its_evidence_estimate_is_clearly_lower():
+    from pyroflows.infer.sampling.importance_result import ImportanceResult
+    from pyroflows.infer.svi import _stage_checks_no_worse
+
+    def check(shift: float) -> ImportanceResult:
+        # Log-weights N(shift, 0.1^2): log-evidence about shift, standard error about 0.003.
+        g = torch.Generator().manual_seed(int(100 * shift) % 1000)
+        lw = shift + 0.1 * torch.randn(1000, generator=g, dtype=torch.float64)
+        uniform = torch.full_like(lw, -math.log(1000))
+        return ImportanceResult(lw, None, None, None, None, uniform, 0.0, 0.7)
+
+    first = check(0.0)
+    assert _stage_checks_no_worse(first, check(0.5))  # higher: kept
+    assert _stage_checks_no_worse(first, check(-0.001))  # lower within the noise: kept
+    assert not _stage_checks_no_worse(first, check(-0.5))  # clearly lower: dropped
+    assert _stage_checks_no_worse(first, None) and _stage_checks_no_worse(None, first)

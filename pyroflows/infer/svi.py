@@ -37,10 +37,11 @@ runs and keep the best; average the iterates) and the spirit of Welandawe et al.
    :data:`MASS_COVERING_PARTICLES` particles), by steps 1-4 again: the bound is tighter the
    better :math:`q` covers :math:`p` (Domke & Sheldon 2018 read its optimum as a
    :math:`q` whose importance-weighted resampling matches :math:`p`), so it pays for the
-   mass the ELBO left out. That stage's guide is kept when its check's log-evidence
+   mass the ELBO left out. That stage's guide is kept unless its check's log-evidence
    estimate (the importance-weighted bound of the check's draws, which rises with the mass
-   the guide covers) is higher than the first fit's, else the ELBO's fit is put back;
-   ``result.mass_covering`` holds the stage's own result.
+   the guide covers) is below the first fit's by more than twice their combined standard
+   error, in which case the ELBO's fit is put back; ``result.mass_covering`` holds the
+   stage's own result.
 
 **Data-parallel.** Inside a ``torch.distributed`` process group of several processes (started
 by ``torchrun``), every rank calls :func:`fit_guide` with the same model, guide and full data.
@@ -386,6 +387,22 @@ def _fit_stage(  # noqa: PLR0913, PLR0915
     )
 
 
+def _stage_checks_no_worse(first: ImportanceResult | None, stage: ImportanceResult | None) -> bool:
+    """Whether the mass-covering stage's guide is kept: unless its check's log-evidence
+    estimate is below the first fit's by more than twice their combined standard error.
+
+    That estimate is the importance-weighted bound of all the check's draws: it rises with
+    the posterior mass the guide covers (a funnel's neck the ELBO's fit left out), where
+    k-hat, set by the weights' far tail, moves either way by chance. Within the noise the
+    stage stands, as the first fit's check called for it."""
+    if stage is None or first is None or not math.isfinite(first.log_evidence):
+        return True
+    if not math.isfinite(stage.log_evidence):
+        return False
+    noise = 2 * math.hypot(first.log_evidence_se, stage.log_evidence_se)
+    return not stage.log_evidence < first.log_evidence - noise
+
+
 def fit_guide(  # noqa: PLR0913
     model: Callable,
     guide: Callable,
@@ -427,8 +444,9 @@ def fit_guide(  # noqa: PLR0913
         mass_covering: ``"auto"``: with the default ``loss`` and a check, when the check's
             :math:`\hat k` is at least :data:`MASS_COVERING_KHAT`, go on from the fitted
             guide with :class:`~pyroflows.infer.IWAE` (:data:`MASS_COVERING_PARTICLES`
-            particles) by the same rules, and keep that stage's guide if its check's
-            log-evidence estimate is higher (the importance-weighted bound of its draws);
+            particles) by the same rules, and keep that stage's guide unless its check's
+            log-evidence estimate (the importance-weighted bound of its draws) is lower by
+            more than twice the two estimates' combined standard error;
             ``True``: that stage after any fit (kept on the same condition; always kept
             with ``check_draws=0``); ``False``: never.
         max_time: time budget in seconds for the whole call (pilots and both stages
@@ -501,15 +519,7 @@ def fit_guide(  # noqa: PLR0913
             stacklevel=2,
         )
         return first
-    # The check's log-evidence estimate is the importance-weighted bound of all its draws:
-    # it rises with the posterior mass the guide covers (a funnel's neck the ELBO's fit left
-    # out), where k-hat, set by the weights' far tail, moves either way by chance.
-    kept = not second.interrupted and (
-        second.check is None
-        or first.check is None
-        or not math.isfinite(first.check.log_evidence)
-        or second.check.log_evidence > first.check.log_evidence
-    )
+    kept = not second.interrupted and _stage_checks_no_worse(first.check, second.check)
     if not kept:
         state.restore()
     return dataclasses.replace(
