@@ -222,9 +222,11 @@ def _fit_stage(  # noqa: PLR0913, PLR0915
     progress: bool | None,
     distributed: bool | str,
     label: str,
+    tensors: dict[str, Tensor] | None = None,
 ) -> GuideFitResult:
     """One SVI run of :func:`fit_guide` with one objective: pilots, the stopping rule, the
-    kept state and the check (steps 1-4 of the module's description)."""
+    kept state and the check (steps 1-4 of the module's description). ``tensors``: those of
+    :func:`_tensors`, where the caller has them already."""
     if lr is not None:
         check_real("lr", lr)
     candidates = [
@@ -246,7 +248,8 @@ def _fit_stage(  # noqa: PLR0913, PLR0915
     start = time.perf_counter()
     deadline = math.inf if max_time is None else start + max_time
 
-    tensors = _tensors(model, guide, args, kwargs)  # built before any optimizer
+    if tensors is None:
+        tensors = _tensors(model, guide, args, kwargs)  # built before any optimizer
     device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
     group = process_group(distributed, device)
     parallel = None
@@ -500,13 +503,14 @@ def fit_guide(  # noqa: PLR0913
     left = None if max_time is None else max_time - (time.perf_counter() - start)
     if first.interrupted or (left is not None and left <= 0):
         return first
-    state = _State(guide, _tensors(model, guide, args, kwargs))
+    tensors = _tensors(model, guide, args, kwargs)
+    state = _State(guide, tensors)
     state.save()  # the first stage's fit, kept unless the second one checks better
     objective = IWAE(MASS_COVERING_PARTICLES)
     try:
         second = _fit_stage(
             model, guide, args, kwargs, loss=objective, max_time=left, label="fit_guide (IWAE)",
-            **options,
+            tensors=tensors, **options,
         )  # fmt: skip
     except KeyboardInterrupt:  # during the stage's check, after its own run's handling
         state.restore()
