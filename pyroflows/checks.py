@@ -126,7 +126,9 @@ def check_shape(shape: Sequence[int] | int, what: str = "shape") -> tuple[int, .
 
 
 def _is_count(value: object, low: int) -> bool:
-    if isinstance(value, bool):
+    # The __index__ test first: torch.compile cannot trace operator.index's TypeError on a
+    # tuple (torch 2.11), and a sample shape is usually one.
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
         return False
     try:
         return operator.index(value) >= low  # type: ignore[arg-type]

@@ -119,7 +119,7 @@ def test_a_layer_that_lowers_the_likelihood_becomes_the_identity(moons):
     trains = [h["train_loglik"] for h in deep.history]
     assert trains == sorted(trains) and trains[-1] == trains[0]
     assert deep.layer_codes.tolist() == [0, 2, 2, 2]
-    fresh = DeepDestructor(2, layer=lambda d: _BadLayer(d), max_layers=3, validation=0).to(x.dtype)
+    fresh = DeepDestructor(2, layer=lambda d: _BadLayer(d), max_layers=3, validation=0).to(x)
     fresh.load_state_dict(deep.state_dict())
     assert torch.equal(fresh.log_prob(x[:5]), deep.log_prob(x[:5]))
 

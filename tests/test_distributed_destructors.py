@@ -137,7 +137,11 @@ def test_two_ranks_fit_the_one_process_destructor(runs, name):
         for key, value in expected["state"].items():
             if value.is_floating_point():
                 torch.testing.assert_close(
-                    got["state"][key], value, rtol=1e-9, atol=1e-11, msg=f"{name}: {key}"
+                    got["state"][key],
+                    value,
+                    rtol=1e-9,
+                    atol=1e-11,
+                    msg=lambda m, name=name, key=key: f"{name}: {key}: {m}",
                 )
             else:
                 assert torch.equal(got["state"][key], value), (name, key)

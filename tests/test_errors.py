@@ -143,3 +143,17 @@ def test_numpy_sizes_in_options_survive_save_and_load(tmp_path) -> None:
     loaded = pyroflows.flows.load(path)
     x = torch.randn(3, 2, dtype=next(flow.parameters()).dtype)
     assert torch.equal(loaded().log_prob(x), flow().log_prob(x))
+
+
+def test_load_puts_the_flow_on_map_location(tmp_path) -> None:
+    """Parameters and buffers lie where ``map_location`` puts the file's tensors, in the file's
+    dtype (copying them into a flow built on the CPU once left a CUDA load on the CPU; the
+    meta device shows the same without a GPU)."""
+    flow = pyroflows.flows.build("nsf", 3, transforms=1, hidden=(4,), standardize=torch.rand(9, 3))
+    flow = flow.double()
+    path = tmp_path / "flow.pt"
+    pyroflows.flows.save(flow, path)
+    loaded = pyroflows.flows.load(path, map_location="meta")
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    assert all(t.dtype == torch.float64 for t in tensors if t.is_floating_point())

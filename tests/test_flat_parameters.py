@@ -94,6 +94,7 @@ def test_the_guide_registers_one_param_and_svi_trains_it():
         pyro.sample("z", dist.Normal(torch.tensor([1.0, -2.0]), 0.5).to_event(1))
 
     pyro.clear_param_store()
+    pyro.set_rng_seed(0)  # the guide's initial weights and the steps' draws
     guide = AutoFlow(model, init="loc", transforms=2, hidden=(8,))
     with poutine.trace(param_only=True) as capture:
         guide()
@@ -105,12 +106,19 @@ def test_the_guide_registers_one_param_and_svi_trains_it():
     )
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
     before = [p.detach().clone() for p in guide.flow.parameters()]
-    for _ in range(30):
+    with torch.no_grad():
+        start = guide.get_posterior().sample((4000,))
+    for _ in range(300):
         svi.step()
-    # The flow's own parameters moved with the flat tensor they share.
+    # The flow's own parameters moved with the flat tensor they share, to the posterior:
+    # N((1, -2), 0.5^2 I) from the start's sd of 1 (measured over 12 seeds: mean errors below
+    # 0.07, sds 0.42-0.52).
     assert any(not torch.equal(a, p) for a, p in zip(before, guide.flow.parameters()))
-    median = guide.median()["z"]
-    assert torch.allclose(median, torch.tensor([1.0, -2.0]), atol=0.3)
+    with torch.no_grad():
+        z = guide.get_posterior().sample((4000,))
+    assert (start.std(0) > 0.9).all()
+    assert torch.allclose(z.mean(0), torch.tensor([1.0, -2.0]), atol=0.1)
+    assert ((z.std(0) - 0.5).abs() < 0.1).all()
 
 
 def test_a_torch_optimizer_over_guide_parameters_trains_the_guide():

@@ -53,6 +53,27 @@ def default_device_meta() -> Iterator[None]:
         torch.set_default_device(None)
 
 
+def _adam_steps_under_meta() -> bool:
+    """Whether torch's own Adam steps a CPU parameter with the default device set to meta:
+    torch 2.11's Adam keeps its step counter on the default device (2.13's on the CPU)."""
+    p = torch.zeros(2, device="cpu", requires_grad=True)
+    p.grad = torch.ones(2, device="cpu")
+    optimizer = torch.optim.Adam([p])
+    with default_device_meta():
+        try:
+            optimizer.step()
+        except (RuntimeError, NotImplementedError):
+            return False
+    return True
+
+
+# The tests that train: they hold our code to the default device only where torch's does.
+trains_with_adam = pytest.mark.skipif(
+    not _adam_steps_under_meta(),
+    reason="this torch's Adam allocates its step counter on the default device",
+)
+
+
 def on_cpu(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" for t in tensors)
 
@@ -78,6 +99,7 @@ def test_registry_models_compute_on_their_own_device(entry):  # noqa: ANN001
 
 
 @pytest.mark.filterwarnings("ignore:the maximum of log p - log q lies on the edge")
+@trains_with_adam
 def test_fit_and_samplers_follow_the_data():
     flow = pyroflows.flows.build("maf", 2, transforms=1, hidden=(8,)).double()
     data = torch.randn(200, 2, dtype=torch.float64)
@@ -102,6 +124,7 @@ def test_fit_and_samplers_follow_the_data():
     assert on_cpu(s.samples if hasattr(s, "samples") else s)
 
 
+@trains_with_adam
 def test_density_ratio_follows_the_data():
     a = torch.randn(300, 2, dtype=torch.float64)
     b = torch.randn(300, 2, dtype=torch.float64) + 0.5
@@ -154,6 +177,7 @@ def logistic(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         pyro.sample("y", dist.Bernoulli(logits=x @ w * s), obs=y)
 
 
+@trains_with_adam
 @pytest.mark.parametrize("guide_class", [AutoFlow, AutoMeanFieldFlow])
 def test_guides_train_and_summarise_on_the_data_device(guide_class):
     x = torch.randn(40, 3, dtype=torch.float64)
@@ -170,6 +194,7 @@ def test_guides_train_and_summarise_on_the_data_device(guide_class):
     assert np.isfinite(idata.posterior["w"].values).all() and on_cpu(*median.values())
 
 
+@trains_with_adam
 def test_amortized_guide_on_the_data_device():
     def model(x: torch.Tensor) -> None:
         with pyro.plate("data", x.shape[0]):

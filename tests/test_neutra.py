@@ -237,19 +237,34 @@ def test_seed_reproduces_and_restores_the_global_rng():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_float32_and_two_chains():
-    def model() -> None:
-        pyro.sample("s", dist.HalfNormal(torch.tensor(1.0)).expand([2]).to_event(1))
+def half_normal_model() -> None:  # at the top level: spawned chain processes unpickle it
+    pyro.sample("s", dist.HalfNormal(torch.tensor(1.0)).expand([2]).to_event(1))
 
-    guide = AutoFlow(model, init="loc", transforms=1, hidden=(4,))
+
+def test_float32_and_two_chains():
+    guide = AutoFlow(half_normal_model, init="loc", transforms=1, hidden=(4,))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "chains will be drawn sequentially"
-        mcmc = neutra_mcmc(model, guide, 15, 10, num_chains=2, seed=0)
+        mcmc = neutra_mcmc(half_normal_model, guide, 15, 10, num_chains=2, seed=0)
     s = mcmc.get_samples(group_by_chain=True)["s"]
     assert s.shape == (2, 15, 2) and s.dtype == torch.float32 and (s > 0).all()
     assert mcmc.get_samples()["s"].shape == (30, 2)
     counts = mcmc.gradient_evaluations  # None when Pyro ran the chains in worker processes
     assert counts is None or counts["sampling"] >= 30
+
+
+@pytest.mark.slow
+def test_chains_in_spawned_worker_processes(monkeypatch):
+    # Pyro runs the chains in worker processes when it sees a CPU for each; spawned ones (the
+    # start method once CUDA is in use) must unpickle the hook, which once held the MCMC
+    # object and its locks.
+    monkeypatch.setattr(pyro.infer.mcmc.api.mp, "cpu_count", lambda: 3)
+    guide = AutoFlow(half_normal_model, init="loc", transforms=1, hidden=(4,))
+    mcmc = neutra_mcmc(half_normal_model, guide, 15, 10, num_chains=2, seed=0, mp_context="spawn")
+    s = mcmc.get_samples(group_by_chain=True)["s"]
+    assert s.shape == (2, 15, 2) and (s > 0).all()
+    assert not torch.equal(s[0], s[1])
+    assert mcmc.gradient_evaluations is None  # counted in the workers, not here
 
 
 def other_model() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -215,7 +216,9 @@ def averaged_fit(loss, n: int = 800, lr: float = 0.03) -> tuple[torch.Tensor, to
             loc, scale = pyro.param("loc").detach(), pyro.param("scale").detach()
             kept.append(torch.cat([loc, scale.mean().reshape(1)]))
     kept = torch.stack(kept)
-    mcse = [float(arviz.mcse(kept[:, j].numpy())) for j in range(3)]
+    # .item(): on the GPU machine (NumPy 2.5.2, ArviZ 0.23.4) this was a one-element array,
+    # which float() refuses.
+    mcse = [np.asarray(arviz.mcse(kept[:, j].numpy())).item() for j in range(3)]
     return kept.mean(0), torch.tensor(mcse, dtype=kept.dtype)
 
 

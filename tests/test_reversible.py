@@ -85,7 +85,14 @@ def test_same_outputs_and_gradients_as_plain_stack(inverse: bool, context: int) 
     )
     out, ladj, grads = run(plain, h, c, inverse, weights)
     out_r, ladj_r, grads_r = run(rev, h, c, inverse, weights)
-    assert torch.equal(out_r, out) and torch.equal(ladj_r, ladj)
+    if context:
+        # The reversible stack expands h to the context's batch before the first layer, the
+        # plain one broadcasts inside it: the same products in another memory layout, which
+        # some CPUs' BLAS rounds differently in the last bit (seen on the H200 host's CPU).
+        torch.testing.assert_close(out_r, out, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(ladj_r, ladj, rtol=1e-13, atol=1e-13)
+    else:
+        assert torch.equal(out_r, out) and torch.equal(ladj_r, ladj)
     assert len(grads_r) == len(grads) == 1 + (context > 0) + len(list(plain.parameters()))
     for g, g_r in zip(grads, grads_r):
         assert g_r.shape == g.shape

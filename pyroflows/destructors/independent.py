@@ -226,6 +226,11 @@ class BetaDestructor(Destructor):
                 - (torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b))
             )
 
+        def rounding(a: Tensor, b: Tensor) -> Tensor:  # of loglik: eps x its terms' sizes
+            terms = ((a - 1) * s1).abs() + ((b - 1) * s2).abs()
+            terms = terms + torch.lgamma(a).abs() + torch.lgamma(b).abs()
+            return 16 * torch.finfo(a.dtype).eps * (terms + torch.lgamma(a + b).abs())
+
         for _ in range(self.newton_steps):
             psi_ab, tri_ab = torch.digamma(a + b), torch.polygamma(1, a + b)
             g = torch.stack([psi_ab - torch.digamma(a) + s1, psi_ab - torch.digamma(b) + s2], -1)
@@ -235,8 +240,11 @@ class BetaDestructor(Destructor):
             da = (h22 * g[:, 0] - tri_ab * g[:, 1]) / det
             db = (h11 * g[:, 1] - tri_ab * g[:, 0]) / det
             # Newton step (the log-likelihood is concave in (a, b)), halved until it improves
-            # and stays positive: elementwise, fixed number of halvings.
-            base = loglik(a, b)
+            # and stays positive: elementwise, fixed number of halvings. A change within
+            # loglik's rounding counts as no worse: near the optimum the Newton step's gain is
+            # below it, and refusing the step there would stop at sqrt(eps) precision, where
+            # the rounding of the sums (one process or several) decides the last digits.
+            base = loglik(a, b) - rounding(a, b)
             step = torch.ones_like(a)
             for _ in range(20):
                 na, nb = a - step * da, b - step * db

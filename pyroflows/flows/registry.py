@@ -121,7 +121,8 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Flow:
-    """Load a flow saved by :func:`save`; parameters keep the dtype they were saved in.
+    """Load a flow saved by :func:`save`; parameters keep the dtype they were saved in and lie
+    on ``map_location`` (``None``: the device they were saved from).
 
     Raises ValueError naming the file when it is not a pyroflows model file, or when its
     config or parameters do not rebuild a model (a damaged or edited file).
@@ -149,9 +150,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu
                 [*flow.transforms, ElementwiseAffine(config["features"], trainable=False)],
                 flow.base,
             )
-        dtypes = [v.dtype for v in state.values() if v.is_floating_point()]
-        if dtypes:
-            flow = flow.to(dtypes[0])
+        # The parameters' device and dtype are the file's (after map_location): copying
+        # into the freshly built flow alone would leave it on the CPU in the default dtype.
+        floating = [v for v in state.values() if v.is_floating_point()]
+        if floating:
+            flow = flow.to(floating[0].device, floating[0].dtype)
         flow.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         detail = f"missing entry {error}" if isinstance(error, KeyError) else str(error)

@@ -162,6 +162,27 @@ class NeuTraPotential:
         return {k: v.reshape(z.shape[:2] + v.shape[1:]) for k, v in sites.items()}
 
 
+class GradientCounter:
+    """MCMC's per-iteration hook: the potential's gradients since the last call, by stage.
+
+    A small object of its own rather than a method of the MCMC object, so that Pyro can pickle
+    it into the worker processes of ``mp_context="spawn"`` (the MCMC object holds queues and
+    locks). Counts made in a worker stay there.
+    """
+
+    def __init__(self, potential: NeuTraPotential, user_hook: Callable | None = None) -> None:
+        self.potential, self.user_hook = potential, user_hook
+        self.counted = {"warmup": 0, "sampling": 0, "seen": potential.num_gradients}
+
+    def __call__(self, kernel: Any, params: Any, stage: str, i: int) -> None:
+        n = self.potential.num_gradients
+        key = "warmup" if stage.startswith("Warmup") else "sampling"
+        self.counted[key] += n - self.counted["seen"]
+        self.counted["seen"] = n
+        if self.user_hook is not None:
+            self.user_hook(kernel, params, stage, i)
+
+
 class NeuTraMCMC(MCMC):
     """Pyro's :class:`~pyro.infer.MCMC` over a guide's base space whose samples are the model's.
 
@@ -185,27 +206,19 @@ class NeuTraMCMC(MCMC):
         hook_fn: Callable | None = None,
         **kwargs: Any,
     ) -> None:
-        self.potential, self.user_hook = potential, hook_fn
+        self.potential = potential
+        self.counter = GradientCounter(potential, hook_fn)
         self.gradient_evaluations: dict[str, int] | None = None
         self.model_samples: dict[str, Tensor] = {}
-        self.counted = {"warmup": 0, "sampling": 0, "seen": 0}
         kwargs = {"transforms": {}, **kwargs}
-        super().__init__(kernel, num_samples, warmup_steps, hook_fn=self.count, **kwargs)
-
-    def count(self, kernel: Any, params: Any, stage: str, i: int) -> None:
-        """Hook of each iteration: the gradients taken since the last one, by stage."""
-        n = self.potential.num_gradients
-        stage = "warmup" if stage.startswith("Warmup") else "sampling"
-        self.counted[stage] += n - self.counted["seen"]
-        self.counted["seen"] = n
-        if self.user_hook is not None:
-            self.user_hook(kernel, params, stage, i)
+        super().__init__(kernel, num_samples, warmup_steps, hook_fn=self.counter, **kwargs)
 
     def run(self, *args: Any, **kwargs: Any) -> None:
         """Run the chains (the model's arguments were given to :func:`neutra_mcmc`)."""
-        self.counted.update(warmup=0, sampling=0, seen=self.potential.num_gradients)
+        counted = self.counter.counted
+        counted.update(warmup=0, sampling=0, seen=self.potential.num_gradients)
         super().run(*args, **kwargs)
-        warmup, sampling = self.counted["warmup"], self.counted["sampling"]
+        warmup, sampling = counted["warmup"], counted["sampling"]
         self.gradient_evaluations = (  # no sampling-phase count: the chains ran elsewhere
             {"warmup": warmup, "sampling": sampling, "total": warmup + sampling}
             if sampling
@@ -272,7 +285,9 @@ def neutra_mcmc(
         warmup_steps: warm-up (adaptation) iterations per chain.
         model_args: the model's positional arguments (a tuple).
         model_kwargs: the model's keyword arguments.
-        num_chains: chains (Pyro runs them in worker processes when it has the CPUs).
+        num_chains: chains (Pyro runs them in worker processes when it has the CPUs; where
+            torch sees a GPU they are started with ``mp_context="spawn"``, which needs a
+            model defined at a module's top level, as pickling does).
         seed: seeds torch's RNG for the run, restoring its global state after (``None``: the
             global RNG).
         target_accept_prob: NUTS's target acceptance probability (step-size adaptation).
@@ -317,6 +332,11 @@ def neutra_mcmc(
                 "the guide one of this model, fitted on the same arguments?"
             )
         potential = NeuTraPotential(target, transport)
+        if num_chains > 1 and torch.cuda.is_available():
+            # Pyro forks its chain processes; where torch sees a GPU, any backward pass (the
+            # guide's fit) has started autograd's device threads, which a forked child cannot
+            # use, and a process that has used CUDA cannot fork at all: start them fresh.
+            mcmc_kwargs.setdefault("mp_context", "spawn")
         options = {"target_accept_prob": target_accept_prob, "max_tree_depth": max_tree_depth}
         kernel = NUTS(potential_fn=potential, **options, **(kernel_options or {}))
         z0 = transport.sample_base((num_chains,) if num_chains > 1 else ())
