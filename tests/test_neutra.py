@@ -256,7 +256,7 @@ def test_float32_and_two_chains():
 @pytest.mark.slow
 def test_chains_in_spawned_worker_processes(monkeypatch):
     # Pyro runs the chains in worker processes when it sees a CPU for each; spawned ones (the
-    # start method once CUDA is in use) must unpickle the hook, which once held the MCMC
+    # start method where torch sees a GPU) must unpickle the hook, which once held the MCMC
     # object and its locks.
     monkeypatch.setattr(pyro.infer.mcmc.api.mp, "cpu_count", lambda: 3)
     guide = AutoFlow(half_normal_model, init="loc", transforms=1, hidden=(4,))
