@@ -56,6 +56,9 @@ from pyroflows.infer import AutoFlow, fit_guide, guide_log_weights, khat_thresho
 from pyroflows.infer.model_density import safe_init  # noqa: E402
 from pyroflows.infer.svi import MASS_COVERING_PARTICLES  # noqa: E402
 
+#: fit_guide's pilot steps per candidate step size (its default), counted as gradients.
+PILOT_STEPS = 100
+
 TARGETED = [
     "eight_schools-eight_schools_noncentered",
     "kidiq-kidscore_momiq",
@@ -92,13 +95,17 @@ def run_one(  # noqa: PLR0913
     failed, mass_covering = None, None
     if fit == "fit_guide":
         try:
-            result = fit_guide(model, guide, progress=False, max_time=max_time)
+            result = fit_guide(
+                model, guide, pilot_steps=PILOT_STEPS, progress=False, max_time=max_time
+            )
             steps = result.steps
-            pilots = len(result.pilot) * 100  # fit_guide's pilot_steps
+            pilots = len(result.pilot) * PILOT_STEPS
             stop = result.stop_reason
             stage = result.mass_covering
             if stage is not None:  # its steps take MASS_COVERING_PARTICLES gradients each
-                stage_grads = (stage.steps + len(stage.pilot) * 100) * MASS_COVERING_PARTICLES
+                stage_grads = (
+                    stage.steps + len(stage.pilot) * PILOT_STEPS
+                ) * MASS_COVERING_PARTICLES
                 mass_covering = {
                     "kept": result.mass_covering_kept,
                     "gradient_evaluations": stage_grads,

@@ -293,6 +293,7 @@ class ParticleObjective:
         once in a particle plate, or one particle at a time."""
         nesting = self._nesting(model, guide, args, kwargs)
         K = self.num_particles
+        parts: list[tuple[Tensor, Tensor]] = []  # single-particle draws
         if self.vectorize_particles:
             try:
                 return self._draw(model, guide, args, kwargs, K, nesting, grads)
@@ -312,7 +313,7 @@ class ParticleObjective:
                 # whose parameters diverged, as in a step size's pilot run), the plate is not
                 # the cause, and switching for good would slow every later step K-fold.
                 try:
-                    first = self._draw(model, guide, args, kwargs, 1, None, grads)
+                    parts.append(self._draw(model, guide, args, kwargs, 1, None, grads))
                 except VECTORIZE_ERRORS as alone:
                     raise alone from error
                 warnings.warn(
@@ -322,17 +323,9 @@ class ParticleObjective:
                     stacklevel=3,
                 )
                 self.vectorize_particles = False
-                rest = [
-                    self._draw(model, guide, args, kwargs, 1, None, grads) for _ in range(K - 1)
-                ]
-                return self._joined([first, *rest])
-        return self._joined(
-            [self._draw(model, guide, args, kwargs, 1, None, grads) for _ in range(K)]
-        )
-
-    @staticmethod
-    def _joined(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Single-particle draws of :meth:`_draw` joined: log-weights (K,), corrections (2, K)."""
+        parts += [
+            self._draw(model, guide, args, kwargs, 1, None, grads) for _ in range(K - len(parts))
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts], dim=-1)
 
     def _surrogate(self, log_weights: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:
